@@ -22,19 +22,22 @@ SOFTCAP = 30.0
 
 
 def attention_math(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap: float | None = SOFTCAP, chunk: int = 1024
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap: float | None = SOFTCAP, chunk: int | None = None
 ) -> torch.Tensor:
     """Reference soft-capped attention. q, k, v: (B, H, L, D), same number of heads.
 
-    Queries are processed `chunk` rows at a time so the logits never need more than
-    B*H*chunk*L elements; softmax runs in float32."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    Queries are processed a block of rows at a time, sized so the block's logits (about 2^20 values)
+    stay in cache while tanh and softmax pass over them; softmax runs in float32."""
+    b, h, length, d = q.shape
+    if chunk is None:
+        chunk = max(16, min(1024, 2**20 // max(1, b * h * k.shape[-2])))
+    q = q * (1.0 / math.sqrt(d) / (cap or 1.0))
     out = torch.empty_like(q)
     kt = k.transpose(-1, -2)
-    for start in range(0, q.shape[-2], chunk):
-        s = torch.matmul(q[..., start : start + chunk, :], kt).float() * scale
+    for start in range(0, length, chunk):
+        s = torch.matmul(q[..., start : start + chunk, :], kt).float()
         if cap is not None:
-            s = torch.tanh(s / cap) * cap
+            s = s.tanh_().mul_(cap)
         p = torch.softmax(s, dim=-1).to(v.dtype)
         out[..., start : start + chunk, :] = torch.matmul(p, v)
     return out

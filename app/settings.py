@@ -1,0 +1,87 @@
+"""Every setting of the service, read from the environment in one place.
+
+Each field's environment variable is its name in upper case (`redis_url` <- `REDIS_URL`); the README's
+settings table is generated from this class (`onediffusion settings`).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Optional
+
+from pydantic import BaseModel, Field
+
+
+class Settings(BaseModel):
+    # ---- connections and storage
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the queue, jobs and results")
+    onediffusion_model: Optional[str] = Field(
+        None, description="Checkpoint folder in the released layout; unset = the tiny demo checkpoint (outputs are noise)"
+    )
+    demo_checkpoint_dir: str = Field("var/demo-checkpoint", description="Where the demo checkpoint is made when needed")
+    results_dir: str = Field("var/results", description="Folder that stores job outputs")
+    results_ttl_s: int = Field(7 * 24 * 3600, description="How long outputs and job records are kept")
+    public_url: str = Field("http://127.0.0.1:8000", description="Base URL that output URLs and webhooks point to")
+    queue_prefix: str = Field("onediffusion", description="Prefix of the RQ queue names (inference and webhooks)")
+
+    # ---- worker
+    max_batch: int = Field(4, ge=1, le=64, description="Most jobs of one shape run as one sampler batch")
+    batch_window_ms: int = Field(50, ge=0, le=10_000, description="How long a worker waits for companions of a job")
+    device: Optional[str] = Field(None, description="Torch device of the worker; default cuda when present, else cpu")
+    compile: bool = Field(True, description="torch.compile the denoiser on CUDA")
+    warm_buckets: str = Field(
+        "", description="Shapes to compile at start, e.g. '1024x1024x1x50,512x512x2x50' (height x width x frames x steps)"
+    )
+    job_retries: int = Field(2, ge=0, le=10, description="Retries of a job whose worker died")
+    job_timeout_s: int = Field(1800, ge=10, description="A job running longer fails with a timeout message")
+    heartbeat_ttl_s: int = Field(20, ge=3, description="A running job whose worker is silent this long is retried")
+    maintenance_interval_s: int = Field(5, ge=1, description="How often workers look for abandoned jobs")
+
+    # ---- webhooks
+    webhook_retries: int = Field(8, ge=0, le=30, description="Delivery attempts after the first one")
+    webhook_backoff_s: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook POST")
+
+    # ---- request limits
+    max_body_bytes: int = Field(50 * 1024 * 1024, description="Largest request body (HTTP 413 above)")
+    max_side: int = Field(2048, description="Largest output width or height in pixels")
+    max_output_pixels: int = Field(2048 * 2048, description="Largest output width*height")
+    max_input_pixels: int = Field(40_000_000, description="Largest decoded input image (decompression bombs)")
+    max_frames: int = Field(16, description="Most frames in one task")
+    max_views: int = Field(8, description="Most views in a multiview task")
+    max_batch_items: int = Field(64, description="Most items in one POST /v1/batches")
+    max_wait_s: int = Field(60, description="Longest `Prefer: wait=N` a client may ask for")
+
+    # ---- API server
+    host: str = Field("127.0.0.1", description="Address the API listens on")
+    port: int = Field(8000, description="Port the API listens on")
+
+    @classmethod
+    def from_env(cls, environ: Optional[dict] = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        values = {name: env[name.upper()] for name in cls.model_fields if name.upper() in env and env[name.upper()] != ""}
+        return cls.model_validate(values)
+
+    def task_limits(self):
+        from model.tasks import TaskLimits
+
+        return TaskLimits(
+            max_side=self.max_side,
+            max_output_pixels=self.max_output_pixels,
+            max_input_pixels=self.max_input_pixels,
+            max_frames=self.max_frames,
+            max_views=self.max_views,
+        )
+
+    def markdown_table(self) -> str:
+        rows = ["| variable | default | meaning |", "|---|---|---|"]
+        for name, info in type(self).model_fields.items():
+            default = "" if info.default is None else f"`{info.default}`"
+            rows.append(f"| `{name.upper()}` | {default} | {info.description} |")
+        return "\n".join(rows)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,167 @@
+"""Camera poses and Plücker ray maps for the multiview task.
+
+Conventions
+-----------
+- Camera-to-world matrices (``c2w``) given to and returned by this module are 4x4 in the **OpenGL**
+  convention: camera x right, y up, z backward (the camera looks along its -z axis).
+- Internally poses are converted to the **OpenCV** convention (x right, y down, z forward) with
+  ``G = diag(1, -1, -1, 1)``: ``c2w_cv = c2w_gl @ G``.
+- Only poses relative to camera 0 matter: camera ``i`` is expressed in camera 0's frame,
+  ``C_i = inv(c2w_cv_0) @ c2w_cv_i`` (camera 0 becomes the identity).
+- Intrinsics are normalised by the image size: ``K = [[fx, s, cx], [0, fy, cy], [0, 0, 1]]`` maps
+  a camera-frame direction to ``(u, v, 1)`` with ``u, v`` in ``[0, 1]`` (``u`` left to right, ``v``
+  top to bottom). The default is ``fx = fy = 1.3887``, ``(cx, cy) = (0.5, 0.5)``.
+- A ray map has one ray per latent pixel, at pixel centres ``u = (col + 0.5) / size``,
+  ``v = (row + 0.5) / size``, indexed ``[view, row, col, channel]`` with channels
+  ``[dir_x, dir_y, dir_z, m_x, m_y, m_z]`` (unit direction and moment ``m = origin x dir``).
+  Rays are expressed in camera 0's *pytorch3d view frame*, i.e. camera 0's OpenCV frame with x and
+  y flipped (``F = diag(-1, -1, 1)``), which is the frame the model was trained with.
+- The model sees a ray map as a 16-channel latent frame: channels ``[r(6), r(6), r[:4]]`` scaled by
+  ``RAY_SCALE``, channel-first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+
+DEFAULT_FOCAL = 1.3887
+RAY_SCALE = 1.658
+RAY_CHANNELS = 16  # channels of a model frame: [r(6), r(6), r[:4]]
+
+_G = (1.0, -1.0, -1.0, 1.0)  # OpenGL <-> OpenCV camera axes (diagonal)
+_F = (-1.0, -1.0, 1.0)  # OpenCV -> pytorch3d view axes (diagonal)
+
+
+def _diag(values: Tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """Diagonal matrix of ``values`` with ``like``'s dtype and device."""
+    return torch.diag(torch.tensor(values, dtype=like.dtype, device=like.device))
+
+
+def c2w_from_spherical(azimuth_deg: float, elevation_deg: float, distance: float) -> torch.Tensor:
+    """OpenGL camera-to-world (float64, 4x4) of a camera on a sphere looking at the origin (world up +Z)."""
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    position = distance * torch.tensor(
+        [math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)], dtype=torch.float64
+    )
+    forward = position / position.norm()  # camera +z points away from the origin
+    right = torch.linalg.cross(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), forward)
+    if right.norm() < 1e-6:  # looking straight up or down
+        right = torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), forward)
+    right = right / right.norm()
+    up = torch.linalg.cross(forward, right)
+    c2w = torch.eye(4, dtype=torch.float64)
+    c2w[:3, :3] = torch.stack([right, up, forward], dim=1)
+    c2w[:3, 3] = position
+    return c2w
+
+
+def default_intrinsics(n: int, focal: float = DEFAULT_FOCAL, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(n, 3, 3) normalised intrinsics with focal ``focal`` and the principal point at the image centre."""
+    K = torch.tensor([[focal, 0.0, 0.5], [0.0, focal, 0.5], [0.0, 0.0, 1.0]], dtype=dtype)
+    return K.expand(n, 3, 3).clone()
+
+
+def relative_c2ws(c2ws: torch.Tensor) -> torch.Tensor:
+    """OpenGL poses relative to camera 0: ``inv(c2w_0) @ c2w_i`` (camera 0 becomes the identity)."""
+    return torch.linalg.inv(c2ws[:1]) @ c2ws
+
+
+def _relative_cv(c2ws: torch.Tensor) -> torch.Tensor:
+    """Camera ``i``'s OpenCV pose in camera 0's OpenCV frame: ``G @ inv(c2w_0) @ c2w_i @ G``."""
+    G = _diag(_G, c2ws)
+    return G @ relative_c2ws(c2ws) @ G
+
+
+def _pixel_grid(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """(h*w, 3) homogeneous pixel centres ``(u, v, 1)``, row-major (row = v, col = u)."""
+    v = (torch.arange(h, dtype=like.dtype, device=like.device) + 0.5) / h
+    u = (torch.arange(w, dtype=like.dtype, device=like.device) + 0.5) / w
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    return torch.stack([uu, vv, torch.ones_like(uu)], dim=-1).reshape(-1, 3)
+
+
+def plucker_rays(c2ws: torch.Tensor, size: int, intrinsics: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Plücker ray maps ``(N, size, size, 6)`` of OpenGL cameras ``(N, 4, 4)``, relative to camera 0.
+
+    Computed in float64; returned in ``c2ws``'s floating dtype (float32 for other dtypes).
+    """
+    out_dtype = c2ws.dtype if c2ws.is_floating_point() else torch.float32
+    c2ws = c2ws.to(torch.float64)
+    n = c2ws.shape[0]
+    K = default_intrinsics(n) if intrinsics is None else intrinsics.to(torch.float64)
+    C = _relative_cv(c2ws)
+    pixels = _pixel_grid(size, size, c2ws)  # (P, 3)
+    rays_cam = torch.linalg.inv(K.to(c2ws.device)) @ pixels.T  # (N, 3, P) camera-frame directions
+    F = torch.tensor(_F, dtype=c2ws.dtype, device=c2ws.device)
+    dirs = (C[:, :3, :3] @ rays_cam).transpose(1, 2) * F
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    origins = (C[:, None, :3, 3] * F).expand_as(dirs)
+    moments = torch.linalg.cross(origins, dirs, dim=-1)
+    return torch.cat([dirs, moments], dim=-1).reshape(n, size, size, 6).to(out_dtype)
+
+
+def rays_to_frame(rays: torch.Tensor) -> torch.Tensor:
+    """Ray maps ``(N, h, w, 6)`` -> model frames ``(N, 16, h, w)``: ``[r, r, r[:4]] * RAY_SCALE``."""
+    tiled = torch.cat([rays, rays, rays[..., :4]], dim=-1) * RAY_SCALE
+    return tiled.permute(0, 3, 1, 2).contiguous()
+
+
+def frame_to_rays(frame: torch.Tensor) -> torch.Tensor:
+    """Model frames ``(N, 16, h, w)`` -> ray maps ``(N, h, w, 6)``, averaging the tiled copies."""
+    r = frame.permute(0, 2, 3, 1) / RAY_SCALE
+    first4 = (r[..., 0:4] + r[..., 6:10] + r[..., 12:16]) / 3
+    last2 = (r[..., 4:6] + r[..., 10:12]) / 2
+    return torch.cat([first4, last2], dim=-1).contiguous()
+
+
+def camera_frames(c2ws: torch.Tensor, size: int, intrinsics: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Model frames ``(N, 16, size, size)`` of OpenGL cameras: ``rays_to_frame(plucker_rays(...))``."""
+    return rays_to_frame(plucker_rays(c2ws, size, intrinsics))
+
+
+def _ray_centres(dirs: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(N, 3) least-squares intersections of lines (unit ``dirs``, ``points`` on them), each (N, P, 3)."""
+    proj = torch.eye(3, dtype=dirs.dtype, device=dirs.device) - dirs.unsqueeze(-1) * dirs.unsqueeze(-2)
+    A = proj.sum(dim=1)
+    b = (proj @ points.unsqueeze(-1)).sum(dim=1)
+    return torch.linalg.lstsq(A, b).solution.squeeze(-1)  # lstsq: degenerate (parallel) rays do not raise
+
+
+def _fit_projection(dirs: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) matrices ``M`` with ``dirs ∝ M @ pixels`` (DLT on ``cross(d, M p) = 0``), ``det(M) > 0``."""
+    eye = torch.eye(3, dtype=dirs.dtype, device=dirs.device)
+    d = dirs.unsqueeze(-2).expand(*dirs.shape[:-1], 3, 3)
+    cross_e = torch.linalg.cross(d, eye.expand_as(d), dim=-1)  # [n, p, i, eq] = cross(d_p, e_i)
+    A = torch.einsum("npie,pj->npeij", cross_e, pixels).reshape(dirs.shape[0], -1, 9)
+    M = torch.linalg.svd(A, full_matrices=False).Vh[:, -1].reshape(-1, 3, 3)
+    return M * torch.sign(torch.linalg.det(M)).reshape(-1, 1, 1)
+
+
+def _rq(M: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``M = R @ U`` with ``R`` a rotation and ``U`` upper triangular with positive diagonal (``det M > 0``)."""
+    Q, U = torch.linalg.qr(M)
+    signs = torch.sign(torch.diagonal(U, dim1=-2, dim2=-1))
+    return Q * signs.unsqueeze(-2), U * signs.unsqueeze(-1)
+
+
+def recover_cameras(rays: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`plucker_rays`: ray maps ``(N, h, w, 6)`` -> float32 OpenGL c2ws ``(N, 4, 4)``
+    relative to camera 0 (exactly the identity) and normalised intrinsics ``(N, 3, 3)``."""
+    n, h, w, _ = rays.shape
+    rays = rays.to(torch.float64).reshape(n, h * w, 6)
+    F = torch.tensor(_F, dtype=rays.dtype, device=rays.device)
+    raw_dirs, moments = rays[..., :3] * F, rays[..., 3:] * F
+    norms = raw_dirs.norm(dim=-1, keepdim=True)
+    dirs, moments = raw_dirs / norms, moments / norms
+    centres = _ray_centres(dirs, torch.linalg.cross(dirs, moments, dim=-1))
+    R, U = _rq(_fit_projection(dirs, _pixel_grid(h, w, rays)))
+    K = torch.linalg.inv(U)
+    K = K / K[:, 2:3, 2:3]
+    C = torch.eye(4, dtype=rays.dtype, device=rays.device).repeat(n, 1, 1)
+    C[:, :3, :3], C[:, :3, 3] = R, centres
+    G = _diag(_G, rays)
+    return relative_c2ws(G @ C @ G).float(), K.float()
+

@@ -1,0 +1,101 @@
+"""Input images: decoding with limits, the reference's aspect-ratio buckets, resize and centre crop.
+
+Pillow and numpy only (no torch): the gateway uses this to check uploads before anything is queued.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
+
+# The reference's ASPECT_RATIO_512 buckets: aspect ratio (h/w) -> (height, width).
+ASPECT_RATIO_512: dict[float, tuple[int, int]] = {
+    0.25: (256, 1024), 0.26: (256, 992), 0.27: (256, 960), 0.28: (256, 928),
+    0.32: (288, 896), 0.33: (288, 864), 0.35: (288, 832), 0.4: (320, 800),
+    0.42: (320, 768), 0.48: (352, 736), 0.5: (352, 704), 0.52: (352, 672),
+    0.57: (384, 672), 0.6: (384, 640), 0.68: (416, 608), 0.72: (416, 576),
+    0.78: (448, 576), 0.82: (448, 544), 0.88: (480, 544), 0.94: (480, 512),
+    1.0: (512, 512), 1.07: (512, 480), 1.13: (544, 480), 1.21: (544, 448),
+    1.29: (576, 448), 1.38: (576, 416), 1.46: (608, 416), 1.67: (640, 384),
+    1.75: (672, 384), 2.0: (704, 352), 2.09: (736, 352), 2.4: (768, 320),
+    2.5: (800, 320), 2.89: (832, 288), 3.0: (864, 288), 3.11: (896, 288),
+    3.62: (928, 256), 3.75: (960, 256), 3.88: (992, 256), 4.0: (1024, 256),
+}
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an acceptable image; the message says what to change."""
+
+
+def closest_size(height: int, width: int) -> tuple[int, int]:
+    """(height, width) of the ASPECT_RATIO_512 bucket closest to the image's aspect ratio."""
+    ratio = height / width
+    key = min(ASPECT_RATIO_512, key=lambda r: abs(r - ratio))
+    return ASPECT_RATIO_512[key]
+
+
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w/+.-]+)?(;[\w=.-]+)*;base64,", re.IGNORECASE)
+
+
+def decode_base64(text: str) -> bytes:
+    """Bytes of a base64 string or a `data:image/...;base64,` URI."""
+    match = _DATA_URI.match(text)
+    payload = text[match.end():] if match else text
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageDecodeError("is not valid base64 (send the file's bytes base64-encoded, or a data: URI)") from None
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode and fully load an image, refusing other formats, oversized and truncated files."""
+    if not data:
+        raise ImageDecodeError("is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in ALLOWED_FORMATS:
+                raise ImageDecodeError(f"is a {image.format} image; send PNG, JPEG or WebP")
+            w, h = image.size
+            if w * h > max_pixels:
+                raise ImageDecodeError(f"has {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}; downscale it")
+            image.load()
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # Pillow raises many types for corrupt data
+        raise ImageDecodeError(f"could not be decoded as an image ({type(exc).__name__}); send PNG, JPEG or WebP") from None
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, compositing transparency onto white as the reference does for RGBA inputs."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Centre-crop to the target aspect ratio, then resize to (width, height)."""
+    return ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+
+
+def to_array(image: Image.Image) -> np.ndarray:
+    """uint8 HxWx3."""
+    return np.asarray(to_rgb(image), dtype=np.uint8)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

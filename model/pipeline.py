@@ -1,0 +1,267 @@
+"""From frame plans to results: encode conditions, sample a batch, decode, post-process.
+
+    plans -> condition latents (VAE) / ray maps (cameras) + noise + text -> FlowSampler -> latents
+          -> VAE decode of generated image frames / camera recovery of camera frames -> TaskResult
+
+A plan that cannot be prepared (a broken image, say) fails alone; the others still run as one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import outputs
+from .cameras import c2w_from_spherical, camera_frames, default_intrinsics, frame_to_rays, recover_cameras
+from .images import fit, open_image, to_array
+from .loading import Components, load_components
+from .sampler import FlowSampler, SampleRequest
+from .tasks import FramePlan
+from .text import PromptEncoder
+
+log = logging.getLogger(__name__)
+LATENT_CHANNELS = 16
+VAE_CHUNK = 8
+
+
+@dataclass
+class OutputFile:
+    name: str
+    data: bytes
+    kind: str  # image | depth16 | preview | mask
+    width: int
+    height: int
+    media_type: str = "image/png"
+
+
+@dataclass
+class TaskResult:
+    files: list[OutputFile] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+
+class Canceled(Exception):
+    """The job was canceled while it ran."""
+
+
+def _image_tensor(png: bytes, width: int, height: int) -> torch.Tensor:
+    """(3, H, W) in [-1, 1]."""
+    array = to_array(fit(open_image(png, max_pixels=width * height * 4), width, height))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def _camera_matrix(spec: dict) -> torch.Tensor:
+    if spec.get("c2w") is not None:
+        return torch.tensor(spec["c2w"], dtype=torch.float64)
+    return c2w_from_spherical(spec["azimuth"], spec["elevation"], spec["distance"])
+
+
+class OneDiffusion:
+    """The model in memory: one per worker process."""
+
+    def __init__(self, components: Components):
+        self.components = components
+        self.sampler = FlowSampler(components.transformer, components.scheduler)
+        self.text = PromptEncoder(components.tokenizer, components.text_encoder)
+        vae = components.vae
+        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.scaling_factor = vae.config.scaling_factor
+
+    @classmethod
+    def load(cls, path: str, device: Optional[str] = None) -> "OneDiffusion":
+        return cls(load_components(path, device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.components.device
+
+    # ---- VAE ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] -> scaled latents (N, 16, H/8, W/8), float32. The posterior mean
+        (no sampling, no shift factor) keeps results reproducible."""
+        vae = self.components.vae
+        chunks = []
+        for part in images.split(VAE_CHUNK):
+            latent = vae.encode(part.to(self.device, vae.dtype)).latent_dist.mode()
+            chunks.append(latent.float() * self.scaling_factor)
+        return torch.cat(chunks)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        """(N, 16, h, w) -> uint8 (N, H, W, 3)."""
+        vae = self.components.vae
+        out = []
+        for part in latents.split(VAE_CHUNK):
+            pixels = vae.decode((part / self.scaling_factor).to(vae.dtype)).sample
+            pixels = (pixels.float() / 2 + 0.5).clamp(0, 1)
+            out.append((pixels.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy())
+        return np.concatenate(out)
+
+    # ---- preparation ---------------------------------------------------------------------------------
+    def latent_size(self, plan: FramePlan) -> tuple[int, int]:
+        return plan.height // self.vae_scale, plan.width // self.vae_scale
+
+    def condition_latents(self, plan: FramePlan) -> Optional[torch.Tensor]:
+        """Clean latents of the plan's condition frames in frame order: VAE latents of the given images,
+        ray maps of the given cameras (relative to the first given camera)."""
+        h, w = self.latent_size(plan)
+        given = [f for f in plan.frames if not f.generate]
+        if not given:
+            return None
+        image_latents = None
+        if plan.images:
+            pixels = torch.stack([_image_tensor(png, plan.width, plan.height) for png in plan.images])
+            image_latents = self.encode_images(pixels)
+        ray_frames = None
+        if plan.cameras:
+            c2ws = torch.stack([_camera_matrix(spec) for spec in plan.cameras])
+            intrinsics = default_intrinsics(len(plan.cameras), plan.focal_length)
+            ray_frames = camera_frames(c2ws, h, intrinsics).float().to(self.device)
+        frames = []
+        for frame in given:
+            if frame.kind == "image":
+                frames.append(image_latents[frame.source])
+            else:
+                frames.append(ray_frames[frame.camera])
+        return torch.stack(frames)
+
+    def noise(self, plan: FramePlan) -> torch.Tensor:
+        """Initial noise from the plan's seed, drawn on the CPU so it is the same on every device."""
+        h, w = self.latent_size(plan)
+        generator = torch.Generator(device="cpu").manual_seed(plan.seed)
+        return torch.randn((len(plan.frames), LATENT_CHANNELS, h, w), generator=generator)
+
+    def sample_request(self, plan: FramePlan) -> tuple[SampleRequest, list[str]]:
+        guided = plan.guidance_scale > 1.0
+        prompts = [plan.prompt] + ([plan.negative_prompt] if guided else [])
+        encoded = self.text.encode(prompts)
+        warnings = [
+            f"{label} was cut to {self.text.max_length} tokens; dropped: {e.truncated!r}"
+            for label, e in zip(("prompt", "negative_prompt"), encoded)
+            if e.truncated
+        ]
+        request = SampleRequest(
+            noise=self.noise(plan),
+            denoise_mask=plan.denoise_mask,
+            cond_embeds=encoded[0].embeds,
+            cond_mask=encoded[0].mask,
+            num_inference_steps=plan.num_inference_steps,
+            guidance_scale=plan.guidance_scale,
+            uncond_embeds=encoded[1].embeds if guided else None,
+            uncond_mask=encoded[1].mask if guided else None,
+            cond_latents=self.condition_latents(plan),
+            noise_scale=plan.noise_scale,
+        )
+        return request, warnings
+
+    # ---- the batch --------------------------------------------------------------------------------------
+    def run(
+        self,
+        plans: Sequence[FramePlan],
+        on_step: Optional[Callable[[int, int], None]] = None,
+        canceled: Optional[Callable[[], set[int]]] = None,
+    ) -> list[TaskResult | BaseException]:
+        """Run plans of one bucket as one sampler batch. Each entry of the result is the plan's
+        TaskResult, or the exception that failed it alone (Canceled for a canceled one)."""
+        results: list[TaskResult | BaseException] = [TaskResult() for _ in plans]
+        requests: list[SampleRequest] = []
+        index: list[int] = []  # position in `plans` of each sampler request
+        t0 = time.perf_counter()
+        for i, plan in enumerate(plans):
+            try:
+                request, warnings = self.sample_request(plan)
+            except Exception as exc:  # a bad plan fails alone
+                log.warning("preparing plan %d (%s) failed: %s", i, plan.task, exc)
+                results[i] = exc
+                continue
+            results[i].warnings.extend(plan.warnings + warnings)
+            requests.append(request)
+            index.append(i)
+        t_prepare = time.perf_counter() - t0
+
+        def canceled_requests() -> set[int]:
+            if canceled is None:
+                return set()
+            dropped = canceled()
+            return {k for k, i in enumerate(index) if i in dropped}
+
+        t1 = time.perf_counter()
+        sampled = self.sampler.sample(requests, on_step=on_step, canceled=canceled_requests if canceled else None)
+        t_sample = time.perf_counter() - t1
+
+        for k, (i, out) in enumerate(zip(index, sampled)):
+            if out.canceled:
+                results[i] = Canceled("canceled while running")
+                continue
+            t2 = time.perf_counter()
+            try:
+                self.finish(plans[i], out.latents, results[i])
+            except Exception as exc:
+                log.exception("post-processing plan %d (%s) failed", i, plans[i].task)
+                results[i] = exc
+                continue
+            results[i].timings = {
+                "prepare_s": round(t_prepare, 4),
+                "denoise_s": round(t_sample, 4),
+                "decode_s": round(time.perf_counter() - t2, 4),
+                "batch_size": len(requests),
+            }
+        return results
+
+    # ---- outputs ---------------------------------------------------------------------------------------
+    def finish(self, plan: FramePlan, latents: torch.Tensor, result: TaskResult) -> None:
+        """Decode the generated image frames and recover cameras; fill `result`."""
+        targets = [k for k, f in enumerate(plan.frames) if f.generate and f.kind == "image"]
+        pictures = self.decode_latents(latents[targets]) if targets else []
+        named = {plan.frames[k].name: pic for k, pic in zip(targets, pictures)}
+
+        def add(name: str, data: bytes, kind: str, shape) -> None:
+            result.files.append(OutputFile(name, data, kind, width=shape[1], height=shape[0]))
+
+        if plan.postprocess == "depth":
+            depth16, preview = outputs.depth_outputs(named["depth"])
+            add("depth.png", outputs.encode_png16(depth16), "depth16", depth16.shape)
+            add("depth_preview.png", outputs.image_png(preview), "preview", preview.shape)
+            result.data["depth"] = {"format": "16-bit PNG, 65535 = nearest", "file": "depth.png"}
+            return
+        for name, picture in named.items():
+            add(f"{name}.png", outputs.image_png(picture), "image", picture.shape)
+        if plan.postprocess == "segmentation":
+            picture = named["segmentation"]
+            masks = outputs.class_masks(picture, [c["colour"] for c in plan.classes])
+            classes = []
+            for k, cls in enumerate(plan.classes):
+                mask = masks[cls["colour"]]
+                fname = f"mask_{k}.png"
+                add(fname, outputs.mask_png(mask), "mask", mask.shape)
+                classes.append({**cls, "mask": fname, "pixels": int(mask.sum())})
+            result.data["classes"] = classes
+        elif plan.postprocess == "detection":
+            picture = named["detection"]
+            boxes = outputs.class_boxes(picture, [c["colour"] for c in plan.classes])
+            result.data["classes"] = [{**cls, "boxes": boxes[cls["colour"]]} for cls in plan.classes]
+        elif plan.postprocess == "poses":
+            cams = [k for k, f in enumerate(plan.frames) if f.kind == "camera"]
+            rays = frame_to_rays(latents[cams].float().cpu())
+            c2ws, intrinsics = recover_cameras(rays)
+            result.data["cameras"] = [
+                {
+                    "view": v,
+                    "c2w": c2ws[v].tolist(),
+                    "intrinsics": {
+                        "fx": float(intrinsics[v, 0, 0]), "fy": float(intrinsics[v, 1, 1]),
+                        "cx": float(intrinsics[v, 0, 2]), "cy": float(intrinsics[v, 1, 2]),
+                    },
+                    "predicted": plan.frames[k].generate,
+                }
+                for v, k in enumerate(cams)
+            ]
+            result.data["convention"] = "OpenGL camera-to-world (x right, y up, looking along -z), relative to view 0"

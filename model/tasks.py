@@ -1,0 +1,646 @@
+"""Task requests and the frame plans they build (SPEC section 3). Torch-free.
+
+Every task of OneDiffusion is a sequence of frames, each either generated (denoise mask 1) or given as a
+condition (mask 0), plus a prompt that starts with the task's token. A request model here validates the
+caller's input (types and ranges through pydantic; images, counts and sizes in `plan()`), and
+`plan()` returns the `FramePlan` the worker turns into tensors. The gateway calls `plan()` too, so a
+request is checked completely before it is queued.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Annotated, ClassVar, Literal, Optional, Union
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .images import ImageDecodeError, closest_size, decode_base64, fit, open_image, png_bytes, to_rgb
+from .outputs import COLOURS
+
+NEGATIVE_PROMPT = (
+    "monochrome, greyscale, low-res, bad anatomy, bad hands, text, error, missing fingers, extra digit, "
+    "fewer digits, cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, "
+    "username, blurry, artist name, poorly drawn, bad anatomy, wrong anatomy, extra limb, missing limb, "
+    "floating limbs, disconnected limbs, mutation, mutated, ugly, disgusting, blurry, amputation"
+)
+DEFAULT_FOCAL_LENGTH = 1.3887
+DEFAULT_DISTANCE = 1.7
+INPAINT_GREY = (128, 128, 128)
+
+
+class TaskInputError(ValueError):
+    """Input that passed the schema but cannot make a valid task. `field` names what to change."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class TaskLimits(BaseModel):
+    """Bounds on what a request may ask for; the service fills them from its settings."""
+
+    max_side: int = 2048  # the released model's rotary range is 128 patches of 16 px
+    max_output_pixels: int = 2048 * 2048
+    max_input_pixels: int = 40_000_000
+    max_frames: int = 16
+    max_views: int = 8
+
+
+# ---- the plan ---------------------------------------------------------------------------------------
+@dataclass
+class Frame:
+    """One frame of a plan: an RGB image or a camera ray map, generated or given."""
+
+    kind: Literal["image", "camera"]
+    generate: bool
+    name: str
+    source: Optional[int] = None  # index into FramePlan.images for a given image frame
+    camera: Optional[int] = None  # index into FramePlan.cameras for a given camera frame
+
+
+@dataclass
+class FramePlan:
+    task: str
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    frames: list[Frame]
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    noise_scale: float = 1.0
+    images: list[bytes] = field(default_factory=list)  # condition images, PNG, already at (width, height)
+    cameras: list[dict] = field(default_factory=list)  # CameraPose fields of each given camera, in frame order
+    focal_length: float = DEFAULT_FOCAL_LENGTH
+    postprocess: str = "images"  # images | depth | segmentation | detection
+    classes: list[dict] = field(default_factory=list)  # {"name", "colour"} per class for segmentation / detection
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def denoise_mask(self) -> list[int]:
+        return [int(f.generate) for f in self.frames]
+
+    @property
+    def bucket(self) -> str:
+        """Jobs with the same bucket have the same token shape and step count and can share a batch."""
+        return f"{self.height}x{self.width}x{len(self.frames)}x{self.num_inference_steps}"
+
+
+# ---- request building blocks ------------------------------------------------------------------------
+ImageInput = Annotated[
+    str,
+    Field(
+        description="An image as base64 or a data URI (PNG, JPEG or WebP).",
+        examples=["data:image/png;base64,iVBORw0KGgo..."],
+        min_length=1,
+    ),
+]
+
+
+class ClassSpec(BaseModel):
+    """A class to segment or detect (or drawn in a map to generate from), and the colour that marks it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100, examples=["dragon"])
+    colour: Optional[str] = Field(None, description=f"one of: {', '.join(COLOURS)}; assigned in that order when omitted")
+
+    @field_validator("colour")
+    @classmethod
+    def _known_colour(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and value.lower() not in COLOURS:
+            raise ValueError(f"unknown colour {value!r}; use one of: {', '.join(COLOURS)}")
+        return value.lower() if value else value
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if any(c in value for c in "<>[]"):
+            raise ValueError("class names cannot contain <, >, [ or ]")
+        return value
+
+
+class CameraPose(BaseModel):
+    """A camera as azimuth/elevation (degrees) and distance around the object, or as a 4x4
+    camera-to-world matrix in the OpenGL convention (x right, y up, looking along -z)."""
+
+    model_config = ConfigDict(extra="forbid")
+    azimuth: Optional[float] = Field(None, ge=-360, le=360, examples=[30.0])
+    elevation: Optional[float] = Field(None, ge=-90, le=90, examples=[0.0])
+    distance: float = Field(DEFAULT_DISTANCE, gt=0, le=100)
+    c2w: Optional[list[list[float]]] = Field(None, description="4x4 camera-to-world matrix, rows first")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "CameraPose":
+        spherical = self.azimuth is not None or self.elevation is not None
+        if self.c2w is not None:
+            if spherical:
+                raise ValueError("give either azimuth/elevation or c2w, not both")
+            if len(self.c2w) != 4 or any(len(row) != 4 for row in self.c2w):
+                raise ValueError("c2w must be a 4x4 matrix (a list of 4 rows of 4 numbers)")
+            if [round(v, 6) for v in self.c2w[3]] != [0, 0, 0, 1]:
+                raise ValueError("c2w's last row must be [0, 0, 0, 1]")
+            rot = [row[:3] for row in self.c2w[:3]]
+            for i in range(3):
+                for j in range(3):
+                    dot = sum(rot[k][i] * rot[k][j] for k in range(3))
+                    if abs(dot - (1.0 if i == j else 0.0)) > 1e-3:
+                        raise ValueError("c2w's upper-left 3x3 block must be a rotation (orthonormal columns)")
+        elif self.azimuth is None or self.elevation is None:
+            raise ValueError("give azimuth and elevation (and optionally distance), or a c2w matrix")
+        return self
+
+
+DEFAULT_CAMERAS = [CameraPose(azimuth=a, elevation=0.0) for a in (0.0, 30.0, 60.0, 90.0)]
+
+
+class TaskRequest(BaseModel):
+    """Options every task shares."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: ClassVar[str]
+    token: ClassVar[str] = ""
+
+    negative_prompt: Optional[str] = Field(
+        None, max_length=4000, description="What to steer away from; defaults to the prompt guide's list. '' for none."
+    )
+    width: Optional[int] = Field(None, ge=64, le=4096, multiple_of=16, description="Output width in pixels (multiple of 16)")
+    height: Optional[int] = Field(None, ge=64, le=4096, multiple_of=16, description="Output height in pixels (multiple of 16)")
+    num_inference_steps: int = Field(50, ge=1, le=200)
+    guidance_scale: float = Field(4.0, ge=0.0, le=20.0, description="Classifier-free guidance; 1 or less turns it off")
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="Fixes the noise; random when omitted")
+    noise_scale: float = Field(1.0, gt=0.0, le=4.0, description="Scales the sequence length used to shift the schedule")
+
+    # -- helpers for plan() --
+    def _images(self) -> list[tuple[str, str]]:
+        """(field name, data) of the input images, in frame order."""
+        return []
+
+    def _size(self, limits: TaskLimits, decoded: list[Image.Image], default: tuple[int, int]) -> tuple[int, int]:
+        if (self.width is None) != (self.height is None):
+            raise TaskInputError("width", "give both width and height, or neither")
+        if self.width is not None:
+            w, h = self.width, self.height
+        elif decoded:
+            h, w = closest_size(decoded[0].height, decoded[0].width)
+        else:
+            w, h = default
+        if max(w, h) > limits.max_side:
+            raise TaskInputError("width", f"{w}x{h} is larger than the {limits.max_side} px limit of a side")
+        if w * h > limits.max_output_pixels:
+            raise TaskInputError("width", f"{w}x{h} has more than the limit of {limits.max_output_pixels} pixels; ask for a smaller size")
+        return w, h
+
+    def _decode(self, limits: TaskLimits) -> list[Image.Image]:
+        decoded = []
+        for name, data in self._images():
+            try:
+                decoded.append(to_rgb(open_image(decode_base64(data), limits.max_input_pixels)))
+            except ImageDecodeError as exc:
+                raise TaskInputError(name, f"the image {exc}") from None
+        return decoded
+
+    def _negative(self) -> str:
+        return NEGATIVE_PROMPT if self.negative_prompt is None else self.negative_prompt
+
+    def task_token(self) -> str:
+        return self.token
+
+    def _prompt(self, *parts: Optional[str]) -> str:
+        return " ".join([self.task_token(), *[p.strip() for p in parts if p and p.strip()]])
+
+    def _plan(self, limits: TaskLimits, frames: list[Frame], prompt: str, default_size=(512, 512), **extra) -> FramePlan:
+        decoded = self._decode(limits)
+        w, h = self._size(limits, decoded, default_size)
+        if len(frames) > limits.max_frames:
+            raise TaskInputError("frames", f"{len(frames)} frames is more than the limit of {limits.max_frames}")
+        plan = FramePlan(
+            task=self.task,
+            prompt=prompt,
+            negative_prompt=self._negative(),
+            width=w,
+            height=h,
+            frames=frames,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed if self.seed is not None else secrets.randbelow(2**31),
+            noise_scale=self.noise_scale,
+            images=[png_bytes(fit(img, w, h)) for img in self.prepare_images(decoded)],
+            **extra,
+        )
+        return plan
+
+    def prepare_images(self, decoded: list[Image.Image]) -> list[Image.Image]:
+        """The condition images in frame order (a task may combine its inputs, e.g. inpainting)."""
+        return decoded
+
+    def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
+        raise NotImplementedError
+
+
+def _class_tokens(classes: list[ClassSpec], kind: str) -> tuple[str, list[dict]]:
+    """`<#00FFFF cyan mask: dragon>` tokens, assigning free colours in table order where none is given."""
+    taken = [c.colour for c in classes if c.colour]
+    if len(taken) != len(set(taken)):
+        raise TaskInputError("classes", "two classes use the same colour; give each class its own colour")
+    free = [name for name in COLOURS if name not in taken]
+    if len(classes) > len(COLOURS):
+        raise TaskInputError("classes", f"at most {len(COLOURS)} classes (one per colour)")
+    colours = [c.colour or free.pop(0) for c in classes]
+    tokens = " ".join(
+        f"<#{'%02X%02X%02X' % COLOURS[colour]} {colour} {kind}: {c.name}>" for c, colour in zip(classes, colours)
+    )
+    return tokens, [{"name": c.name, "colour": colour} for c, colour in zip(classes, colours)]
+
+
+# ---- the tasks --------------------------------------------------------------------------------------
+class TextToImage(TaskRequest):
+    """Generate an image from text. Works best from 768 to 1280 px; 1024x1024 by default."""
+
+    task: ClassVar[str] = "text-to-image"
+    token: ClassVar[str] = "[[text2image]]"
+    prompt: str = Field(min_length=1, max_length=4000, examples=["A lighthouse on a cliff at sunset, oil painting"])
+
+    def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
+        frames = [Frame("image", True, "image")]
+        return self._plan(limits, frames, self._prompt(self.prompt), default_size=(1024, 1024))
+
+
+class _FromCondition(TaskRequest):
+    """Generate an image from a condition map: frames [image (generated), condition (given)], mask [1, 0]."""
+
+    image: ImageInput = Field(description="The condition map")
+    prompt: str = Field(min_length=1, max_length=4000, examples=["a photo of a cat on a table"])
+
+    def _images(self):
+        return [("image", self.image)]
+
+    def _extra_tokens(self) -> str:
+        return ""
+
+    def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
+        frames = [Frame("image", True, "image"), Frame("image", False, "condition", source=0)]
+        return self._plan(limits, frames, self._prompt(self._extra_tokens(), self.prompt))
+
+
+class DepthToImage(_FromCondition):
+    task: ClassVar[str] = "depth-to-image"
+    token: ClassVar[str] = "[[depth2image]]"
+
+
+class CannyToImage(_FromCondition):
+    task: ClassVar[str] = "canny-to-image"
+    token: ClassVar[str] = "[[canny2image]]"
+
+
+class HedToImage(_FromCondition):
+    task: ClassVar[str] = "hed-to-image"
+    token: ClassVar[str] = "[[hed2img]]"
+
+
+class PoseToImage(_FromCondition):
+    task: ClassVar[str] = "pose-to-image"
+    token: ClassVar[str] = "[[pose2image]]"
+
+
+class SemanticMapToImage(_FromCondition):
+    """The map paints each class in its colour; `classes` names them."""
+
+    task: ClassVar[str] = "semantic-map-to-image"
+    token: ClassVar[str] = "[[semanticmap2image]]"
+    classes: list[ClassSpec] = Field(min_length=1, max_length=len(COLOURS))
+
+    def _extra_tokens(self) -> str:
+        return _class_tokens(self.classes, "mask")[0]
+
+
+class BoxesToImage(_FromCondition):
+    """The map draws each object's box in its class colour; `classes` names them."""
+
+    task: ClassVar[str] = "boxes-to-image"
+    token: ClassVar[str] = "[[boundingbox2image]]"
+    classes: list[ClassSpec] = Field(min_length=1, max_length=len(COLOURS))
+
+    def _extra_tokens(self) -> str:
+        return _class_tokens(self.classes, "boundingbox")[0]
+
+
+class _Estimation(TaskRequest):
+    """Estimate a map from an image: frames [image (given), map (generated)], mask [0, 1]."""
+
+    image: ImageInput
+    prompt: Optional[str] = Field(None, max_length=4000, description="Optional caption of the image")
+    output_name: ClassVar[str] = "map"
+    postprocess: ClassVar[str] = "images"
+
+    def _images(self):
+        return [("image", self.image)]
+
+    def _tokens_and_classes(self) -> tuple[str, list[dict]]:
+        return "", []
+
+    def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
+        tokens, classes = self._tokens_and_classes()
+        frames = [Frame("image", False, "image", source=0), Frame("image", True, self.output_name)]
+        return self._plan(
+            limits, frames, self._prompt(tokens, self.prompt), postprocess=self.postprocess, classes=classes
+        )
+
+
+class DepthEstimation(_Estimation):
+    """Depth as a 16-bit PNG (bright = near) plus a colourised preview."""
+
+    task: ClassVar[str] = "depth-estimation"
+    token: ClassVar[str] = "[[depth2image]]"
+    output_name: ClassVar[str] = "depth"
+    postprocess: ClassVar[str] = "depth"
+
+
+class EdgeEstimation(_Estimation):
+    task: ClassVar[str] = "edge-estimation"
+    edge_type: Literal["canny", "hed"] = Field("canny", description="Canny edges or soft HED edges")
+    output_name: ClassVar[str] = "edges"
+
+    def task_token(self) -> str:
+        return "[[canny2image]]" if self.edge_type == "canny" else "[[hed2img]]"
+
+
+class PoseEstimation(_Estimation):
+    task: ClassVar[str] = "pose-estimation"
+    token: ClassVar[str] = "[[pose2image]]"
+    output_name: ClassVar[str] = "pose"
+
+
+class Segmentation(_Estimation):
+    """A colour map plus one mask per class."""
+
+    task: ClassVar[str] = "segmentation"
+    token: ClassVar[str] = "[[semanticmap2image]]"
+    output_name: ClassVar[str] = "segmentation"
+    postprocess: ClassVar[str] = "segmentation"
+    classes: list[ClassSpec] = Field(min_length=1, max_length=len(COLOURS), examples=[[{"name": "dragon", "colour": "cyan"}]])
+
+    def _tokens_and_classes(self):
+        return _class_tokens(self.classes, "mask")
+
+
+class Detection(_Estimation):
+    """A map with boxes drawn in class colours plus the boxes as pixel coordinates per class."""
+
+    task: ClassVar[str] = "detection"
+    token: ClassVar[str] = "[[boundingbox2image]]"
+    output_name: ClassVar[str] = "detection"
+    postprocess: ClassVar[str] = "detection"
+    classes: list[ClassSpec] = Field(min_length=1, max_length=len(COLOURS), examples=[[{"name": "bird", "colour": "red"}]])
+
+    def _tokens_and_classes(self):
+        return _class_tokens(self.classes, "boundingbox")
+
+
+class _Restoration(TaskRequest):
+    """Frames [result (generated), input (given)], mask [1, 0]."""
+
+    image: ImageInput
+    prompt: Optional[str] = Field(None, max_length=4000, description="Optional caption of the image")
+
+    def _images(self):
+        return [("image", self.image)]
+
+    def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
+        frames = [Frame("image", True, "image"), Frame("image", False, "input", source=0)]
+        return self._plan(limits, frames, self._prompt(self.prompt))
+
+
+class Deblurring(_Restoration):
+    task: ClassVar[str] = "deblurring"
+    token: ClassVar[str] = "[[deblurring]]"
+
+
+class Inpainting(_Restoration):
+    """Fill the region marked in `mask` (white or any non-black pixel = fill)."""
+
+    task: ClassVar[str] = "inpainting"
+    token: ClassVar[str] = "[[image_inpainting]]"
+    mask: ImageInput = Field(description="Same aspect as the image; non-black pixels mark the region to fill")
+
+    def _images(self):
+        return [("image", self.image), ("mask", self.mask)]
+
+    def prepare_images(self, decoded: list[Image.Image]) -> list[Image.Image]:
+        image, mask = decoded
+        region = mask.convert("L").resize(image.size, Image.Resampling.NEAREST).point(lambda v: 255 if v > 10 else 0)
+        grey = Image.new("RGB", image.size, INPAINT_GREY)
+        return [Image.composite(grey, image, region)]
+
+
+class ImageEditing(_Restoration):
+    """Edit an image following an instruction. Guidance 3 to 3.5 avoids over-saturation."""
+
+    task: ClassVar[str] = "image-editing"
+    token: ClassVar[str] = "[[image_editing]]"
+    prompt: str = Field(min_length=1, max_length=4000, description="The instruction", examples=["make it winter"])
+    guidance_scale: float = Field(3.2, ge=0.0, le=20.0)
+
+
+class IdCustomization(TaskRequest):
+    """A new image of the person in 1 to 3 reference photos. Frames [target, refs...], mask [1, 0, ...]."""
+
+    task: ClassVar[str] = "id-customization"
+    token: ClassVar[str] = "[[faceid]]"
+    images: list[ImageInput] = Field(min_length=1, max_length=3, description="1 to 3 reference photos of one person")
+    prompt: str = Field(min_length=1, max_length=4000, description="Caption of the image to make")
+    reference_captions: Optional[list[str]] = Field(
+        None, description="A caption per reference photo (30 to 75 words work best)"
+    )
+
+    def _images(self):
+        return [(f"images[{i}]", data) for i, data in enumerate(self.images)]
+
+    def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
+        captions = self.reference_captions or [""] * len(self.images)
+        if len(captions) != len(self.images):
+            raise TaskInputError(
+                "reference_captions", f"give one caption per reference image ({len(self.images)}), got {len(captions)}"
+            )
+        parts = [f"[[img0]] {self.prompt.strip()}"] + [f"[[img{i}]] {c.strip()}".strip() for i, c in enumerate(captions, 1)]
+        frames = [Frame("image", True, "image")] + [
+            Frame("image", False, f"reference_{i}", source=i) for i in range(len(self.images))
+        ]
+        return self._plan(limits, frames, self._prompt(*parts))
+
+
+class SubjectDriven(TaskRequest):
+    """A new image of the subject of a photo. Frames [target, source], mask [1, 0]."""
+
+    task: ClassVar[str] = "subject-driven"
+    token: ClassVar[str] = "[[subject_driven]]"
+    image: ImageInput
+    item: str = Field(min_length=1, max_length=200, description="What the subject is", examples=["dog"])
+    prompt: str = Field(min_length=1, max_length=4000, description="Caption of the image to make")
+    source_caption: Optional[str] = Field(None, max_length=4000, description="Caption of the source photo")
+
+    def _images(self):
+        return [("image", self.image)]
+
+    def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
+        frames = [Frame("image", True, "image"), Frame("image", False, "source", source=0)]
+        prompt = self._prompt(f"<item: {self.item.strip()}>", f"[[img0]] {self.prompt.strip()}", f"[[img1]] {self.source_caption or ''}".strip())
+        return self._plan(limits, frames, prompt)
+
+
+class _Multiview(TaskRequest):
+    """Frames interleave [image_0, camera_0, image_1, camera_1, ...]; images and cameras must be square."""
+
+    token: ClassVar[str] = "[[multiview]]"
+    num_inference_steps: int = Field(60, ge=1, le=200)
+    focal_length: float = Field(DEFAULT_FOCAL_LENGTH, gt=0.1, le=10.0, description="Normalised focal length of every view")
+
+    def _size(self, limits, decoded, default):
+        w, h = super()._size(limits, decoded, default)
+        if self.width is None and decoded:
+            w = h = 512
+        if w != h:
+            raise TaskInputError("width", "multiview tasks need square images: set width equal to height")
+        return w, h
+
+    def _views(self, limits: TaskLimits, count: int, field_name: str) -> None:
+        if count > limits.max_views:
+            raise TaskInputError(field_name, f"{count} views is more than the limit of {limits.max_views}")
+
+    def _multiview_plan(
+        self, limits: TaskLimits, given_images: int, cameras: list[Optional[CameraPose]], prompt: Optional[str]
+    ) -> FramePlan:
+        frames: list[Frame] = []
+        poses: list[dict] = []
+        for i, camera in enumerate(cameras):
+            frames.append(Frame("image", i >= given_images, f"view_{i}", source=i if i < given_images else None))
+            if camera is None:
+                frames.append(Frame("camera", True, f"camera_{i}"))
+            else:
+                frames.append(Frame("camera", False, f"camera_{i}", camera=len(poses)))
+                poses.append(camera.model_dump())
+        postprocess = "poses" if any(c is None for c in cameras) else "images"
+        return self._plan(
+            limits, frames, self._prompt(prompt), cameras=poses, focal_length=self.focal_length, postprocess=postprocess
+        )
+
+
+class ImageToMultiview(_Multiview):
+    """New views of the object in an image. `cameras[0]` is the input image's camera."""
+
+    task: ClassVar[str] = "image-to-multiview"
+    image: ImageInput
+    prompt: Optional[str] = Field(None, max_length=4000, description="Optional caption (avoid describing the face)")
+    cameras: list[CameraPose] = Field(
+        default_factory=lambda: list(DEFAULT_CAMERAS), min_length=2, description="One camera per view, input view first"
+    )
+
+    def _images(self):
+        return [("image", self.image)]
+
+    def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
+        self._views(limits, len(self.cameras), "cameras")
+        return self._multiview_plan(limits, 1, list(self.cameras), self.prompt)
+
+
+class TextToMultiview(_Multiview):
+    task: ClassVar[str] = "text-to-multiview"
+    prompt: str = Field(min_length=1, max_length=4000)
+    cameras: list[CameraPose] = Field(default_factory=lambda: list(DEFAULT_CAMERAS), min_length=1)
+
+    def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
+        self._views(limits, len(self.cameras), "cameras")
+        return self._multiview_plan(limits, 0, list(self.cameras), self.prompt)
+
+
+class CameraPoseEstimation(_Multiview):
+    """Camera poses of 2 or more photos of one scene: 4x4 camera-to-world matrices (OpenGL convention)
+    relative to the first photo, with normalised intrinsics."""
+
+    task: ClassVar[str] = "camera-pose-estimation"
+    images: list[ImageInput] = Field(min_length=2, description="2 or more photos of one object or scene")
+    prompt: Optional[str] = Field(None, max_length=4000)
+
+    def _images(self):
+        return [(f"images[{i}]", data) for i, data in enumerate(self.images)]
+
+    def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
+        self._views(limits, len(self.images), "images")
+        return self._multiview_plan(limits, len(self.images), [None] * len(self.images), self.prompt)
+
+
+class RawFrame(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["image", "camera"] = "image"
+    generate: bool = Field(description="true: the model makes this frame; false: it is given")
+    image: Optional[ImageInput] = Field(None, description="The image of a given image frame")
+    camera: Optional[CameraPose] = Field(None, description="The pose of a given camera frame")
+
+
+class Generate(TaskRequest):
+    """Any frames, mask and prompt, for zero-shot combinations. The prompt is used as given (include the
+    task token yourself, e.g. `[[depth2image]] ...`). Given camera frames are expressed relative to the
+    first given camera."""
+
+    task: ClassVar[str] = "generate"
+    prompt: str = Field(min_length=1, max_length=4000, examples=["[[text2image]] a red bicycle"])
+    frames: list[RawFrame] = Field(min_length=1, examples=[[{"kind": "image", "generate": True}]])
+    focal_length: float = Field(DEFAULT_FOCAL_LENGTH, gt=0.1, le=10.0)
+
+    def _images(self):
+        return [(f"frames[{i}].image", f.image) for i, f in enumerate(self.frames) if f.kind == "image" and not f.generate]
+
+    def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
+        frames: list[Frame] = []
+        poses: list[dict] = []
+        n_images = 0
+        for i, raw in enumerate(self.frames):
+            if raw.kind == "image":
+                if raw.camera is not None:
+                    raise TaskInputError(f"frames[{i}].camera", "an image frame takes no camera")
+                if raw.generate:
+                    if raw.image is not None:
+                        raise TaskInputError(f"frames[{i}].image", "a generated frame takes no image; set generate=false to give it")
+                    frames.append(Frame("image", True, f"frame_{i}"))
+                else:
+                    if raw.image is None:
+                        raise TaskInputError(f"frames[{i}].image", "a given image frame needs an image")
+                    frames.append(Frame("image", False, f"frame_{i}", source=n_images))
+                    n_images += 1
+            else:
+                if raw.image is not None:
+                    raise TaskInputError(f"frames[{i}].image", "a camera frame takes no image")
+                if raw.generate:
+                    frames.append(Frame("camera", True, f"frame_{i}"))
+                else:
+                    if raw.camera is None:
+                        raise TaskInputError(f"frames[{i}].camera", "a given camera frame needs a camera")
+                    frames.append(Frame("camera", False, f"frame_{i}", camera=len(poses)))
+                    poses.append(raw.camera.model_dump())
+        has_camera = any(f.kind == "camera" for f in frames)
+        plan = self._plan(limits, frames, self.prompt.strip(), cameras=poses, focal_length=self.focal_length,
+                          postprocess="poses" if any(f.kind == "camera" and f.generate for f in frames) else "images")
+        if has_camera and plan.width != plan.height:
+            raise TaskInputError("width", "frames with cameras need square images: set width equal to height")
+        if not any(f.generate for f in frames):
+            raise TaskInputError("frames", "mark at least one frame with generate=true")
+        return plan
+
+
+TASKS: dict[str, type[TaskRequest]] = {
+    cls.task: cls
+    for cls in (
+        TextToImage, DepthToImage, CannyToImage, HedToImage, PoseToImage, SemanticMapToImage, BoxesToImage,
+        DepthEstimation, EdgeEstimation, PoseEstimation, Segmentation, Detection,
+        Deblurring, Inpainting, ImageEditing, IdCustomization, SubjectDriven,
+        ImageToMultiview, TextToMultiview, CameraPoseEstimation, Generate,
+    )
+}
+
+
+def parse_task(task: str, payload: dict) -> TaskRequest:
+    """The request model of `task` validated from a JSON-like dict (raises KeyError for unknown tasks)."""
+    return TASKS[task].model_validate(payload)

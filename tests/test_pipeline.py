@@ -1,0 +1,118 @@
+"""Every task runs end to end on the demo checkpoint (CPU) and returns outputs of the right kind."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.pipeline import Canceled, OneDiffusion, TaskResult
+from model.tasks import TASKS
+from tests.conftest import b64_image
+
+IMG = b64_image(96, 64)
+SQ = b64_image(64, 64, seed=2)
+FAST = {"num_inference_steps": 2}
+SMALL = {"width": 128, "height": 96, **FAST}
+SMALL_SQ = {"width": 64, "height": 64, **FAST}
+
+# task, payload, expected files (name -> (kind, mode))
+CASES = {
+    "text-to-image": ({"prompt": "a cat", **SMALL}, {"image.png": ("image", "RGB")}),
+    "depth-to-image": ({"image": IMG, "prompt": "a cat", **SMALL}, {"image.png": ("image", "RGB")}),
+    "canny-to-image": ({"image": IMG, "prompt": "a cat", **SMALL}, {"image.png": ("image", "RGB")}),
+    "hed-to-image": ({"image": IMG, "prompt": "a cat", **SMALL}, {"image.png": ("image", "RGB")}),
+    "pose-to-image": ({"image": IMG, "prompt": "a man", **SMALL}, {"image.png": ("image", "RGB")}),
+    "semantic-map-to-image": ({"image": IMG, "prompt": "x", "classes": [{"name": "dragon"}], **SMALL}, {"image.png": ("image", "RGB")}),
+    "boxes-to-image": ({"image": IMG, "prompt": "x", "classes": [{"name": "bird"}], **SMALL}, {"image.png": ("image", "RGB")}),
+    "depth-estimation": ({"image": IMG, **SMALL}, {"depth.png": ("depth16", "I;16"), "depth_preview.png": ("preview", "RGB")}),
+    "edge-estimation": ({"image": IMG, **SMALL}, {"edges.png": ("image", "RGB")}),
+    "pose-estimation": ({"image": IMG, **SMALL}, {"pose.png": ("image", "RGB")}),
+    "segmentation": ({"image": IMG, "classes": [{"name": "a"}, {"name": "b"}], **SMALL},
+                     {"segmentation.png": ("image", "RGB"), "mask_0.png": ("mask", "L"), "mask_1.png": ("mask", "L")}),
+    "detection": ({"image": IMG, "classes": [{"name": "bird"}], **SMALL}, {"detection.png": ("image", "RGB")}),
+    "deblurring": ({"image": IMG, **SMALL}, {"image.png": ("image", "RGB")}),
+    "inpainting": ({"image": IMG, "mask": IMG, **SMALL}, {"image.png": ("image", "RGB")}),
+    "image-editing": ({"image": IMG, "prompt": "snow", **SMALL}, {"image.png": ("image", "RGB")}),
+    "id-customization": ({"images": [IMG, IMG, IMG], "prompt": "a chef", **SMALL}, {"image.png": ("image", "RGB")}),
+    "subject-driven": ({"image": IMG, "item": "dog", "prompt": "a dog", **SMALL}, {"image.png": ("image", "RGB")}),
+    "image-to-multiview": ({"image": SQ, **SMALL_SQ}, {f"view_{i}.png": ("image", "RGB") for i in (1, 2, 3)}),
+    "text-to-multiview": ({"prompt": "a chair", **SMALL_SQ}, {f"view_{i}.png": ("image", "RGB") for i in range(4)}),
+    "camera-pose-estimation": ({"images": [SQ, SQ, SQ], **SMALL_SQ}, {}),
+    "generate": ({"prompt": "[[depth2image]] x", "frames": [{"generate": True}, {"generate": False, "image": IMG}], **SMALL},
+                 {"frame_0.png": ("image", "RGB")}),
+}
+
+
+def test_all_tasks_covered():
+    assert set(CASES) == set(TASKS)
+
+
+@pytest.mark.parametrize("task", sorted(CASES))
+def test_task_end_to_end(demo_model: OneDiffusion, task):
+    payload, expected = CASES[task]
+    plan = TASKS[task].model_validate(payload).plan()
+    (result,) = demo_model.run([plan])
+    assert isinstance(result, TaskResult), result
+    files = {f.name: f for f in result.files}
+    assert set(files) == set(expected)
+    for name, (kind, mode) in expected.items():
+        image = Image.open(io.BytesIO(files[name].data))
+        image.load()
+        assert files[name].kind == kind and image.mode == mode
+        assert image.size == (plan.width, plan.height) == (files[name].width, files[name].height)
+    if task == "segmentation":
+        assert [c["mask"] for c in result.data["classes"]] == ["mask_0.png", "mask_1.png"]
+    if task == "detection":
+        boxes = result.data["classes"][0]["boxes"]
+        assert isinstance(boxes, list) and all(len(b) == 4 for b in boxes)
+    if task == "camera-pose-estimation":
+        cams = result.data["cameras"]
+        assert len(cams) == 3 and all(np.asarray(c["c2w"]).shape == (4, 4) for c in cams)
+        np.testing.assert_allclose(cams[0]["c2w"], np.eye(4), atol=1e-5)
+        assert {"fx", "fy", "cx", "cy"} <= set(cams[1]["intrinsics"])
+
+
+def test_seed_makes_results_reproducible_and_batch_independent(demo_model):
+    a = TASKS["depth-to-image"].model_validate({"image": IMG, "prompt": "a red cat", "seed": 1, **SMALL}).plan()
+    b = TASKS["deblurring"].model_validate({"image": IMG, "seed": 2, "guidance_scale": 1.0, **SMALL}).plan()
+    alone = [demo_model.run([p])[0] for p in (a, b)]
+    together = demo_model.run([a, b])
+    for single, batched in zip(alone, together):
+        x = np.asarray(Image.open(io.BytesIO(single.files[0].data)), dtype=int)
+        y = np.asarray(Image.open(io.BytesIO(batched.files[0].data)), dtype=int)
+        assert np.abs(x - y).max() <= 1  # identical up to float32 rounding of the last bit
+    assert together[0].timings["batch_size"] == 2
+    other_seed = TASKS["depth-to-image"].model_validate({"image": IMG, "prompt": "a red cat", "seed": 9, **SMALL}).plan()
+    assert demo_model.run([other_seed])[0].files[0].data != alone[0].files[0].data
+
+
+def test_a_broken_plan_fails_alone(demo_model):
+    good = TASKS["deblurring"].model_validate({"image": IMG, "seed": 2, **SMALL}).plan()
+    bad = TASKS["deblurring"].model_validate({"image": IMG, "seed": 3, **SMALL}).plan()
+    bad.images = [b"not a png"]
+    results = demo_model.run([good, bad])
+    assert isinstance(results[0], TaskResult) and isinstance(results[1], Exception)
+
+
+def test_cancel_stops_the_job(demo_model):
+    plan = TASKS["text-to-image"].model_validate({"prompt": "x", **SMALL, "num_inference_steps": 5}).plan()
+    steps = []
+    (result,) = demo_model.run([plan], on_step=lambda s, n: steps.append(s), canceled=lambda: {0} if steps else set())
+    assert isinstance(result, Canceled) and steps == [1]
+
+
+def test_long_prompt_warns(demo_model):
+    plan = TASKS["text-to-image"].model_validate({"prompt": "cat " * 400, **SMALL}).plan()
+    (result,) = demo_model.run([plan])
+    assert any("cut to 300 tokens" in w for w in result.warnings)
+
+
+def test_demo_two_frame_task_at_512(demo_model):
+    """The demo checkpoint is small enough for a 512x512 two-frame task with 4 steps on the CPU."""
+    plan = TASKS["depth-estimation"].model_validate({"image": b64_image(512, 512), "num_inference_steps": 4}).plan()
+    assert (plan.width, plan.height, len(plan.frames)) == (512, 512, 2)
+    (result,) = demo_model.run([plan])
+    assert isinstance(result, TaskResult) and result.files[0].width == 512
