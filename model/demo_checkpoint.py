@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .tasks import NEGATIVE_PROMPT
+
 DEMO_MARKER = "_onediffusion_demo"
 
 _WORDS = (
@@ -34,7 +36,7 @@ def _write_tokenizer(folder: Path) -> None:
     import sentencepiece as spm
 
     rng = random.Random(0)
-    corpus = [" ".join(rng.choice(_WORDS) for _ in range(16)) for _ in range(600)] + [_SPECIAL] * 30
+    corpus = [" ".join(rng.choice(_WORDS) for _ in range(16)) for _ in range(600)] + [_SPECIAL, NEGATIVE_PROMPT] * 30
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus), model_writer=model, vocab_size=400, model_type="unigram",

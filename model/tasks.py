@@ -161,7 +161,7 @@ class TaskRequest(BaseModel):
     """Options every task shares."""
 
     model_config = ConfigDict(extra="forbid")
-    task: ClassVar[str]
+    task_name: ClassVar[str]
     token: ClassVar[str] = ""
 
     negative_prompt: Optional[str] = Field(
@@ -218,7 +218,7 @@ class TaskRequest(BaseModel):
         if len(frames) > limits.max_frames:
             raise TaskInputError("frames", f"{len(frames)} frames is more than the limit of {limits.max_frames}")
         plan = FramePlan(
-            task=self.task,
+            task=self.task_name,
             prompt=prompt,
             negative_prompt=self._negative(),
             width=w,
@@ -260,7 +260,7 @@ def _class_tokens(classes: list[ClassSpec], kind: str) -> tuple[str, list[dict]]
 class TextToImage(TaskRequest):
     """Generate an image from text. Works best from 768 to 1280 px; 1024x1024 by default."""
 
-    task: ClassVar[str] = "text-to-image"
+    task_name: ClassVar[str] = "text-to-image"
     token: ClassVar[str] = "[[text2image]]"
     prompt: str = Field(min_length=1, max_length=4000, examples=["A lighthouse on a cliff at sunset, oil painting"])
 
@@ -287,29 +287,29 @@ class _FromCondition(TaskRequest):
 
 
 class DepthToImage(_FromCondition):
-    task: ClassVar[str] = "depth-to-image"
+    task_name: ClassVar[str] = "depth-to-image"
     token: ClassVar[str] = "[[depth2image]]"
 
 
 class CannyToImage(_FromCondition):
-    task: ClassVar[str] = "canny-to-image"
+    task_name: ClassVar[str] = "canny-to-image"
     token: ClassVar[str] = "[[canny2image]]"
 
 
 class HedToImage(_FromCondition):
-    task: ClassVar[str] = "hed-to-image"
+    task_name: ClassVar[str] = "hed-to-image"
     token: ClassVar[str] = "[[hed2img]]"
 
 
 class PoseToImage(_FromCondition):
-    task: ClassVar[str] = "pose-to-image"
+    task_name: ClassVar[str] = "pose-to-image"
     token: ClassVar[str] = "[[pose2image]]"
 
 
 class SemanticMapToImage(_FromCondition):
     """The map paints each class in its colour; `classes` names them."""
 
-    task: ClassVar[str] = "semantic-map-to-image"
+    task_name: ClassVar[str] = "semantic-map-to-image"
     token: ClassVar[str] = "[[semanticmap2image]]"
     classes: list[ClassSpec] = Field(min_length=1, max_length=len(COLOURS))
 
@@ -320,7 +320,7 @@ class SemanticMapToImage(_FromCondition):
 class BoxesToImage(_FromCondition):
     """The map draws each object's box in its class colour; `classes` names them."""
 
-    task: ClassVar[str] = "boxes-to-image"
+    task_name: ClassVar[str] = "boxes-to-image"
     token: ClassVar[str] = "[[boundingbox2image]]"
     classes: list[ClassSpec] = Field(min_length=1, max_length=len(COLOURS))
 
@@ -353,14 +353,14 @@ class _Estimation(TaskRequest):
 class DepthEstimation(_Estimation):
     """Depth as a 16-bit PNG (bright = near) plus a colourised preview."""
 
-    task: ClassVar[str] = "depth-estimation"
+    task_name: ClassVar[str] = "depth-estimation"
     token: ClassVar[str] = "[[depth2image]]"
     output_name: ClassVar[str] = "depth"
     postprocess: ClassVar[str] = "depth"
 
 
 class EdgeEstimation(_Estimation):
-    task: ClassVar[str] = "edge-estimation"
+    task_name: ClassVar[str] = "edge-estimation"
     edge_type: Literal["canny", "hed"] = Field("canny", description="Canny edges or soft HED edges")
     output_name: ClassVar[str] = "edges"
 
@@ -369,7 +369,7 @@ class EdgeEstimation(_Estimation):
 
 
 class PoseEstimation(_Estimation):
-    task: ClassVar[str] = "pose-estimation"
+    task_name: ClassVar[str] = "pose-estimation"
     token: ClassVar[str] = "[[pose2image]]"
     output_name: ClassVar[str] = "pose"
 
@@ -377,7 +377,7 @@ class PoseEstimation(_Estimation):
 class Segmentation(_Estimation):
     """A colour map plus one mask per class."""
 
-    task: ClassVar[str] = "segmentation"
+    task_name: ClassVar[str] = "segmentation"
     token: ClassVar[str] = "[[semanticmap2image]]"
     output_name: ClassVar[str] = "segmentation"
     postprocess: ClassVar[str] = "segmentation"
@@ -390,7 +390,7 @@ class Segmentation(_Estimation):
 class Detection(_Estimation):
     """A map with boxes drawn in class colours plus the boxes as pixel coordinates per class."""
 
-    task: ClassVar[str] = "detection"
+    task_name: ClassVar[str] = "detection"
     token: ClassVar[str] = "[[boundingbox2image]]"
     output_name: ClassVar[str] = "detection"
     postprocess: ClassVar[str] = "detection"
@@ -415,14 +415,14 @@ class _Restoration(TaskRequest):
 
 
 class Deblurring(_Restoration):
-    task: ClassVar[str] = "deblurring"
+    task_name: ClassVar[str] = "deblurring"
     token: ClassVar[str] = "[[deblurring]]"
 
 
 class Inpainting(_Restoration):
     """Fill the region marked in `mask` (white or any non-black pixel = fill)."""
 
-    task: ClassVar[str] = "inpainting"
+    task_name: ClassVar[str] = "inpainting"
     token: ClassVar[str] = "[[image_inpainting]]"
     mask: ImageInput = Field(description="Same aspect as the image; non-black pixels mark the region to fill")
 
@@ -439,7 +439,7 @@ class Inpainting(_Restoration):
 class ImageEditing(_Restoration):
     """Edit an image following an instruction. Guidance 3 to 3.5 avoids over-saturation."""
 
-    task: ClassVar[str] = "image-editing"
+    task_name: ClassVar[str] = "image-editing"
     token: ClassVar[str] = "[[image_editing]]"
     prompt: str = Field(min_length=1, max_length=4000, description="The instruction", examples=["make it winter"])
     guidance_scale: float = Field(3.2, ge=0.0, le=20.0)
@@ -448,7 +448,7 @@ class ImageEditing(_Restoration):
 class IdCustomization(TaskRequest):
     """A new image of the person in 1 to 3 reference photos. Frames [target, refs...], mask [1, 0, ...]."""
 
-    task: ClassVar[str] = "id-customization"
+    task_name: ClassVar[str] = "id-customization"
     token: ClassVar[str] = "[[faceid]]"
     images: list[ImageInput] = Field(min_length=1, max_length=3, description="1 to 3 reference photos of one person")
     prompt: str = Field(min_length=1, max_length=4000, description="Caption of the image to make")
@@ -475,7 +475,7 @@ class IdCustomization(TaskRequest):
 class SubjectDriven(TaskRequest):
     """A new image of the subject of a photo. Frames [target, source], mask [1, 0]."""
 
-    task: ClassVar[str] = "subject-driven"
+    task_name: ClassVar[str] = "subject-driven"
     token: ClassVar[str] = "[[subject_driven]]"
     image: ImageInput
     item: str = Field(min_length=1, max_length=200, description="What the subject is", examples=["dog"])
@@ -531,7 +531,7 @@ class _Multiview(TaskRequest):
 class ImageToMultiview(_Multiview):
     """New views of the object in an image. `cameras[0]` is the input image's camera."""
 
-    task: ClassVar[str] = "image-to-multiview"
+    task_name: ClassVar[str] = "image-to-multiview"
     image: ImageInput
     prompt: Optional[str] = Field(None, max_length=4000, description="Optional caption (avoid describing the face)")
     cameras: list[CameraPose] = Field(
@@ -547,7 +547,7 @@ class ImageToMultiview(_Multiview):
 
 
 class TextToMultiview(_Multiview):
-    task: ClassVar[str] = "text-to-multiview"
+    task_name: ClassVar[str] = "text-to-multiview"
     prompt: str = Field(min_length=1, max_length=4000)
     cameras: list[CameraPose] = Field(default_factory=lambda: list(DEFAULT_CAMERAS), min_length=1)
 
@@ -560,7 +560,7 @@ class CameraPoseEstimation(_Multiview):
     """Camera poses of 2 or more photos of one scene: 4x4 camera-to-world matrices (OpenGL convention)
     relative to the first photo, with normalised intrinsics."""
 
-    task: ClassVar[str] = "camera-pose-estimation"
+    task_name: ClassVar[str] = "camera-pose-estimation"
     images: list[ImageInput] = Field(min_length=2, description="2 or more photos of one object or scene")
     prompt: Optional[str] = Field(None, max_length=4000)
 
@@ -585,7 +585,7 @@ class Generate(TaskRequest):
     task token yourself, e.g. `[[depth2image]] ...`). Given camera frames are expressed relative to the
     first given camera."""
 
-    task: ClassVar[str] = "generate"
+    task_name: ClassVar[str] = "generate"
     prompt: str = Field(min_length=1, max_length=4000, examples=["[[text2image]] a red bicycle"])
     frames: list[RawFrame] = Field(min_length=1, examples=[[{"kind": "image", "generate": True}]])
     focal_length: float = Field(DEFAULT_FOCAL_LENGTH, gt=0.1, le=10.0)
@@ -631,7 +631,7 @@ class Generate(TaskRequest):
 
 
 TASKS: dict[str, type[TaskRequest]] = {
-    cls.task: cls
+    cls.task_name: cls
     for cls in (
         TextToImage, DepthToImage, CannyToImage, HedToImage, PoseToImage, SemanticMapToImage, BoxesToImage,
         DepthEstimation, EdgeEstimation, PoseEstimation, Segmentation, Detection,

@@ -1,0 +1,56 @@
+"""The gateway: a FastAPI app that validates task requests, queues them in Redis and serves results.
+
+It imports no torch, diffusers or transformers, so it starts in a second in a small CPU container."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from . import errors
+from .body import BodyLimit
+from .connection import connect
+from .jobs import JobService
+from .logs import setup_logging
+from .routes import batches, files, health, jobs, tasks
+from .schemas import REQUEST_MODELS
+from .settings import Settings, get_settings
+from .storage import ResultStore
+
+DESCRIPTION = """OneDiffusion as a service: one diffusion transformer for text-to-image, condition-to-image,
+estimation (depth, edges, pose, segmentation, detection), restoration, editing, ID customization,
+subject-driven generation, multiview generation and camera pose estimation.
+
+Submit a task (`POST /v1/<task>`), get `202` with the job; poll `GET /v1/jobs/{id}`, stream
+`GET /v1/jobs/{id}/events`, or pass a webhook. Outputs are served under `/v1/files/`."""
+
+
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    settings = settings or get_settings()
+    setup_logging("api")
+    app = FastAPI(title="OneDiffusion service", version="0.1.0", description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.redis = connect(settings)
+    app.state.jobs = JobService(app.state.redis, settings)
+    app.state.store = ResultStore(settings.results_dir)
+    errors.install(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    for module in (tasks, jobs, batches, files, health):
+        app.include_router(module.router)
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in REQUEST_MODELS.values():
+            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(definition.pop("$defs", {}))
+            components[model.__name__] = definition
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
+    return app

@@ -1,0 +1,29 @@
+"""Batches: many items in one request, tracked under one id, with per-item and final webhooks."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path, Request
+
+from model.tasks import TASKS
+
+from ..errors import ApiError
+from ..schemas import BatchRequest, BatchView
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+
+@router.post("", response_model=BatchView, status_code=202, summary="Submit many tasks at once")
+def submit_batch(request: Request, body: BatchRequest) -> BatchView:
+    settings = request.app.state.settings
+    if len(body.items) > settings.max_batch_items:
+        raise ApiError(422, "invalid_request", f"items: at most {settings.max_batch_items} items per batch; split it")
+    items = []
+    for item in body.items:
+        cls = TASKS[item.task]
+        items.append((item.task, cls.model_construct(**{k: getattr(item, k) for k in cls.model_fields}), item.output_format))
+    return request.app.state.jobs.submit_batch(items, body.webhook)
+
+
+@router.get("/{batch_id}", response_model=BatchView, summary="Batch status with its jobs")
+def get_batch(request: Request, batch_id: str = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")) -> BatchView:
+    return request.app.state.jobs.batch_view(batch_id)

@@ -1,0 +1,39 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from rq.registry import StartedJobRegistry
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The API process is up")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Ready when Redis answers and a worker with a loaded model is alive")
+def readyz(request: Request):
+    service = request.app.state.jobs
+    try:
+        service.redis.ping()
+        workers = service.ready_workers()
+    except Exception:
+        return JSONResponse({"status": "unavailable", "reason": "Redis does not answer"}, status_code=503)
+    if not workers:
+        return JSONResponse({"status": "unavailable", "reason": "no worker with a loaded model"}, status_code=503)
+    return {"status": "ready", "workers": workers}
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+def metrics(request: Request) -> PlainTextResponse:
+    service = request.app.state.jobs
+    gauges = [
+        ("queue_depth", "Jobs waiting in the inference queue", {}, service.queue.count),
+        ("jobs_running", "Jobs being run by workers", {}, StartedJobRegistry(queue=service.queue).count),
+        ("workers_ready", "Workers with a loaded model and a recent heartbeat", {}, len(service.ready_workers())),
+        ("webhooks_pending", "Webhook deliveries waiting to be sent", {}, service.webhook_queue.count),
+    ]
+    return PlainTextResponse(service.metrics.render(gauges), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,94 @@
+"""`POST /v1/<task>`: one endpoint per task, JSON or multipart, answered 202 with the job."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Optional
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from model.tasks import TASKS
+
+from ..body import parse_request
+from ..schemas import REQUEST_MODELS, TERMINAL, JobView
+
+router = APIRouter(prefix="/v1", tags=["tasks"])
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+
+
+def prefer_wait(request: Request, limit: int) -> Optional[int]:
+    match = _PREFER_WAIT.search(request.headers.get("prefer", ""))
+    return min(int(match.group(1)), limit) if match else None
+
+
+async def wait_for(service, job_id: str, seconds: int) -> JobView:
+    """Poll until the job ends or `seconds` pass."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    view = await run_in_threadpool(service.view, job_id)
+    while view.status not in TERMINAL and loop.time() < deadline:
+        await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+        view = await run_in_threadpool(service.view, job_id)
+    return view
+
+
+def job_response(view: JobView, wait: Optional[int]) -> JSONResponse:
+    headers = {"Location": view.urls["self"]}
+    if wait is not None:
+        headers["Preference-Applied"] = f"wait={wait}"
+    status = 200 if view.status in TERMINAL else 202
+    return JSONResponse(view.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+def _endpoint(task: str):
+    model = REQUEST_MODELS[task]
+
+    async def submit(request: Request) -> JSONResponse:
+        service = request.app.state.jobs
+        settings = request.app.state.settings
+        body = await parse_request(request, model)
+        wait = prefer_wait(request, settings.max_wait_s)
+        task_fields = {k: getattr(body, k) for k in TASKS[task].model_fields}
+        task_request = TASKS[task].model_construct(**task_fields)
+        view = await run_in_threadpool(
+            service.submit, task, task_request, body.webhook, body.output_format, request.headers.get("idempotency-key")
+        )
+        if wait:
+            view = await wait_for(service, view.id, wait)
+        return job_response(view, wait)
+
+    submit.__name__ = "submit_" + task.replace("-", "_")
+    return submit, model
+
+
+def _docs(model) -> str:
+    text = (model.__doc__ or "").strip()
+    return (
+        f"{text}\n\nSend JSON (images as base64 or data URIs) or multipart/form-data (images as files, "
+        "lists and objects as JSON text). Answers 202 with the job; with `Prefer: wait=N` (N up to the "
+        "server's limit, 60 s by default) it answers 200 with the finished job when it ends in time."
+    )
+
+
+for _task in TASKS:
+    _handler, _model = _endpoint(_task)
+    ref = {"$ref": f"#/components/schemas/{_model.__name__}"}
+    router.add_api_route(
+        f"/{_task}",
+        _handler,
+        methods=["POST"],
+        status_code=202,
+        summary=f"Run {_task}",
+        description=_docs(_model),
+        response_model=JobView,
+        responses={200: {"model": JobView, "description": "Finished within Prefer: wait"}, 422: {"description": "Invalid request"}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ref}, "multipart/form-data": {"schema": ref}},
+            }
+        },
+    )

@@ -1,0 +1,116 @@
+"""Models at the API's edges: jobs, batches, webhooks and errors, as clients see them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from model.tasks import TASKS, TaskRequest
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+TERMINAL = ("succeeded", "failed", "canceled")
+OutputFormat = Literal["png", "webp", "jpeg"]
+
+
+class WebhookSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(
+        pattern=r"^https?://", max_length=2000, description="Receives a signed POST when the job (or batch item) ends",
+        examples=["https://example.com/hooks/onediffusion"],
+    )
+    secret: Optional[str] = Field(
+        None, min_length=8, max_length=256,
+        description="Signs each call: header OneDiffusion-Signature = v1=hex(HMAC-SHA256(secret, f'{timestamp}.{body}'))",
+    )
+
+
+class ServiceOptions(BaseModel):
+    """Options of the service (not the model) that every task request may carry."""
+
+    webhook: Optional[WebhookSpec] = None
+    output_format: OutputFormat = Field("png", description="Format of the output URLs (files can be fetched in any)")
+
+
+def task_request_model(task_cls: type[TaskRequest]) -> type[BaseModel]:
+    """The body of `POST /v1/<task>`: the task's fields plus the service options."""
+    return create_model(
+        f"{task_cls.__name__}Request",
+        __base__=(task_cls, ServiceOptions),
+        __doc__=task_cls.__doc__,
+    )
+
+
+REQUEST_MODELS: dict[str, type[BaseModel]] = {name: task_request_model(cls) for name, cls in TASKS.items()}
+
+
+def _batch_item_model(name: str, cls: type[TaskRequest]) -> type[BaseModel]:
+    return create_model(
+        f"{cls.__name__}Item",
+        __base__=cls,
+        __doc__=cls.__doc__,
+        task=(Literal[name], Field(description="Which task this item runs")),
+        output_format=(OutputFormat, "png"),
+    )
+
+
+BATCH_ITEM_MODELS = {name: _batch_item_model(name, cls) for name, cls in TASKS.items()}
+BatchItem = Annotated[Union[tuple(BATCH_ITEM_MODELS.values())], Field(discriminator="task")]
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[BatchItem] = Field(min_length=1, description="Tasks to run; each item names its task")
+    webhook: Optional[WebhookSpec] = Field(None, description="One call per item and one when all items have ended")
+
+
+class Progress(BaseModel):
+    step: int
+    total: int
+    fraction: float
+
+
+class OutputView(BaseModel):
+    name: str
+    url: str
+    kind: str = Field(description="image | depth16 | preview | mask")
+    media_type: str
+    width: int
+    height: int
+
+
+class ErrorView(BaseModel):
+    type: str
+    message: str
+
+
+class JobView(BaseModel):
+    id: str
+    task: str
+    status: JobStatus
+    progress: Optional[Progress] = None
+    queue_position: Optional[int] = Field(None, description="0 = next to run; only while queued")
+    created_at: Optional[str] = None
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    timings: dict[str, Any] = Field(default_factory=dict)
+    outputs: list[OutputView] = Field(default_factory=list)
+    data: dict[str, Any] = Field(default_factory=dict, description="Structured results: boxes, masks, camera poses")
+    warnings: list[str] = Field(default_factory=list)
+    error: Optional[ErrorView] = None
+    attempts: int = 0
+    batch_id: Optional[str] = None
+    urls: dict[str, str] = Field(default_factory=dict)
+
+
+class BatchView(BaseModel):
+    id: str
+    status: Literal["running", "completed"]
+    created_at: str
+    counts: dict[str, int]
+    jobs: list[JobView]
+    urls: dict[str, str] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    error: dict[str, Any] = Field(examples=[{"type": "invalid_request", "message": "width: Input should be a multiple of 16"}])

@@ -1,0 +1,71 @@
+"""Where job outputs live: a local folder by default, one subfolder per job, kept for a time-to-live."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+from PIL import Image
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+FORMATS = {"png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp"), "jpeg": ("JPEG", "image/jpeg")}
+
+
+class ResultStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _folder(self, job_id: str) -> Path:
+        if not SAFE_NAME.match(job_id):
+            raise ValueError(f"bad job id {job_id!r}")
+        return self.root / job_id
+
+    def save(self, job_id: str, name: str, data: bytes) -> Path:
+        """Write atomically (temp file + rename) so a reader never sees half a file."""
+        if not SAFE_NAME.match(name):
+            raise ValueError(f"bad file name {name!r}")
+        folder = self._folder(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return path
+
+    def path(self, job_id: str, name: str) -> Optional[Path]:
+        if not SAFE_NAME.match(job_id) or not SAFE_NAME.match(name):
+            return None
+        path = self._folder(job_id) / name
+        return path if path.is_file() else None
+
+    def delete(self, job_id: str) -> None:
+        shutil.rmtree(self._folder(job_id), ignore_errors=True)
+
+    def sweep(self, ttl_s: float, now: Optional[float] = None) -> int:
+        """Delete job folders older than the TTL; returns how many."""
+        if not self.root.is_dir():
+            return 0
+        cutoff = (now or time.time()) - ttl_s
+        removed = 0
+        for folder in self.root.iterdir():
+            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
+
+
+def convert(data: bytes, fmt: str) -> tuple[bytes, str]:
+    """Re-encode a stored PNG as PNG, WebP or JPEG; returns (bytes, media type)."""
+    pil_format, media_type = FORMATS[fmt]
+    if fmt == "png":
+        return data, media_type
+    image = Image.open(io.BytesIO(data))
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB") if image.mode != "I;16" else image.point(lambda v: v / 257).convert("L")
+    buffer = io.BytesIO()
+    image.save(buffer, format=pil_format, quality=95)
+    return buffer.getvalue(), media_type

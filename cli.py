@@ -1,0 +1,223 @@
+"""The `onediffusion` command.
+
+    onediffusion up                      API + worker + webhook deliverer (+ Redis when none answers)
+    onediffusion serve                   the API only
+    onediffusion worker                  one GPU worker (one per GPU)
+    onediffusion webhooks                the webhook deliverer
+    onediffusion run TASK --image a.png  one task from files on disk, without the service
+    onediffusion make-demo-checkpoint DIR
+    onediffusion settings                the settings table (environment variables)
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEMO_BANNER = """
+==============================================================================================
+  DEMO MODE: ONEDIFFUSION_MODEL is not set, so the worker runs the tiny random-weight demo
+  checkpoint. Jobs run end to end, but every output image is NOISE. Point ONEDIFFUSION_MODEL at
+  a released checkpoint folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/).
+==============================================================================================
+"""
+
+
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    from app.settings import get_settings
+
+    settings = get_settings()
+    uvicorn.run(
+        "app.main:create_app", factory=True, host=args.host or settings.host, port=args.port or settings.port,
+        log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False,
+    )
+
+
+def cmd_worker(args) -> None:
+    from worker.main import run_gpu_worker
+
+    run_gpu_worker()
+
+
+def cmd_webhooks(args) -> None:
+    from worker.main import run_webhook_deliverer
+
+    run_webhook_deliverer()
+
+
+def cmd_make_demo(args) -> None:
+    from model.demo_checkpoint import make_demo_checkpoint
+
+    print(make_demo_checkpoint(args.dir))
+
+
+def cmd_settings(args) -> None:
+    from app.settings import Settings
+
+    print(Settings().markdown_table())
+
+
+def cmd_up(args) -> None:
+    """Everything a local user needs, in one process tree; Ctrl-C stops it all."""
+    from app.local_redis import RedisUnavailable, ensure_redis
+    from app.settings import get_settings
+
+    settings = get_settings()
+    try:
+        redis_process = ensure_redis(settings.redis_url, Path("var") / "redis")
+    except RedisUnavailable as exc:
+        sys.exit(f"error: {exc}")
+    env = dict(os.environ)
+    if not settings.onediffusion_model:
+        from model.demo_checkpoint import make_demo_checkpoint
+
+        if not (Path(settings.demo_checkpoint_dir) / "model_index.json").is_file():
+            make_demo_checkpoint(settings.demo_checkpoint_dir)
+        print(DEMO_BANNER, flush=True)
+    exe = [sys.executable, str(Path(__file__).resolve())]
+    children = [subprocess.Popen(exe + [name], env=env) for name in ("serve", "worker", "webhooks")]
+    print(f"OneDiffusion API on {settings.public_url} (docs at {settings.public_url}/docs); Ctrl-C stops", flush=True)
+
+    def stop(*_):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.time() + 20
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if redis_process is not None:
+            redis_process.terminate()
+            redis_process.wait(timeout=10)
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while True:
+        for child in children:
+            if child.poll() is not None:
+                print(f"error: a service process exited with code {child.returncode}; stopping", file=sys.stderr)
+                stop()
+        time.sleep(1)
+
+
+# ---- run one task from files --------------------------------------------------------------------------
+def _b64(path: str) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def build_payload(task_cls, args) -> dict:
+    payload: dict = json.loads(Path(args.json).read_text()) if args.json else {}
+    images = [_b64(p) for p in args.image or []]
+    fields = task_cls.model_fields
+    if images:
+        if "images" in fields:
+            payload["images"] = images
+        elif "image" in fields and len(images) == 1:
+            payload["image"] = images[0]
+        elif "image" in fields:
+            raise SystemExit(f"error: {task_cls.task_name} takes one --image, got {len(images)}")
+        else:
+            raise SystemExit(f"error: {task_cls.task_name} takes no --image")
+    if args.mask:
+        payload["mask"] = _b64(args.mask)
+    for option, field in (("prompt", "prompt"), ("negative_prompt", "negative_prompt"), ("steps", "num_inference_steps"),
+                          ("guidance", "guidance_scale"), ("seed", "seed"), ("width", "width"), ("height", "height")):
+        value = getattr(args, option)
+        if value is not None:
+            payload[field] = value
+    for item in args.set or []:
+        key, _, raw = item.partition("=")
+        try:
+            payload[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            payload[key] = raw
+    return payload
+
+
+def cmd_run(args) -> None:
+    from pydantic import ValidationError
+
+    from model.tasks import TASKS, TaskInputError
+
+    if args.task not in TASKS:
+        raise SystemExit(f"error: unknown task {args.task!r}; choose one of: {', '.join(TASKS)}")
+    task_cls = TASKS[args.task]
+    try:
+        plan = task_cls.model_validate(build_payload(task_cls, args)).plan()
+    except (ValidationError, TaskInputError) as exc:
+        raise SystemExit(f"error: {exc}")
+
+    from model.pipeline import OneDiffusion, TaskResult
+
+    from app.settings import get_settings
+    from worker.model_host import checkpoint_path
+
+    checkpoint = args.checkpoint or str(checkpoint_path(get_settings()))
+    if not args.checkpoint and not get_settings().onediffusion_model:
+        print(DEMO_BANNER, file=sys.stderr)
+    model = OneDiffusion.load(checkpoint, device=args.device)
+    print(f"{plan.task}: {plan.width}x{plan.height}, {len(plan.frames)} frames, mask {plan.denoise_mask}, "
+          f"{plan.num_inference_steps} steps, seed {plan.seed}", file=sys.stderr)
+    (result,) = model.run([plan], on_step=lambda s, n: print(f"\rstep {s}/{n}", end="", file=sys.stderr, flush=True))
+    print(file=sys.stderr)
+    if not isinstance(result, TaskResult):
+        raise SystemExit(f"error: the task failed: {result}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for file in result.files:
+        (out / file.name).write_bytes(file.data)
+    summary = {"task": plan.task, "prompt": plan.prompt, "seed": plan.seed, "files": [f.name for f in result.files],
+               "data": result.data, "warnings": result.warnings, "timings": result.timings}
+    (out / "result.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="onediffusion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="API + worker + webhook deliverer (+ a local Redis if none answers)").set_defaults(func=cmd_up)
+    serve = sub.add_parser("serve", help="the API")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("worker", help="a GPU worker").set_defaults(func=cmd_worker)
+    sub.add_parser("webhooks", help="the webhook deliverer").set_defaults(func=cmd_webhooks)
+    demo = sub.add_parser("make-demo-checkpoint", help="write the tiny random-weight checkpoint")
+    demo.add_argument("dir")
+    demo.set_defaults(func=cmd_make_demo)
+    sub.add_parser("settings", help="print the settings table").set_defaults(func=cmd_settings)
+    run = sub.add_parser("run", help="run one task from files on disk")
+    run.add_argument("task")
+    run.add_argument("--image", action="append", help="input image (repeat for tasks that take several)")
+    run.add_argument("--mask", help="inpainting mask")
+    run.add_argument("--prompt")
+    run.add_argument("--negative-prompt", dest="negative_prompt")
+    run.add_argument("--steps", type=int)
+    run.add_argument("--guidance", type=float)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--width", type=int)
+    run.add_argument("--height", type=int)
+    run.add_argument("--set", action="append", help="any other field, KEY=VALUE (VALUE parsed as JSON when it is)")
+    run.add_argument("--json", help="a JSON file with the request's fields")
+    run.add_argument("--out", default="outputs", help="folder for the outputs (default ./outputs)")
+    run.add_argument("--checkpoint", help="checkpoint folder (default ONEDIFFUSION_MODEL, else the demo)")
+    run.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    run.set_defaults(func=cmd_run)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

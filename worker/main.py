@@ -1,0 +1,99 @@
+"""Worker processes: the GPU worker (one per GPU) and the webhook deliverer.
+
+Each runs an RQ worker under a supervisor loop: if Redis goes away the RQ loop ends, and the supervisor
+starts it again once Redis answers, keeping the loaded model. SIGTERM / SIGINT stop it after the
+batch in hand (a warm shutdown)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+
+from redis.exceptions import RedisError
+from rq.worker import SimpleWorker
+
+from app.connection import connect, queues
+from app.logs import setup_logging
+from app.settings import Settings, get_settings
+from app.storage import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+def _wait_for_redis(redis) -> None:
+    delay = 0.5
+    while True:
+        try:
+            redis.ping()
+            return
+        except RedisError as exc:
+            log.warning("waiting for Redis: %s", exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
+def supervise(make_worker, **work_kwargs) -> None:
+    """Run `make_worker().work()` until a stop is asked; restart it after a Redis outage."""
+    stopping = {"flag": False}
+    redis = None
+    while not stopping["flag"]:
+        worker = make_worker()
+        redis = worker.connection
+        _wait_for_redis(redis)
+        original = worker.request_stop
+
+        def request_stop(signum, frame, original=original):
+            stopping["flag"] = True
+            original(signum, frame)
+
+        worker.request_stop = request_stop
+        try:
+            worker.work(**work_kwargs)
+        except RedisError as exc:
+            log.warning("worker loop ended on a Redis error: %s", exc)
+        if worker._stop_requested:
+            stopping["flag"] = True
+        if not stopping["flag"]:
+            log.warning("restarting the worker loop")
+            time.sleep(1)
+
+
+def run_gpu_worker(settings: Settings | None = None) -> None:
+    from .batch_worker import BatchWorker
+    from .execution import Executor
+    from .model_host import load_model
+
+    settings = settings or get_settings()
+    setup_logging("worker")
+    executor = Executor(load_model(settings), ResultStore(settings.results_dir), settings)
+    base = f"gpu-{socket.gethostname()}-{os.getpid()}"
+    counter = {"n": 0}
+
+    def make_worker():
+        counter["n"] += 1
+        redis = connect(settings)
+        inference, _ = queues(redis, settings)
+        return BatchWorker([inference], redis, executor, settings, name=f"{base}-{counter['n']}")
+
+    supervise(make_worker, logging_level=os.environ.get("RQ_LOG_LEVEL", "WARNING"))
+
+
+def run_webhook_deliverer(settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    setup_logging("webhooks")
+    base = f"webhooks-{socket.gethostname()}-{os.getpid()}"
+    counter = {"n": 0}
+
+    def make_worker():
+        counter["n"] += 1
+        redis = connect(settings)
+        _, webhooks = queues(redis, settings)
+        return SimpleWorker(
+            [webhooks], connection=redis, name=f"{base}-{counter['n']}",
+            worker_ttl=max(10, settings.maintenance_interval_s + 5), maintenance_interval=settings.maintenance_interval_s,
+        )
+
+    supervise(make_worker, with_scheduler=True, logging_level=os.environ.get("RQ_LOG_LEVEL", "WARNING"))
