@@ -83,7 +83,8 @@ class Heartbeat(threading.Thread):
         with worker.connection.pipeline() as pipe:
             pipe.zadd(worker.keys.workers, {worker.name: time.time()})
             pipe.expire(worker.keys.workers, ttl * 10)
-            worker.heartbeat(ttl + 60, pipeline=pipe)
+            if running:  # RQ's own worker heartbeat only once it is registered and working
+                worker.heartbeat(ttl + 60, pipeline=pipe)
             for job, execution in running:
                 execution.heartbeat(job.started_job_registry, ttl, pipeline=pipe)
                 job.heartbeat(now(), ttl, pipeline=pipe, xx=True)

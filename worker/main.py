@@ -54,6 +54,8 @@ def supervise(make_worker, **work_kwargs) -> None:
             worker.work(**work_kwargs)
         except RedisError as exc:
             log.warning("worker loop ended on a Redis error: %s", exc)
+        except Exception:
+            log.exception("worker loop ended on an error")
         if worker._stop_requested:
             stopping["flag"] = True
         if not stopping["flag"]:

@@ -1,0 +1,219 @@
+"""Real processes for service tests: Redis, the API (uvicorn), workers, the webhook deliverer, and a
+local webhook receiver that can be taken down and brought back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Optional
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, str(ROOT / "cli.py")]
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class RedisServer:
+    """A redis-server of our own (append-only, fsync always) that can be restarted on the same data."""
+
+    def __init__(self, data_dir: Path):
+        from app.local_redis import find_redis_server
+
+        self.binary = find_redis_server()
+        self.port = free_port()
+        self.dir = data_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        from app.local_redis import answers
+
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: answers(self.url), 10, what="redis-server")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+class Service:
+    """The API, `workers` GPU workers and the webhook deliverer, as subprocesses with their own settings."""
+
+    def __init__(self, tmp: Path, redis_url: str, checkpoint: Path, workers: int = 1, deliverer: bool = True, **settings):
+        self.tmp = tmp
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.prefix = "odtest" + uuid.uuid4().hex[:8]
+        self.env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "DEMO_CHECKPOINT_DIR": str(checkpoint),
+            "RESULTS_DIR": str(tmp / "results"),
+            "PORT": str(self.port),
+            "PUBLIC_URL": self.url,
+            "QUEUE_PREFIX": self.prefix,
+            "HEARTBEAT_TTL_S": "4",
+            "MAINTENANCE_INTERVAL_S": "1",
+            "WEBHOOK_BACKOFF_S": "0.5",
+            "WEBHOOK_TIMEOUT_S": "2",
+            "ONEDIFFUSION_ATTENTION": "math",
+            "PYTHONUNBUFFERED": "1",
+            **{k.upper(): str(v) for k, v in settings.items()},
+        }
+        self.env.pop("ONEDIFFUSION_MODEL", None)
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.worker_count = 0
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+        self.start_api()
+        for _ in range(workers):
+            self.start_worker()
+        if deliverer:
+            self.start("webhooks", "webhooks")
+
+    def start(self, name: str, command: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "ab")
+        process = subprocess.Popen(CLI + [command], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp)
+        self.processes[name] = process
+        return process
+
+    def start_api(self) -> None:
+        self.start("api", "serve")
+        wait_until(self._api_up, 30, what="the API")
+
+    def _api_up(self) -> bool:
+        try:
+            return self.client.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start_worker(self, wait_ready: bool = True) -> str:
+        self.worker_count += 1
+        name = f"worker{self.worker_count}"
+        self.start(name, "worker")
+        if wait_ready:
+            self.wait_ready(self.worker_count)
+        return name
+
+    def ready_workers(self) -> int:
+        try:
+            response = self.client.get("/readyz")
+        except httpx.HTTPError:
+            return 0
+        return len(response.json().get("workers", [])) if response.status_code == 200 else 0
+
+    def wait_ready(self, count: int = 1, timeout: float = 90) -> None:
+        wait_until(lambda: self.ready_workers() >= count, timeout, interval=0.3, what=f"{count} ready worker(s)")
+
+    def kill(self, name: str, sig=signal.SIGKILL) -> None:
+        process = self.processes[name]
+        process.send_signal(sig)
+        process.wait(30)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.client.close()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.tmp.glob("*.log")))
+
+    # ---- client helpers ----
+    def submit(self, task: str, payload: dict, headers: Optional[dict] = None) -> httpx.Response:
+        return self.client.post(f"/v1/{task}", json=payload, headers=headers or {})
+
+    def job(self, job_id: str) -> dict:
+        return self.client.get(f"/v1/jobs/{job_id}").json()
+
+    def wait_job(self, job_id: str, timeout: float = 120, until=TERMINAL) -> dict:
+        return wait_until(lambda: (lambda j: j if j["status"] in until else None)(self.job(job_id)), timeout, 0.2, f"job {job_id}")
+
+    def redis(self):
+        from redis import Redis
+
+        return Redis.from_url(self.env["REDIS_URL"])
+
+
+class WebhookReceiver:
+    """An HTTP server that records POSTs; `down()` closes its port, `up()` opens it again."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.calls: list[dict] = []
+        self.lock = threading.Lock()
+        self.server: Optional[ThreadingHTTPServer] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def up(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with receiver.lock:
+                    receiver.calls.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
+                                           "json": json.loads(body)})
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def down(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def events(self) -> list[str]:
+        with self.lock:
+            return [c["json"]["event"] for c in self.calls]
