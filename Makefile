@@ -1,0 +1,40 @@
+# The two commands of the README: `make run` serves the API (+ worker, webhook deliverer, and a Redis
+# when none answers) on the demo checkpoint unless ONEDIFFUSION_MODEL is set; `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel lies on the CI machines' disk; on a GPU machine PyPI's default Linux wheel is the CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install run test test-model test-service fuzz bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/onediffusion up
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-model: install
+	$(BIN)/python -m pytest -q tests --ignore=tests/service
+
+test-service: install
+	$(BIN)/python -m pytest -q tests/service
+
+# A longer property-based run against the OpenAPI document.
+fuzz: install
+	FUZZ_EXAMPLES=200 FUZZ_PHASES=examples,coverage,fuzzing $(BIN)/python -m pytest -q tests/service/test_openapi.py
+
+bench: install
+	$(BIN)/python -m benchmarks.denoiser
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,95 @@
+"""GPU batching of queued jobs, batches with signed webhooks, and a receiver that is down for a while."""
+
+from __future__ import annotations
+
+import time
+
+from app.signing import verify
+from tests.service.harness import wait_until
+
+SECRET = "test-secret-123"
+
+
+def small(prompt: str, steps: int = 2, **extra) -> dict:
+    return {"prompt": prompt, "width": 64, "height": 64, "num_inference_steps": steps, **extra}
+
+
+def test_queued_jobs_of_one_shape_share_a_batch(make_service):
+    service = make_service(batch_window_ms=3000, max_batch=4)
+    ids = [service.submit("text-to-image", small(f"cat {i}", seed=i)).json()["id"] for i in range(2)]
+    other_shape = service.submit("text-to-image", small("dog", steps=3)).json()["id"]
+    jobs = [service.wait_job(i) for i in ids]
+    assert all(j["status"] == "succeeded" for j in jobs)
+    assert [j["timings"]["batch_size"] for j in jobs] == [2, 2]
+    assert service.wait_job(other_shape)["timings"]["batch_size"] == 1
+    metrics = service.client.get("/metrics").text
+    assert 'onediffusion_batch_size_bucket{le="2"}' in metrics
+
+
+def test_batch_is_equivalent_to_single_runs(make_service):
+    """The same request gives the same image whether it ran in a batch or alone."""
+    import httpx
+
+    service = make_service(batch_window_ms=3000, max_batch=4)
+    a = service.submit("text-to-image", small("a red cat", seed=7)).json()["id"]
+    b = service.submit("text-to-image", small("a blue dog", seed=8)).json()["id"]
+    batched = service.wait_job(a)
+    assert service.wait_job(b)["timings"]["batch_size"] == 2
+    alone = service.submit("text-to-image", small("a red cat", seed=7), headers={"Prefer": "wait=60"}).json()
+    assert alone["timings"]["batch_size"] == 1
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
+
+    x = np.asarray(Image.open(BytesIO(httpx.get(batched["outputs"][0]["url"]).content)), dtype=int)
+    y = np.asarray(Image.open(BytesIO(httpx.get(alone["outputs"][0]["url"]).content)), dtype=int)
+    assert np.abs(x - y).max() <= 1
+
+
+def check_signature(call: dict) -> None:
+    headers = call["headers"]
+    assert verify(SECRET, headers["onediffusion-timestamp"], call["body"], headers["onediffusion-signature"])
+    assert not verify("wrong-secret", headers["onediffusion-timestamp"], call["body"], headers["onediffusion-signature"])
+
+
+def test_batch_webhooks(make_service, receiver):
+    receiver.up()
+    service = make_service(max_batch=2)
+    body = {
+        "items": [{"task": "text-to-image", **small(f"item {i}")} for i in range(3)],
+        "webhook": {"url": receiver.url, "secret": SECRET},
+    }
+    response = service.client.post("/v1/batches", json=body)
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    assert len(batch["jobs"]) == 3 and batch["status"] == "running"
+    wait_until(lambda: "batch.completed" in receiver.events(), 90, what="the batch.completed webhook")
+    time.sleep(0.5)
+    events = receiver.events()
+    assert events.count("batch.item.succeeded") == 3 and events.count("batch.completed") == 1
+    assert events[-1] == "batch.completed"
+    for call in receiver.calls:
+        check_signature(call)
+    final = receiver.calls[-1]["json"]["batch"]
+    assert final["status"] == "completed" and final["counts"]["succeeded"] == 3
+    items = {c["json"]["job"]["id"] for c in receiver.calls if c["json"]["event"].startswith("batch.item")}
+    assert items == {j["id"] for j in batch["jobs"]}
+    view = service.client.get(f"/v1/batches/{batch['id']}").json()
+    assert view["status"] == "completed" and all(j["outputs"] for j in view["jobs"])
+
+
+def test_webhooks_arrive_after_the_receiver_comes_back(make_service, receiver):
+    service = make_service()
+    job = service.submit("text-to-image", small("x", webhook={"url": receiver.url, "secret": SECRET})).json()
+    done = service.wait_job(job["id"])
+    assert done["status"] == "succeeded"
+    time.sleep(2)  # a couple of failed attempts while the receiver is down
+    assert receiver.calls == []
+    assert service.client.get(f"/v1/jobs/{job['id']}").json()["outputs"]  # the result is kept meanwhile
+    receiver.up()
+    wait_until(lambda: receiver.calls, 60, what="the delayed webhook")
+    call = receiver.calls[0]
+    assert call["json"]["event"] == "job.succeeded" and call["json"]["job"]["id"] == job["id"]
+    check_signature(call)
+    assert call["json"]["job"]["outputs"][0]["url"].startswith(service.url)
