@@ -17,8 +17,9 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The local demo serves without API keys (its banner says so); AUTH_DISABLED=false make run turns them on.
 run: install
-	$(BIN)/onediffusion up
+	AUTH_DISABLED=$${AUTH_DISABLED:-true} $(BIN)/onediffusion up
 
 test: install
 	$(BIN)/python -m pytest -q

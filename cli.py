@@ -6,6 +6,7 @@
     onediffusion webhooks                the webhook deliverer
     onediffusion run TASK --image a.png  one task from files on disk, without the service
     onediffusion make-demo-checkpoint DIR
+    onediffusion keys create --tenant T  an API key (shown once); keys list; keys revoke KEY_ID
     onediffusion settings                the settings table (environment variables)
 """
 
@@ -26,6 +27,13 @@ DEMO_BANNER = """
   DEMO MODE: ONEDIFFUSION_MODEL is not set, so the worker runs the tiny random-weight demo
   checkpoint. Jobs run end to end, but every output image is NOISE. Point ONEDIFFUSION_MODEL at
   a released checkpoint folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/).
+==============================================================================================
+"""
+
+
+AUTH_BANNER = """  AUTH DISABLED: AUTH_DISABLED=true, so /v1 answers without API keys (every caller is tenant
+  'public'). Fine on your own machine; for anything reachable by others unset it and create keys
+  with `onediffusion keys create --tenant NAME`.
 ==============================================================================================
 """
 
@@ -60,6 +68,36 @@ def cmd_make_demo(args) -> None:
     print(make_demo_checkpoint(args.dir))
 
 
+def cmd_keys(args) -> None:
+    from app.auth import KeyStore
+    from app.connection import connect, keys_for
+    from app.settings import get_settings
+
+    settings = get_settings()
+    store = KeyStore(connect(settings), keys_for(settings.queue_prefix))
+    if args.action == "create":
+        if not args.tenant:
+            raise SystemExit("error: keys create needs --tenant NAME")
+        try:
+            key, record = store.create(args.tenant, args.name or "")
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}")
+        print(f"key id {record.key_id} for tenant {record.tenant!r}; the key (shown only now, store it safely):")
+        print(key)
+    elif args.action == "list":
+        print(f"{'key id':14} {'tenant':20} {'name':20} {'created (UTC)':20} revoked")
+        for r in store.list():
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created_at))
+            revoked = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.revoked_at)) if r.revoked_at else "-"
+            print(f"{r.key_id:14} {r.tenant:20} {r.name:20} {created:20} {revoked}")
+    else:
+        if not args.key_id:
+            raise SystemExit("error: keys revoke needs a KEY_ID (see `onediffusion keys list`)")
+        if not store.revoke(args.key_id):
+            raise SystemExit(f"error: no key with id {args.key_id}")
+        print(f"revoked {args.key_id}")
+
+
 def cmd_settings(args) -> None:
     from app.settings import Settings
 
@@ -83,6 +121,8 @@ def cmd_up(args) -> None:
         if not (Path(settings.demo_checkpoint_dir) / "model_index.json").is_file():
             make_demo_checkpoint(settings.demo_checkpoint_dir)
         print(DEMO_BANNER, flush=True)
+    if settings.auth_disabled:
+        print(AUTH_BANNER, flush=True)
     exe = [sys.executable, str(Path(__file__).resolve())]
     children = [subprocess.Popen(exe + [name], env=env) for name in ("serve", "worker", "webhooks")]
     print(f"OneDiffusion API on {settings.public_url} (docs at {settings.public_url}/docs); Ctrl-C stops", flush=True)
@@ -198,6 +238,12 @@ def main(argv=None) -> None:
     demo.add_argument("dir")
     demo.set_defaults(func=cmd_make_demo)
     sub.add_parser("settings", help="print the settings table").set_defaults(func=cmd_settings)
+    keys = sub.add_parser("keys", help="API keys: create, list, revoke")
+    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("key_id", nargs="?", help="for revoke")
+    keys.add_argument("--tenant", help="for create: the tenant the key acts for")
+    keys.add_argument("--name", help="for create: a label")
+    keys.set_defaults(func=cmd_keys)
     run = sub.add_parser("run", help="run one task from files on disk")
     run.add_argument("task")
     run.add_argument("--image", action="append", help="input image (repeat for tasks that take several)")

@@ -11,7 +11,8 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ApiError, error_response
+from .errors import error_response
+from .exceptions import ApiError
 
 
 class BodyLimit:

@@ -14,15 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.tasks import TaskInputError
 
-from .jobs import CannotCancel, JobNotFound
+from .exceptions import ApiError, CannotCancel, JobNotFound
 
 log = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, type_: str, message: str, headers: Optional[dict] = None, fields: Optional[list] = None):
-        super().__init__(message)
-        self.status, self.type, self.message, self.headers, self.fields = status, type_, message, headers, fields
 
 
 def error_response(status: int, type_: str, message: str, headers: Optional[dict] = None, fields: Optional[list] = None):

@@ -24,10 +24,14 @@ from rq.job import Callback, Job, JobStatus as RQStatus
 
 from model.tasks import FramePlan, TaskInputError, TaskRequest
 
+from .auth import UrlSigner
 from .connection import Keys, keys_for, queues
+from .exceptions import CannotCancel, JobNotFound
 from .metrics import Metrics
+from .quotas import Quotas
 from .schemas import TERMINAL, BatchView, ErrorView, JobView, OutputView, Progress, WebhookSpec
 from .settings import Settings
+from .webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +46,6 @@ _STATUS = {
     RQStatus.STOPPED: "failed",
     RQStatus.CANCELED: "canceled",
 }
-
-
-class JobNotFound(LookupError):
-    pass
-
-
-class CannotCancel(RuntimeError):
-    pass
 
 
 def new_id() -> str:
@@ -76,6 +72,8 @@ class JobService:
         self.keys: Keys = keys_for(settings.queue_prefix)
         self.queue, self.webhook_queue = queues(redis, settings)
         self.metrics = Metrics(redis, self.keys)
+        self.quotas = Quotas(redis, self.keys, settings)
+        self.signer = UrlSigner(redis, self.keys, settings.url_signing_secret)
 
     # ---- submission ------------------------------------------------------------------------------------
     def _prepare(self, request: TaskRequest) -> tuple[TaskRequest, FramePlan]:
@@ -101,45 +99,70 @@ class JobService:
             on_failure=Callback("app.jobs.on_rq_failure"),
         )
 
+    def check_webhook(self, webhook: Optional[WebhookSpec], field: str = "webhook.url") -> None:
+        if webhook is None:
+            return
+        try:
+            resolve_checked(webhook.url, parse_allowlist(self.settings.webhook_allowlist))
+        except UnsafeWebhook as exc:
+            raise TaskInputError(field, str(exc)) from None
+
+    def admit(self, tenant: str, key_id: str, new_jobs: int) -> None:
+        """Rate, tenant quota and queue bound (429s), before anything is queued."""
+        self.quotas.check_rate(key_id)
+        self.quotas.check_queue(self.queue.count, new_jobs)
+        self.quotas.check_active(tenant, new_jobs)
+
     def submit(
         self,
         task: str,
         request: TaskRequest,
+        tenant: str,
+        key_id: str,
         webhook: Optional[WebhookSpec] = None,
         output_format: str = "png",
         idempotency_key: Optional[str] = None,
     ) -> JobView:
         request, plan = self._prepare(request)
-        if idempotency_key:
-            existing = self.redis.get(self.keys.idempotency(idempotency_key))
+        self.check_webhook(webhook)
+        idem = self.keys.idempotency(f"{tenant}:{idempotency_key}") if idempotency_key else None
+        if idem:
+            existing = self.redis.get(idem)
             if existing:
-                return self.view(existing.decode())
+                return self.view(existing.decode(), tenant=tenant)
+        self.admit(tenant, key_id, 1)
         job_id = new_id()
-        if idempotency_key and not self.redis.set(
-            self.keys.idempotency(idempotency_key), job_id, nx=True, ex=self.settings.results_ttl_s
-        ):
-            return self.view(self.redis.get(self.keys.idempotency(idempotency_key)).decode())
-        meta = {"webhook": webhook.model_dump() if webhook else None, "output_format": output_format}
-        self.queue.enqueue_many([self._job_data(task, request, plan, meta, job_id)])
+        if idem and not self.redis.set(idem, job_id, nx=True, ex=self.settings.results_ttl_s):
+            return self.view(self.redis.get(idem).decode(), tenant=tenant)
+        meta = {"tenant": tenant, "webhook": webhook.model_dump() if webhook else None, "output_format": output_format}
+        with self.redis.pipeline() as pipe:
+            self.quotas.added(tenant, [job_id], pipe)
+            self.queue.enqueue_many([self._job_data(task, request, plan, meta, job_id)], pipeline=pipe)
+            pipe.execute()
         self.metrics.inc("jobs_submitted_total", {"task": task})
-        log.info("job queued", extra={"job_id": job_id, "task": task, "bucket": plan.bucket})
+        log.info("job queued", extra={"job_id": job_id, "task": task, "bucket": plan.bucket, "tenant": tenant})
         return self.view(job_id)
 
-    def submit_batch(self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec]) -> BatchView:
+    def submit_batch(
+        self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str
+    ) -> BatchView:
         prepared = []
         for index, (task, request, fmt) in enumerate(items):
             try:
                 prepared.append((task, *self._prepare(request), fmt))
             except TaskInputError as exc:
                 raise TaskInputError(f"items.{index}.{exc.field}", exc.message) from None
+        self.check_webhook(webhook)
+        self.admit(tenant, key_id, len(prepared))
         batch_id = new_id()
         job_ids = [new_id() for _ in prepared]
         datas = [
-            self._job_data(task, request, plan, {"batch_id": batch_id, "output_format": fmt}, job_id)
+            self._job_data(task, request, plan, {"tenant": tenant, "batch_id": batch_id, "output_format": fmt}, job_id)
             for (task, request, plan, fmt), job_id in zip(prepared, job_ids)
         ]
         record = {
             "id": batch_id,
+            "tenant": tenant,
             "created_at": _now_iso(),
             "job_ids": json.dumps(job_ids),
             "webhook": json.dumps(webhook.model_dump() if webhook else None),
@@ -147,10 +170,11 @@ class JobService:
         with self.redis.pipeline() as pipe:
             pipe.hset(self.keys.batch(batch_id), mapping=record)
             pipe.expire(self.keys.batch(batch_id), self.settings.results_ttl_s)
+            self.quotas.added(tenant, job_ids, pipe)
             Group.create(self.redis, name=batch_id).enqueue_many(self.queue, datas, pipeline=pipe)
         for task, *_ in prepared:
             self.metrics.inc("jobs_submitted_total", {"task": task})
-        log.info("batch queued", extra={"batch_id": batch_id, "jobs": len(job_ids)})
+        log.info("batch queued", extra={"batch_id": batch_id, "jobs": len(job_ids), "tenant": tenant})
         return self.batch_view(batch_id)
 
     # ---- reading ---------------------------------------------------------------------------------------------
@@ -163,10 +187,13 @@ class JobService:
     def url(self, path: str) -> str:
         return self.settings.public_url.rstrip("/") + path
 
-    def view(self, job_id: str, job: Optional[Job] = None) -> JobView:
+    def view(self, job_id: str, job: Optional[Job] = None, tenant: Optional[str] = None) -> JobView:
+        """The job as its owner sees it; another tenant gets JobNotFound (None = internal caller)."""
         job = job or self.fetch(job_id)
-        status = _STATUS.get(job.get_status(refresh=False), "queued")
         meta = job.meta or {}
+        if tenant is not None and meta.get("tenant") != tenant:
+            raise JobNotFound(job_id)
+        status = _STATUS.get(job.get_status(refresh=False), "queued")
         view = JobView(
             id=job.id,
             task=meta.get("task", ""),
@@ -194,10 +221,15 @@ class JobService:
             result = job.return_value() or {}
             fmt = meta.get("output_format", "png")
             suffix = "" if fmt == "png" else f"?format={fmt}"
-            view.outputs = [
-                OutputView(url=self.url(f"/v1/files/{job.id}/{f['name']}") + (suffix if f["kind"] != "depth16" else ""), **f)
-                for f in result.get("outputs", [])
-            ]
+            view.outputs = []
+            for f in result.get("outputs", []):
+                path = f"/v1/files/{job.id}/{f['name']}"
+                fmt_query = suffix if f["kind"] != "depth16" else ""
+                signed = self.signer.query(job.id, f["name"], self.settings.signed_url_ttl_s)
+                joiner = "&" if fmt_query else "?"
+                view.outputs.append(
+                    OutputView(url=self.url(path) + fmt_query, signed_url=self.url(path) + fmt_query + joiner + signed, **f)
+                )
             view.data = result.get("data", {})
             view.warnings = result.get("warnings", view.warnings)
             view.timings = result.get("timings", {})
@@ -217,9 +249,9 @@ class JobService:
             view.timings.setdefault("run_s", round((job.ended_at - job.started_at).total_seconds(), 3))
         return view
 
-    def batch_view(self, batch_id: str) -> BatchView:
+    def batch_view(self, batch_id: str, tenant: Optional[str] = None) -> BatchView:
         record = self.redis.hgetall(self.keys.batch(batch_id))
-        if not record:
+        if not record or (tenant is not None and record.get(b"tenant", b"").decode() != tenant):
             raise JobNotFound(batch_id)
         job_ids = json.loads(record[b"job_ids"])
         jobs = []
@@ -242,8 +274,9 @@ class JobService:
         )
 
     # ---- cancel ------------------------------------------------------------------------------------------------
-    def cancel(self, job_id: str, reason: str = "canceled by the client") -> JobView:
+    def cancel(self, job_id: str, tenant: Optional[str] = None, reason: str = "canceled by the client") -> JobView:
         job = self.fetch(job_id)
+        self.view(job_id, job, tenant=tenant)  # ownership
         status = _STATUS.get(job.get_status(), "queued")
         if status == "canceled":
             return self.view(job_id, job)
@@ -266,6 +299,8 @@ class JobService:
         job = self.fetch(job_id)
         view = self.view(job_id, job)
         meta = job.meta or {}
+        if meta.get("tenant"):
+            self.quotas.ended(meta["tenant"], job_id)
         self.metrics.inc("jobs_total", {"task": view.task, "status": view.status})
         if view.created_at and view.status == "succeeded":
             created = datetime.fromisoformat(view.created_at.replace("Z", "+00:00"))

@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from . import errors
 from .body import BodyLimit
 from .connection import connect
+from .auth import KeyStore
 from .jobs import JobService
 from .logs import setup_logging
 from .routes import batches, files, health, jobs, tasks
@@ -35,6 +36,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.redis = connect(settings)
     app.state.jobs = JobService(app.state.redis, settings)
     app.state.store = ResultStore(settings.results_dir)
+    app.state.keystore = KeyStore(app.state.redis, app.state.jobs.keys)
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     for module in (tasks, jobs, batches, files, health):

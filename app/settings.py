@@ -34,7 +34,7 @@ class Settings(BaseModel):
         "", description="Shapes to compile at start, e.g. '1024x1024x1x50,512x512x2x50' (height x width x frames x steps)"
     )
     job_retries: int = Field(2, ge=0, le=10, description="Retries of a job whose worker died")
-    job_timeout_s: int = Field(1800, ge=10, description="A job running longer fails with a timeout message")
+    job_timeout_s: int = Field(1800, ge=1, description="A job running longer fails with a timeout message")
     heartbeat_ttl_s: int = Field(20, ge=3, description="A running job whose worker is silent this long is retried")
     maintenance_interval_s: int = Field(5, ge=1, description="How often workers look for abandoned jobs")
 
@@ -52,6 +52,20 @@ class Settings(BaseModel):
     max_views: int = Field(8, description="Most views in a multiview task")
     max_batch_items: int = Field(64, description="Most items in one POST /v1/batches")
     max_wait_s: int = Field(60, description="Longest `Prefer: wait=N` a client may ask for")
+
+    # ---- security
+    auth_disabled: bool = Field(False, description="Serve /v1 without API keys (local demo only); every caller is tenant 'public'")
+    url_signing_secret: Optional[str] = Field(None, description="Signs expiring file URLs; default: a random one kept in Redis")
+    signed_url_ttl_s: int = Field(24 * 3600, ge=60, description="Lifetime of the signed output URLs in job views and webhooks")
+    rate_limit_per_minute: int = Field(120, ge=0, description="Submissions per API key per minute (0 = no limit)")
+    max_active_jobs_per_tenant: int = Field(64, ge=0, description="Queued plus running jobs per tenant (0 = no limit)")
+    max_queue_depth: int = Field(2000, ge=0, description="Jobs waiting in the queue before submissions get 429 (0 = no bound)")
+    max_prompt_chars: int = Field(2000, ge=1, le=4000, description="Longest prompt or negative prompt, in characters")
+    max_steps: int = Field(200, ge=1, le=200, description="Most denoising steps a request may ask for")
+    webhook_allowlist: str = Field(
+        "", description="Hosts, IPs or CIDRs webhooks may call although private (e.g. '10.0.0.0/8,hooks.internal')"
+    )
+    webhook_max_response_bytes: int = Field(65536, description="Most bytes read from a webhook receiver's answer")
 
     # ---- API server
     host: str = Field("127.0.0.1", description="Address the API listens on")
@@ -72,6 +86,8 @@ class Settings(BaseModel):
             max_input_pixels=self.max_input_pixels,
             max_frames=self.max_frames,
             max_views=self.max_views,
+            max_prompt_chars=self.max_prompt_chars,
+            max_steps=self.max_steps,
         )
 
     def markdown_table(self) -> str:

@@ -47,6 +47,8 @@ class TaskLimits(BaseModel):
     max_input_pixels: int = 40_000_000
     max_frames: int = 16
     max_views: int = 8
+    max_prompt_chars: int = 4000
+    max_steps: int = 200
 
 
 # ---- the plan ---------------------------------------------------------------------------------------
@@ -217,6 +219,12 @@ class TaskRequest(BaseModel):
         w, h = self._size(limits, decoded, default_size)
         if len(frames) > limits.max_frames:
             raise TaskInputError("frames", f"{len(frames)} frames is more than the limit of {limits.max_frames}")
+        if self.num_inference_steps > limits.max_steps:
+            raise TaskInputError("num_inference_steps", f"{self.num_inference_steps} steps is more than the limit of {limits.max_steps}")
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(self, name, None)
+            if text and len(text) > limits.max_prompt_chars:
+                raise TaskInputError(name, f"{len(text)} characters is more than the limit of {limits.max_prompt_chars}; shorten it")
         plan = FramePlan(
             task=self.task_name,
             prompt=prompt,

@@ -23,12 +23,14 @@ from app.storage import ResultStore
 log = logging.getLogger(__name__)
 
 
-def _wait_for_redis(redis) -> None:
+def _make_when_redis_answers(make_worker):
+    """Build the worker (which talks to Redis already) once Redis answers, however long that takes."""
     delay = 0.5
     while True:
         try:
-            redis.ping()
-            return
+            worker = make_worker()
+            worker.connection.ping()
+            return worker
         except RedisError as exc:
             log.warning("waiting for Redis: %s", exc)
             time.sleep(delay)
@@ -38,11 +40,8 @@ def _wait_for_redis(redis) -> None:
 def supervise(make_worker, **work_kwargs) -> None:
     """Run `make_worker().work()` until a stop is asked; restart it after a Redis outage."""
     stopping = {"flag": False}
-    redis = None
     while not stopping["flag"]:
-        worker = make_worker()
-        redis = worker.connection
-        _wait_for_redis(redis)
+        worker = _make_when_redis_answers(make_worker)
         original = worker.request_stop
 
         def request_stop(signum, frame, original=original):

@@ -1,33 +1,56 @@
-"""Job outputs, served from the result store in the format asked."""
+"""Job outputs, served from the result store in the format asked: to the job's tenant, or to anyone
+holding an unexpired signed URL."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse, Response
 
-from ..errors import ApiError
+from ..exceptions import ApiError, JobNotFound
+from ..schemas import ErrorBody
+from ..security import Caller, optional_caller
 from ..storage import convert
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
+NOT_FOUND = "no such file (outputs expire with their job)"
 
 
 @router.get(
     "/{job_id}/{name}",
     summary="Download an output",
+    description="With the API key of the job's tenant, or with the `expires` and `sig` of a signed URL.",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}}}},
+    responses={
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                          "image/webp": {"schema": {"type": "string", "format": "binary"}},
+                          "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+        401: {"model": ErrorBody, "description": "No key and no valid signature"},
+        404: {"model": ErrorBody, "description": "No such file (or not yours)"},
+    },
 )
 def get_file(
     request: Request,
     job_id: str = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$"),
     name: str = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
     format: Literal["png", "webp", "jpeg"] = Query("png", description="Re-encode the stored PNG"),
+    expires: Optional[int] = Query(None, description="Expiry of a signed URL (unix seconds)"),
+    sig: Optional[str] = Query(None, max_length=128, description="Signature of a signed URL"),
+    caller: Optional[Caller] = Depends(optional_caller),
 ):
+    service = request.app.state.jobs
+    if not service.signer.valid(job_id, name, expires, sig):
+        if caller is None:
+            raise ApiError(401, "unauthorized", "send an API key, or use the output's signed_url (it may have expired)",
+                           {"WWW-Authenticate": "Bearer"})
+        try:
+            service.view(job_id, tenant=caller.tenant)
+        except JobNotFound:
+            raise ApiError(404, "not_found", NOT_FOUND) from None
     path = request.app.state.store.path(job_id, name)
     if path is None:
-        raise ApiError(404, "not_found", "no such file (outputs expire with their job)")
+        raise ApiError(404, "not_found", NOT_FOUND)
     headers = {"Cache-Control": "private, max-age=3600"}
     if format == "png":
         return FileResponse(path, media_type="image/png", headers=headers)

@@ -6,14 +6,15 @@ import asyncio
 import re
 from typing import Optional
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from model.tasks import TASKS
 
 from ..body import parse_request
-from ..schemas import REQUEST_MODELS, TERMINAL, JobView
+from ..schemas import REQUEST_MODELS, TERMINAL, ErrorBody, JobView
+from ..security import Caller, require_caller
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
@@ -24,14 +25,14 @@ def prefer_wait(request: Request, limit: int) -> Optional[int]:
     return min(int(match.group(1)), limit) if match else None
 
 
-async def wait_for(service, job_id: str, seconds: int) -> JobView:
+async def wait_for(service, job_id: str, seconds: int, tenant: str) -> JobView:
     """Poll until the job ends or `seconds` pass."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    view = await run_in_threadpool(service.view, job_id)
+    view = await run_in_threadpool(service.view, job_id, None, tenant)
     while view.status not in TERMINAL and loop.time() < deadline:
         await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
-        view = await run_in_threadpool(service.view, job_id)
+        view = await run_in_threadpool(service.view, job_id, None, tenant)
     return view
 
 
@@ -46,7 +47,7 @@ def job_response(view: JobView, wait: Optional[int]) -> JSONResponse:
 def _endpoint(task: str):
     model = REQUEST_MODELS[task]
 
-    async def submit(request: Request) -> JSONResponse:
+    async def submit(request: Request, caller: Caller = Depends(require_caller)) -> JSONResponse:
         service = request.app.state.jobs
         settings = request.app.state.settings
         body = await parse_request(request, model)
@@ -54,10 +55,11 @@ def _endpoint(task: str):
         task_fields = {k: getattr(body, k) for k in TASKS[task].model_fields}
         task_request = TASKS[task].model_construct(**task_fields)
         view = await run_in_threadpool(
-            service.submit, task, task_request, body.webhook, body.output_format, request.headers.get("idempotency-key")
+            service.submit, task, task_request, caller.tenant, caller.key_id, body.webhook, body.output_format,
+            request.headers.get("idempotency-key"),
         )
         if wait:
-            view = await wait_for(service, view.id, wait)
+            view = await wait_for(service, view.id, wait, caller.tenant)
         return job_response(view, wait)
 
     submit.__name__ = "submit_" + task.replace("-", "_")
@@ -73,6 +75,15 @@ def _docs(model) -> str:
     )
 
 
+SUBMIT_RESPONSES = {
+    200: {"model": JobView, "description": "Finished within Prefer: wait"},
+    **{code: {"model": ErrorBody, "description": text} for code, text in (
+        (400, "The body is not valid JSON"), (401, "Missing, wrong or revoked API key"),
+        (413, "The body is too large"), (415, "Not JSON or multipart"), (422, "Invalid request: the message says what to change"),
+        (429, "Rate, quota or queue limit: retry after Retry-After seconds"), (503, "The job store is unreachable"),
+    )},
+}
+
 for _task in TASKS:
     _handler, _model = _endpoint(_task)
     ref = {"$ref": f"#/components/schemas/{_model.__name__}"}
@@ -84,7 +95,7 @@ for _task in TASKS:
         summary=f"Run {_task}",
         description=_docs(_model),
         response_model=JobView,
-        responses={200: {"model": JobView, "description": "Finished within Prefer: wait"}, 422: {"description": "Invalid request"}},
+        responses=SUBMIT_RESPONSES,
         openapi_extra={
             "requestBody": {
                 "required": True,

@@ -93,6 +93,9 @@ class Service:
             "WEBHOOK_BACKOFF_S": "0.5",
             "WEBHOOK_TIMEOUT_S": "2",
             "ONEDIFFUSION_ATTENTION": "math",
+            "AUTH_DISABLED": "true",  # tests of keys and tenants turn it off explicitly
+            "WEBHOOK_ALLOWLIST": "127.0.0.1",  # the local receiver
+            "RATE_LIMIT_PER_MINUTE": "0",
             "PYTHONUNBUFFERED": "1",
             **{k.upper(): str(v) for k, v in settings.items()},
         }
@@ -106,9 +109,10 @@ class Service:
         if deliverer:
             self.start("webhooks", "webhooks")
 
-    def start(self, name: str, command: str) -> subprocess.Popen:
+    def start(self, name: str, command: str, **env) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "ab")
-        process = subprocess.Popen(CLI + [command], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp)
+        environment = {**self.env, **{k.upper(): str(v) for k, v in env.items()}}
+        process = subprocess.Popen(CLI + [command], env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp)
         self.processes[name] = process
         return process
 
@@ -162,6 +166,13 @@ class Service:
     # ---- client helpers ----
     def submit(self, task: str, payload: dict, headers: Optional[dict] = None) -> httpx.Response:
         return self.client.post(f"/v1/{task}", json=payload, headers=headers or {})
+
+    def cli(self, *args: str) -> str:
+        """Run an `onediffusion` command with this stack's settings; its stdout."""
+        result = subprocess.run(CLI + list(args), env=self.env, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr or result.stdout)
+        return result.stdout
 
     def job(self, job_id: str) -> dict:
         return self.client.get(f"/v1/jobs/{job_id}").json()

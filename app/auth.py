@@ -1,0 +1,115 @@
+"""API keys bound to tenants, stored only as hashes; signed, expiring file URLs.
+
+A key looks like `od_<key id>_<secret>`. Redis keeps, per key id, the tenant, a name and the SHA-256
+of the secret (the secret is 256 random bits, so a plain hash is enough); the key itself is shown once,
+when it is created. Every `/v1` route needs `Authorization: Bearer <key>` unless AUTH_DISABLED is set,
+in which case every caller is the tenant `public`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from redis import Redis
+
+from .connection import Keys
+
+PUBLIC_TENANT = "public"
+KEY_PREFIX = "od_"
+
+
+@dataclass
+class ApiKey:
+    key_id: str
+    tenant: str
+    name: str
+    created_at: float
+    revoked_at: Optional[float] = None
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyStore:
+    def __init__(self, redis: Redis, keys: Keys):
+        self.redis = redis
+        self.hash_key = f"{keys.prefix}:apikeys"
+
+    def create(self, tenant: str, name: str = "") -> tuple[str, ApiKey]:
+        """A new key for `tenant`: returns (the full key, shown only now; its record)."""
+        if not tenant or any(c in tenant for c in " /:\n"):
+            raise ValueError("a tenant is a non-empty name without spaces, ':' or '/'")
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        record = {"tenant": tenant, "name": name, "created_at": time.time(), "revoked_at": None, "sha256": _digest(secret)}
+        self.redis.hset(self.hash_key, key_id, json.dumps(record))
+        return f"{KEY_PREFIX}{key_id}_{secret}", self._record(key_id, record)
+
+    @staticmethod
+    def _record(key_id: str, data: dict) -> ApiKey:
+        return ApiKey(key_id, data["tenant"], data.get("name", ""), data["created_at"], data.get("revoked_at"))
+
+    def list(self) -> list[ApiKey]:
+        items = self.redis.hgetall(self.hash_key)
+        return sorted((self._record(k.decode(), json.loads(v)) for k, v in items.items()), key=lambda r: r.created_at)
+
+    def revoke(self, key_id: str) -> bool:
+        raw = self.redis.hget(self.hash_key, key_id)
+        if raw is None:
+            return False
+        data = json.loads(raw)
+        data["revoked_at"] = data.get("revoked_at") or time.time()
+        self.redis.hset(self.hash_key, key_id, json.dumps(data))
+        return True
+
+    def authenticate(self, presented: str) -> Optional[ApiKey]:
+        """The key's record when `presented` is a valid, unrevoked key; else None."""
+        if not presented.startswith(KEY_PREFIX):
+            return None
+        key_id, _, secret = presented[len(KEY_PREFIX):].partition("_")
+        if not key_id or not secret:
+            return None
+        raw = self.redis.hget(self.hash_key, key_id)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        if not hmac.compare_digest(data["sha256"], _digest(secret)) or data.get("revoked_at"):
+            return None
+        return self._record(key_id, data)
+
+
+class UrlSigner:
+    """HMAC-signed, expiring URLs for job files, so a webhook receiver can fetch results without a key.
+    The signing secret is URL_SIGNING_SECRET, or one made once and kept in Redis for every process."""
+
+    def __init__(self, redis: Redis, keys: Keys, secret: Optional[str] = None):
+        self.redis = redis
+        self.redis_key = f"{keys.prefix}:url-signing-secret"
+        self._secret = secret.encode() if secret else None
+
+    @property
+    def secret(self) -> bytes:
+        if self._secret is None:
+            self.redis.set(self.redis_key, secrets.token_hex(32), nx=True)
+            self._secret = self.redis.get(self.redis_key)
+        return self._secret
+
+    def signature(self, job_id: str, name: str, expires: int) -> str:
+        message = f"{job_id}/{name}/{expires}".encode()
+        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
+
+    def query(self, job_id: str, name: str, ttl_s: int) -> str:
+        expires = int(time.time()) + ttl_s
+        return f"expires={expires}&sig={self.signature(job_id, name, expires)}"
+
+    def valid(self, job_id: str, name: str, expires: Optional[int], sig: Optional[str]) -> bool:
+        if expires is None or sig is None or expires < time.time():
+            return False
+        return hmac.compare_digest(self.signature(job_id, name, expires), sig)

@@ -1,0 +1,43 @@
+"""Who is calling: the tenant behind the API key of a request (FastAPI dependencies)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from .auth import PUBLIC_TENANT
+from .exceptions import ApiError
+
+bearer = HTTPBearer(auto_error=False, description="An API key made with `onediffusion keys create --tenant NAME`")
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant: str
+    key_id: str
+
+
+def _unauthorized(message: str, error: Optional[str] = None) -> ApiError:
+    challenge = "Bearer" if error is None else f'Bearer error="{error}"'
+    return ApiError(401, "unauthorized", message, {"WWW-Authenticate": challenge})
+
+
+def optional_caller(request: Request, credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Optional[Caller]:
+    """The caller, or None when no key was sent (a wrong or revoked key is still a 401)."""
+    if request.app.state.settings.auth_disabled:
+        return Caller(PUBLIC_TENANT, "anonymous")
+    if credentials is None:
+        return None
+    key = request.app.state.keystore.authenticate(credentials.credentials)
+    if key is None:
+        raise _unauthorized("the API key is not valid (wrong or revoked)", "invalid_token")
+    return Caller(key.tenant, key.key_id)
+
+
+def require_caller(caller: Optional[Caller] = Depends(optional_caller)) -> Caller:
+    if caller is None:
+        raise _unauthorized("send an API key: Authorization: Bearer <key>")
+    return caller

@@ -1,0 +1,445 @@
+"""Static checks of the deployment files: Dockerfile, docker-compose.yml and deploy/k8s.
+
+No Docker engine or cluster is needed; these catch the mistakes that would only show at deploy time:
+a setting name that the service does not read, a value it rejects, a command the CLI does not have, a
+volume or ConfigMap reference that points nowhere, a Service that selects no pod."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+from app.settings import Settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "docker-compose.yml"
+K8S = ROOT / "deploy" / "k8s"
+NAMESPACE = "onediffusion"
+APP_SERVICES = ("api", "worker", "webhooks")
+ROLES = {"api": "serve", "worker": "worker", "webhooks": "webhooks"}
+
+# Read by the code (logging, attention backend) or by the runtime, not by Settings.
+EXTRA_ENV = {"PYTHONUNBUFFERED", "LOG_LEVEL", "LOG_FORMAT", "RQ_LOG_LEVEL", "ONEDIFFUSION_ATTENTION", "NVIDIA_VISIBLE_DEVICES"}
+# Image build plumbing in the Dockerfile.
+DOCKERFILE_ENV = {"PATH", "VIRTUAL_ENV", "DEBIAN_FRONTEND", "PYTHONDONTWRITEBYTECODE", "PIP_NO_CACHE_DIR",
+                  "PIP_DISABLE_PIP_VERSION_CHECK"}
+SETTINGS_ENV = {name.upper() for name in Settings.model_fields}
+
+
+# ---- loading -------------------------------------------------------------------------------------------
+def load_all(path: Path) -> list:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def yaml_files() -> list[Path]:
+    return [COMPOSE, *sorted(K8S.glob("*.yaml")), *sorted(K8S.glob("*.yml"))]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    (doc,) = load_all(COMPOSE)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[dict]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs += [dict(doc, _file=path.name) for doc in load_all(path)]
+    return docs
+
+
+def of_kind(manifests, kind) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in manifests if doc["kind"] == kind}
+
+
+def workloads(manifests) -> dict[str, dict]:
+    return {**of_kind(manifests, "Deployment"), **of_kind(manifests, "StatefulSet")}
+
+
+def container_env(manifests, container: dict) -> dict[str, str]:
+    """The environment a container gets: its ConfigMaps' data, then its own env."""
+    maps = of_kind(manifests, "ConfigMap")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(maps[source["configMapRef"]["name"]].get("data", {}))
+    for item in container.get("env", []):
+        env[item["name"]] = item.get("value", "")
+    return env
+
+
+def interpolate(value) -> str:
+    """Compose's `${VAR}`, `${VAR-default}` and `${VAR:-default}`, with every VAR unset."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", str(value))
+
+
+def compose_env(service: dict) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {key: interpolate("" if value is None else value) for key, value in env.items()}
+
+
+def parse_volume(volume) -> tuple[str, str, str]:
+    """A compose short-syntax volume `SOURCE:TARGET[:MODE]`, interpolated -> (source, target, mode)."""
+    if isinstance(volume, dict):
+        return str(volume.get("source", "")), volume["target"], "ro" if volume.get("read_only") else "rw"
+    source, target, *mode = interpolate(volume).split(":")
+    return source, target, (mode[0] if mode else "rw")
+
+
+def as_args(command) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def dockerfile_env() -> dict[str, str]:
+    env = {}
+    for word, rest in dockerfile_instructions():
+        if word == "ENV":
+            for token in shlex.split(rest):
+                key, _, value = token.partition("=")
+                env[key] = value
+    return env
+
+
+def pyproject() -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def valid_command(name: str) -> bool:
+    """Whether `onediffusion NAME` is a command of cli.py (its --help exits 0; an unknown one exits 2)."""
+    import contextlib
+    import io
+
+    import cli
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            cli.main([name, "--help"])
+        except SystemExit as exc:
+            return exc.code == 0
+    return False
+
+
+# ---- every file ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_yaml_parses(path):
+    docs = load_all(path)
+    assert docs, f"{path} is empty"
+    assert all(isinstance(doc, dict) for doc in docs)
+
+
+def test_cli_check_itself_works():
+    assert valid_command("serve") and valid_command("worker") and valid_command("webhooks")
+    assert not valid_command("no-such-command")
+
+
+# ---- Dockerfile ----------------------------------------------------------------------------------------
+def test_dockerfile_user_is_not_root():
+    users = [rest for word, rest in dockerfile_instructions() if word == "USER"]
+    assert users, "the Dockerfile sets no USER: the container would run as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), users[-1]
+
+
+def test_dockerfile_healthcheck_expose_entrypoint():
+    instructions = dockerfile_instructions()
+    words = [word for word, _ in instructions]
+    health = [rest for word, rest in instructions if word == "HEALTHCHECK"]
+    assert health and "/healthz" in health[-1] and "NONE" not in health[-1].upper().split()
+    assert any(word == "EXPOSE" and "8000" in rest.split() for word, rest in instructions)
+    assert "ENTRYPOINT" in words
+    (entrypoint,) = [rest for word, rest in instructions if word == "ENTRYPOINT"]
+    assert entrypoint == '["onediffusion"]'
+    (cmd,) = [rest for word, rest in instructions if word == "CMD"]
+    assert cmd == '["serve"]'
+
+
+def test_dockerfile_installs_torch_before_the_project():
+    instructions = dockerfile_instructions()
+    runs = [rest for word, rest in instructions if word == "RUN"]
+    torch_runs = [i for i, rest in enumerate(runs) if re.search(r"pip install .*(torch==|\$\{?TORCH_SPEC)", rest)]
+    project_runs = [i for i, rest in enumerate(runs) if re.search(r"pip install (\S+ )*\.(\[[^]]*\])?(\s|$)", rest)]
+    assert torch_runs, "the Dockerfile does not install torch on its own"
+    assert project_runs, "the Dockerfile does not `pip install .`"
+    assert torch_runs[0] < project_runs[0], "torch must be installed before the project"
+    pins = re.findall(r"torch==[0-9][^\s\"']*", "\n".join(rest for word, rest in instructions if word in ("RUN", "ARG")))
+    assert pins, "torch is not pinned in the Dockerfile"
+    makefile = ROOT / "Makefile"
+    if makefile.is_file():
+        match = re.search(r"TORCH_SPEC\s*\?=\s*(\S+)", makefile.read_text())
+        if match:
+            assert match.group(1) in pins, f"the Dockerfile's torch {pins} differs from the Makefile's {match.group(1)}"
+
+
+def test_dockerfile_copies_what_the_package_needs():
+    project = pyproject()
+    copied = set()
+    for word, rest in dockerfile_instructions():
+        if word == "COPY":
+            parts = [p for p in shlex.split(rest) if not p.startswith("--")]
+            copied |= {p.rstrip("/") for p in parts[:-1]}
+    tool = project["tool"]["setuptools"]
+    needed = {pkg.split(".")[0] for pkg in tool["packages"]} | {f"{m}.py" for m in tool.get("py-modules", [])}
+    needed |= {"pyproject.toml", project["project"]["readme"]}
+    assert needed <= copied, f"not copied into the image: {sorted(needed - copied)}"
+
+
+def test_dockerfile_copy_sources_exist():
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    for word, rest in dockerfile_instructions():
+        if word == "COPY" and "--from" not in rest:
+            for source in [p for p in shlex.split(rest) if not p.startswith("--")][:-1]:
+                source = source.rstrip("/")
+                assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which does not exist: docker build fails"
+                assert source not in ignored, f"the Dockerfile copies {source}, which .dockerignore leaves out"
+
+
+def test_dockerignore_keeps_the_context_small():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    for entry in (".venv", "var", ".git", "models"):
+        assert entry in ignored, entry
+
+
+def test_dockerfile_env_names_are_settings():
+    env = dockerfile_env()
+    unknown = set(env) - SETTINGS_ENV - EXTRA_ENV - DOCKERFILE_ENV
+    assert not unknown, f"the Dockerfile sets variables the service does not read: {sorted(unknown)}"
+    assert env["HOST"] == "0.0.0.0"
+    Settings.from_env({k: v for k, v in env.items() if k in SETTINGS_ENV})
+
+
+# ---- docker-compose.yml --------------------------------------------------------------------------------
+def test_compose_services(compose):
+    services = compose["services"]
+    for name in ("redis", *APP_SERVICES):
+        assert name in services, name
+    for name in APP_SERVICES:
+        args = as_args(services[name]["command"])
+        assert args == [ROLES[name]], (name, args)
+        assert valid_command(args[0])
+
+
+def test_compose_redis_persists(compose):
+    redis = compose["services"]["redis"]
+    args = as_args(redis["command"])
+    joined = " ".join(args)
+    assert "--appendonly yes" in joined and "--appendfsync always" in joined, joined
+    assert "/data" in [target for _, target, _ in map(parse_volume, redis["volumes"])]
+    assert "redis-cli" in " ".join(as_args(redis["healthcheck"]["test"]))
+
+
+def test_compose_api_publishes_8000(compose):
+    ports = compose["services"]["api"]["ports"]
+    published = [str(p).split(":")[-2:] if not isinstance(p, dict) else [str(p["published"]), str(p["target"])]
+                 for p in ports]
+    assert ["8000", "8000"] in published, ports
+
+
+def test_compose_worker_reserves_an_nvidia_gpu(compose):
+    worker = compose["services"]["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices), devices
+    assert worker["healthcheck"].get("disable") is True, "the worker has no HTTP port: its healthcheck must be off"
+
+
+def test_compose_volumes(compose):
+    services = compose["services"]
+    declared = set(compose.get("volumes") or {})
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source, target, _ = parse_volume(volume)
+            assert target.startswith("/"), (name, volume)
+            if not source.startswith((".", "/", "~")):
+                assert source in declared, f"{name} mounts undeclared volume {source}"
+    for name in ("api", "worker"):
+        env = {**dockerfile_env(), **compose_env(services[name])}
+        mounts = {target: source for source, target, _ in map(parse_volume, services[name]["volumes"])}
+        assert mounts.get(env["RESULTS_DIR"]) == "results", f"{name} lacks the shared results volume at {env['RESULTS_DIR']}"
+    model = compose_env(services["worker"])["ONEDIFFUSION_MODEL"]
+    ro_mounts = [target for _, target, mode in map(parse_volume, services["worker"]["volumes"]) if mode == "ro"]
+    assert any(model.startswith(m.rstrip("/") + "/") for m in ro_mounts), (model, ro_mounts)
+
+
+def test_compose_depends_on_healthy_redis(compose):
+    for name in APP_SERVICES:
+        assert compose["services"][name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_env_names_and_values(compose):
+    for name in APP_SERVICES:
+        env = compose_env(compose["services"][name])
+        unknown = set(env) - SETTINGS_ENV - EXTRA_ENV
+        assert not unknown, f"compose {name} sets variables the service does not read: {sorted(unknown)}"
+        Settings.from_env({**dockerfile_env(), **env})
+
+
+# ---- deploy/k8s ----------------------------------------------------------------------------------------
+def test_kustomization_lists_every_manifest():
+    (kustomization,) = load_all(K8S / "kustomization.yaml")
+    listed = set(kustomization["resources"])
+    files = {p.name for p in K8S.iterdir() if p.suffix in (".yaml", ".yml") and p.name != "kustomization.yaml"}
+    assert listed == files, f"missing: {sorted(files - listed)}, not present: {sorted(listed - files)}"
+    assert kustomization.get("namespace") == NAMESPACE
+
+
+def test_k8s_objects_are_in_the_namespace(manifests):
+    kinds = [doc["kind"] for doc in manifests]
+    assert NAMESPACE in of_kind(manifests, "Namespace")
+    for doc in manifests:
+        assert doc.get("apiVersion") and doc.get("kind") and doc["metadata"].get("name"), doc["_file"]
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == NAMESPACE, (doc["_file"], doc["metadata"]["name"])
+    for kind in ("ConfigMap", "PersistentVolumeClaim", "StatefulSet", "Deployment", "Service"):
+        assert kind in kinds
+
+
+def test_k8s_expected_objects(manifests):
+    deployments = of_kind(manifests, "Deployment")
+    assert {"onediffusion-api", "onediffusion-worker", "onediffusion-webhooks"} <= set(deployments)
+    assert "redis" in of_kind(manifests, "StatefulSet")
+    assert {"redis", "onediffusion-api"} <= set(of_kind(manifests, "Service"))
+    assert "onediffusion-settings" in of_kind(manifests, "ConfigMap")
+    claims = of_kind(manifests, "PersistentVolumeClaim")
+    assert "ReadWriteMany" in claims["onediffusion-results"]["spec"]["accessModes"]
+    assert "onediffusion-models" in claims
+
+
+def test_k8s_deployment_args_are_cli_commands(manifests):
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            args = container.get("args")
+            assert args and len(args) == 1 and args[0] in ("serve", "worker", "webhooks"), (name, args)
+            assert valid_command(args[0]), (name, args)
+            assert "command" not in container, f"{name} overrides the image's ENTRYPOINT"
+
+
+def test_k8s_worker_requests_a_gpu(manifests):
+    worker = of_kind(manifests, "Deployment")["onediffusion-worker"]
+    pod = worker["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["worker"]
+    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1, "a GPU is requested with limits"
+    requested = container["resources"].get("requests", {}).get("nvidia.com/gpu")
+    assert requested is None or requested == container["resources"]["limits"]["nvidia.com/gpu"]
+    assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", []))
+    assert pod.get("terminationGracePeriodSeconds", 30) >= 60, "a warm shutdown needs time to finish the batch"
+    env = container_env(manifests, container)
+    model_mounts = [m["mountPath"] for m in container["volumeMounts"] if m.get("readOnly")]
+    assert any(env["ONEDIFFUSION_MODEL"].startswith(m.rstrip("/") + "/") for m in model_mounts)
+    for name in ("api", "webhooks"):
+        other = of_kind(manifests, "Deployment")[f"onediffusion-{name}"]["spec"]["template"]["spec"]["containers"]
+        assert all("nvidia.com/gpu" not in (c.get("resources", {}).get("limits") or {}) for c in other)
+
+
+def test_k8s_api_probes_healthz(manifests):
+    (container,) = of_kind(manifests, "Deployment")["onediffusion-api"]["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
+    assert 8000 in ports.values()
+    for probe in ("readinessProbe", "livenessProbe"):
+        port = container[probe]["httpGet"]["port"]
+        assert ports.get(port, port) == 8000, f"the API's {probe} probes port {port}, the API listens on 8000"
+
+
+def test_k8s_redis_persists(manifests):
+    redis = of_kind(manifests, "StatefulSet")["redis"]
+    (container,) = redis["spec"]["template"]["spec"]["containers"]
+    joined = " ".join(as_args(container.get("command", []) + container.get("args", [])))
+    assert "--appendonly yes" in joined and "--appendfsync always" in joined, joined
+    templates = {t["metadata"]["name"] for t in redis["spec"].get("volumeClaimTemplates", [])}
+    assert any(m["name"] in templates and m["mountPath"] == "/data" for m in container["volumeMounts"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "redis-cli" in container[probe]["exec"]["command"]
+
+
+def test_k8s_env_names_and_values(manifests):
+    for name, maps in of_kind(manifests, "ConfigMap").items():
+        unknown = set(maps.get("data", {})) - SETTINGS_ENV - EXTRA_ENV
+        assert not unknown, f"ConfigMap {name} sets variables the service does not read: {sorted(unknown)}"
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            env = container_env(manifests, container)
+            unknown = set(env) - SETTINGS_ENV - EXTRA_ENV
+            assert not unknown, f"{name} sets variables the service does not read: {sorted(unknown)}"
+            settings = Settings.from_env({**dockerfile_env(), **env})
+            assert settings.redis_url.startswith("redis://redis:"), f"{name} does not point at the redis Service"
+            if env.get("WARM_BUCKETS"):
+                assert re.fullmatch(r"\d+x\d+x\d+x\d+(,\d+x\d+x\d+x\d+)*", env["WARM_BUCKETS"]), env["WARM_BUCKETS"]
+
+
+def test_k8s_references_resolve(manifests):
+    maps = set(of_kind(manifests, "ConfigMap"))
+    claims = set(of_kind(manifests, "PersistentVolumeClaim"))
+    for name, workload in workloads(manifests).items():
+        spec = workload["spec"]
+        labels = spec["template"]["metadata"]["labels"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items(), f"{name}: selector does not match its pods"
+        pod = spec["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        volumes.update({t["metadata"]["name"]: t for t in spec.get("volumeClaimTemplates", [])})
+        for volume in pod.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims, (name, volume)
+        for container in pod["containers"]:
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in maps, (name, source)
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in volumes, (name, mount)
+
+
+def test_k8s_results_volume_is_shared(manifests):
+    deployments = of_kind(manifests, "Deployment")
+    for name in ("onediffusion-api", "onediffusion-worker"):
+        pod = deployments[name]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        results_dir = container_env(manifests, container).get("RESULTS_DIR") or dockerfile_env()["RESULTS_DIR"]
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert claims.get(mounts.get(results_dir)) == "onediffusion-results", f"{name}: no results volume at {results_dir}"
+
+
+def test_k8s_pods_run_as_the_image_user(manifests):
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        context = deployment["spec"]["template"]["spec"].get("securityContext", {})
+        assert context.get("runAsNonRoot") is True and context.get("runAsUser") == 10001, name
+
+
+def test_k8s_services_select_pods(manifests):
+    pods = [w["spec"]["template"] for w in workloads(manifests).values()]
+    for name, service in of_kind(manifests, "Service").items():
+        selector = service["spec"]["selector"]
+        matching = [p for p in pods if selector.items() <= p["metadata"]["labels"].items()]
+        assert matching, f"Service {name} selects no pod"
+        ports = {}
+        for pod in matching:
+            for container in pod["spec"]["containers"]:
+                for port in container.get("ports", []):
+                    ports[port.get("name")] = port["containerPort"]
+                    ports[port["containerPort"]] = port["containerPort"]
+        for port in service["spec"]["ports"]:
+            assert port.get("targetPort", port["port"]) in ports, (name, port)
