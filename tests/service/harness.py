@@ -99,7 +99,8 @@ class Service:
             "PYTHONUNBUFFERED": "1",
             **{k.upper(): str(v) for k, v in settings.items()},
         }
-        self.env.pop("ONEDIFFUSION_MODEL", None)
+        if "onediffusion_model" not in settings:
+            self.env.pop("ONEDIFFUSION_MODEL", None)  # the demo checkpoint unless a test names a model
         self.processes: dict[str, subprocess.Popen] = {}
         self.worker_count = 0
         self.client = httpx.Client(base_url=self.url, timeout=30)
