@@ -14,7 +14,7 @@ import secrets
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Optional
 
 from redis import Redis
 from rq import Queue, Retry

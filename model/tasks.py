@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Annotated, ClassVar, Literal, Optional, Union
+from typing import Annotated, ClassVar, Literal, Optional
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -314,26 +314,34 @@ class PoseToImage(_FromCondition):
     token: ClassVar[str] = "[[pose2image]]"
 
 
-class SemanticMapToImage(_FromCondition):
+class _NamedClasses(BaseModel):
+    """`classes` named in the prompt as `<#RRGGBB colour kind: name>` tokens."""
+
+    class_kind: ClassVar[str] = "mask"
+    classes: list[ClassSpec] = Field(
+        min_length=1, max_length=len(COLOURS), examples=[[{"name": "dragon", "colour": "cyan"}, {"name": "bird"}]]
+    )
+
+    def _tokens_and_classes(self) -> tuple[str, list[dict]]:
+        return _class_tokens(self.classes, self.class_kind)
+
+    def _extra_tokens(self) -> str:
+        return self._tokens_and_classes()[0]
+
+
+class SemanticMapToImage(_NamedClasses, _FromCondition):
     """The map paints each class in its colour; `classes` names them."""
 
     task_name: ClassVar[str] = "semantic-map-to-image"
     token: ClassVar[str] = "[[semanticmap2image]]"
-    classes: list[ClassSpec] = Field(min_length=1, max_length=len(COLOURS))
-
-    def _extra_tokens(self) -> str:
-        return _class_tokens(self.classes, "mask")[0]
 
 
-class BoxesToImage(_FromCondition):
+class BoxesToImage(_NamedClasses, _FromCondition):
     """The map draws each object's box in its class colour; `classes` names them."""
 
     task_name: ClassVar[str] = "boxes-to-image"
     token: ClassVar[str] = "[[boundingbox2image]]"
-    classes: list[ClassSpec] = Field(min_length=1, max_length=len(COLOURS))
-
-    def _extra_tokens(self) -> str:
-        return _class_tokens(self.classes, "boundingbox")[0]
+    class_kind: ClassVar[str] = "boundingbox"
 
 
 class _Estimation(TaskRequest):
@@ -382,30 +390,23 @@ class PoseEstimation(_Estimation):
     output_name: ClassVar[str] = "pose"
 
 
-class Segmentation(_Estimation):
+class Segmentation(_NamedClasses, _Estimation):
     """A colour map plus one mask per class."""
 
     task_name: ClassVar[str] = "segmentation"
     token: ClassVar[str] = "[[semanticmap2image]]"
     output_name: ClassVar[str] = "segmentation"
     postprocess: ClassVar[str] = "segmentation"
-    classes: list[ClassSpec] = Field(min_length=1, max_length=len(COLOURS), examples=[[{"name": "dragon", "colour": "cyan"}]])
-
-    def _tokens_and_classes(self):
-        return _class_tokens(self.classes, "mask")
 
 
-class Detection(_Estimation):
+class Detection(_NamedClasses, _Estimation):
     """A map with boxes drawn in class colours plus the boxes as pixel coordinates per class."""
 
     task_name: ClassVar[str] = "detection"
     token: ClassVar[str] = "[[boundingbox2image]]"
     output_name: ClassVar[str] = "detection"
     postprocess: ClassVar[str] = "detection"
-    classes: list[ClassSpec] = Field(min_length=1, max_length=len(COLOURS), examples=[[{"name": "bird", "colour": "red"}]])
-
-    def _tokens_and_classes(self):
-        return _class_tokens(self.classes, "boundingbox")
+    class_kind: ClassVar[str] = "boundingbox"
 
 
 class _Restoration(TaskRequest):

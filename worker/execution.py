@@ -70,12 +70,12 @@ class Executor:
                 outcomes[i] = Outcome(error={"type": "invalid_request", "message": str(exc)})
 
         def dropped() -> set[int]:
-            wanted = canceled() if canceled else set()
+            wanted = canceled()
             return {k for k, i in enumerate(positions) if i in wanted}
 
         if plans:
-            for k, result in zip(range(len(plans)), self._run_isolated(plans, on_step, dropped if canceled else None)):
-                i = positions[k]
+            results = self._run_isolated(plans, on_step, dropped if canceled else None)
+            for i, result in zip(positions, results):
                 outcomes[i] = self._outcome(items[i], result)
         return outcomes  # type: ignore[return-value]
 
