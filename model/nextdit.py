@@ -156,9 +156,8 @@ class Attention(nn.Module):
         k = self.k_norm(self.wk(x)).view(b, length, hkv, d)
         v = self.wv(x).view(b, length, hkv, d)
         q = apply_rotary(q, *rope).transpose(1, 2)
-        k = apply_rotary(k, *rope).transpose(1, 2).repeat_interleave(rep, dim=1)
-        v = v.transpose(1, 2).repeat_interleave(rep, dim=1)
-        out = softcap_attention(q, k, v)
+        k = apply_rotary(k, *rope).transpose(1, 2)
+        out = softcap_attention(q, k, v.transpose(1, 2))  # heads share k/v in repeat_interleave order
 
         ly = y.shape[1]
         yk = self.ky_norm(self.wk_y(y)).view(b, ly, hkv, d).transpose(1, 2).repeat(1, rep, 1, 1)

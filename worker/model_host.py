@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from app.settings import Settings
+from model.attention import select_backend
 from model.demo_checkpoint import make_demo_checkpoint
 from model.pipeline import OneDiffusion
 from model.tasks import FramePlan, Frame
@@ -45,6 +46,7 @@ def load_model(settings: Settings) -> OneDiffusion:
     device = model.device
     log.info("model loaded", extra={"path": str(path), "device": str(device), "demo": model.components.is_demo,
                                     "seconds": round(time.monotonic() - started, 2)})
+    select_backend(device, model.components.dtype)  # checked here, outside any compiled graph
     if device.type == "cuda" and settings.compile:
         model.sampler.transformer = torch.compile(model.components.transformer, dynamic=False)
     for plan in warm_plans(settings.warm_buckets):
