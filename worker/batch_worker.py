@@ -39,6 +39,20 @@ if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
 end
 return 0
 """
+# The reverse, for a job taken but never started (still 'queued'): back to the front of the queue.
+_RETURN = """
+if redis.call('HGET', KEYS[3], 'status') ~= 'queued' then return 0 end
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+# Jobs this process took from the queue but has not started yet. Normally empty between batches; after a
+# Redis outage broke a batch's start, the restarted worker puts them back at once (RQ's own sweep of the
+# intermediate queue would wait a minute).
+_taken_not_started: set[str] = set()
+RESULTS_SWEEP_INTERVAL_S = 60
 
 
 def retry_redis(action, what: str, stop: Optional[threading.Event] = None, max_wait: float = 30.0):
@@ -116,7 +130,9 @@ class BatchWorker(SimpleWorker):
         self.keys = keys_for(settings.queue_prefix)
         self.service = JobService(connection, settings)
         self._claim = connection.register_script(_CLAIM)
+        self._return = connection.register_script(_RETURN)
         self.beats = Heartbeat(self, interval=max(1.0, settings.heartbeat_ttl_s / 4))
+        self._last_sweep = -float("inf")
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         return self.settings.heartbeat_ttl_s
@@ -127,12 +143,29 @@ class BatchWorker(SimpleWorker):
         return max(1, self.settings.maintenance_interval_s)
 
     def work(self, *args, **kwargs):
+        self.return_taken_jobs()
         if not self.beats.is_alive():
             self.beats.start()
         try:
             return super().work(*args, **kwargs)
         finally:
             self.beats.stop_event.set()
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's (abandoned jobs, stuck intermediate entries), plus expiring old output folders."""
+        super().run_maintenance_tasks()
+        if time.monotonic() - self._last_sweep >= RESULTS_SWEEP_INTERVAL_S:
+            self._last_sweep = time.monotonic()
+            removed = self.executor.store.sweep(self.settings.results_ttl_s)
+            if removed:
+                log.info("removed expired outputs", extra={"folders": removed})
+
+    def return_taken_jobs(self) -> None:
+        for queue in self.queues:
+            for job_id in list(_taken_not_started):
+                if self._return(keys=[queue.intermediate_queue_key, queue.key, Job.key_for(job_id)], args=[job_id]):
+                    log.warning("put back a job taken before the Redis outage", extra={"job_id": job_id})
+                _taken_not_started.discard(job_id)
 
     # ---- batching ------------------------------------------------------------------------------------
     def take_companions(self, job: Job, queue: Queue) -> list[Job]:
@@ -155,6 +188,7 @@ class BatchWorker(SimpleWorker):
                         break
                     meta = self.serializer.loads(raw) if raw else {}
                     if meta.get("bucket") == bucket and self._claim(keys=[queue.key, queue.intermediate_queue_key], args=[job_id]):
+                        _taken_not_started.add(job_id)
                         companion = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
                         taken.append(companion)
             if len(taken) >= want or time.monotonic() >= deadline:
@@ -162,6 +196,7 @@ class BatchWorker(SimpleWorker):
             time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        _taken_not_started.add(job.id)
         jobs = [job] + self.take_companions(job, queue)
         try:
             self.run_batch(jobs, queue)
@@ -178,6 +213,7 @@ class BatchWorker(SimpleWorker):
             pipe.execute()
         self.execution = execution
         self.prepare_job_execution(job, remove_from_intermediate_queue=True)
+        _taken_not_started.discard(job.id)
         job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
         job.save_meta()
         self.beats.track(job, execution)

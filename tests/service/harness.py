@@ -161,8 +161,11 @@ class Service:
                 process.kill()
         self.client.close()
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.tmp.glob("*.log")))
+    def logs(self, full: bool = False) -> str:
+        """The processes' logs (the last 4000 characters of each unless `full`)."""
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[None if full else -4000:]}" for p in sorted(self.tmp.glob("*.log"))
+        )
 
     # ---- client helpers ----
     def submit(self, task: str, payload: dict, headers: Optional[dict] = None) -> httpx.Response:

@@ -1,0 +1,74 @@
+"""Outputs are stored atomically, served by name only, and expire with their time-to-live."""
+
+from __future__ import annotations
+
+import os
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from app.settings import Settings
+from app.storage import ResultStore, convert
+
+
+def test_save_path_and_names(tmp_path):
+    store = ResultStore(tmp_path)
+    store.save("job1", "image.png", b"data")
+    assert store.path("job1", "image.png").read_bytes() == b"data"
+    assert store.path("job1", "missing.png") is None
+    assert store.path("../etc", "passwd") is None and store.path("job1", "../x") is None
+    with pytest.raises(ValueError):
+        store.save("job1", "../escape.png", b"x")
+    assert not list(tmp_path.glob("job1/.*.tmp"))
+
+
+def test_sweep_removes_only_expired_folders(tmp_path):
+    store = ResultStore(tmp_path)
+    store.save("old", "a.png", b"1")
+    store.save("new", "a.png", b"2")
+    past = time.time() - 7200
+    os.utime(tmp_path / "old", (past, past))
+    assert store.sweep(ttl_s=3600) == 1
+    assert store.path("old", "a.png") is None and store.path("new", "a.png") is not None
+
+
+def test_worker_maintenance_sweeps_outputs(tmp_path, redis_url):
+    """The worker's periodic maintenance (RQ's registry cleanup) also expires output folders."""
+    from redis import Redis
+
+    from worker.batch_worker import BatchWorker
+
+    store = ResultStore(tmp_path)
+    store.save("expired", "a.png", b"1")
+    os.utime(tmp_path / "expired", (time.time() - 10_000,) * 2)
+    settings = Settings(redis_url=redis_url, results_ttl_s=3600, queue_prefix="sweeptest")
+    redis = Redis.from_url(redis_url)
+    worker = BatchWorker(["sweeptest"], redis, SimpleNamespace(store=store), settings, name=f"sweep-{os.getpid()}")
+    worker.run_maintenance_tasks()
+    assert not (tmp_path / "expired").exists()
+
+
+def test_formats(tmp_path):
+    from tests.conftest import make_image
+
+    png = make_image(32, 32)
+    assert convert(png, "png") == (png, "image/png")
+    webp, media = convert(png, "webp")
+    assert media == "image/webp" and webp[:4] == b"RIFF"
+    jpeg, media = convert(png, "jpeg")
+    assert media == "image/jpeg" and jpeg[:2] == b"\xff\xd8"
+
+
+def test_sixteen_bit_depth_converts_to_8_bit_formats():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from model.outputs import encode_png16
+
+    depth = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    jpeg, _ = convert(encode_png16(depth), "jpeg")
+    image = Image.open(io.BytesIO(jpeg))
+    assert image.mode == "L" and abs(int(np.asarray(image)[-1, -1]) - int(depth[-1, -1]) // 257) <= 2
