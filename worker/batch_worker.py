@@ -260,8 +260,8 @@ class BatchWorker(SimpleWorker):
                     dropped.add(i)
             return dropped
 
-        for job in jobs:
-            self.connection.hset(self.keys.progress(job.id), mapping={"step": 0, "total": items[0].payload.get("num_inference_steps", 0)})
+        for job, item in zip(jobs, items):
+            self.connection.hset(self.keys.progress(job.id), mapping={"step": 0, "total": item.payload.get("num_inference_steps", 0)})
         outcomes = self.executor.run(items, on_step=on_step, canceled=canceled)
         for job, outcome in zip(jobs, outcomes):
             if job.id in reasons:

@@ -81,15 +81,21 @@ def test_batch_webhooks(make_service, receiver):
 
 def test_webhooks_arrive_after_the_receiver_comes_back(make_service, receiver):
     service = make_service()
-    job = service.submit("text-to-image", small("x", webhook={"url": receiver.url, "secret": SECRET})).json()
-    done = service.wait_job(job["id"])
-    assert done["status"] == "succeeded"
+    hook = {"url": receiver.url, "secret": SECRET}
+    job = service.submit("text-to-image", small("x", webhook=hook)).json()
+    batch = service.client.post("/v1/batches", json={"items": [{"task": "text-to-image", **small(f"b{i}")} for i in range(2)],
+                                                     "webhook": hook}).json()
+    assert service.wait_job(job["id"])["status"] == "succeeded"
+    assert all(service.wait_job(j["id"])["status"] == "succeeded" for j in batch["jobs"])
     time.sleep(2)  # a couple of failed attempts while the receiver is down
     assert receiver.calls == []
     assert service.client.get(f"/v1/jobs/{job['id']}").json()["outputs"]  # the result is kept meanwhile
     receiver.up()
-    wait_until(lambda: receiver.calls, 60, what="the delayed webhook")
-    call = receiver.calls[0]
-    assert call["json"]["event"] == "job.succeeded" and call["json"]["job"]["id"] == job["id"]
-    check_signature(call)
-    assert call["json"]["job"]["outputs"][0]["url"].startswith(service.url)
+    wait_until(lambda: len(receiver.calls) >= 4, 60, what="the delayed webhooks")
+    time.sleep(0.5)
+    assert sorted(receiver.events()) == ["batch.completed", "batch.item.succeeded", "batch.item.succeeded", "job.succeeded"]
+    for call in receiver.calls:
+        check_signature(call)
+    single = next(c for c in receiver.calls if c["json"]["event"] == "job.succeeded")
+    assert single["json"]["job"]["id"] == job["id"]
+    assert single["json"]["job"]["outputs"][0]["url"].startswith(service.url)

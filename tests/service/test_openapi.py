@@ -43,3 +43,5 @@ def test_property_based_run_finds_no_server_error(fuzz_service):
         capture_output=True, text=True, timeout=600, cwd=fuzz_service.tmp,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    summary = [line for line in result.stdout.splitlines() if "generated" in line or "passed" in line]
+    print("\nFUZZ " + " | ".join(s.strip() for s in summary[-2:]))
