@@ -116,10 +116,9 @@ def cmd_up(args) -> None:
         sys.exit(f"error: {exc}")
     env = dict(os.environ)
     if not settings.onediffusion_model:
-        from model.demo_checkpoint import make_demo_checkpoint
+        from worker.model_host import checkpoint_path
 
-        if not (Path(settings.demo_checkpoint_dir) / "model_index.json").is_file():
-            make_demo_checkpoint(settings.demo_checkpoint_dir)
+        checkpoint_path(settings)  # made once here, not by the worker while the API already answers
         print(DEMO_BANNER, flush=True)
     if settings.auth_disabled:
         print(AUTH_BANNER, flush=True)

@@ -44,6 +44,13 @@ def task_request_model(task_cls: type[TaskRequest]) -> type[BaseModel]:
 REQUEST_MODELS: dict[str, type[BaseModel]] = {name: task_request_model(cls) for name, cls in TASKS.items()}
 
 
+def task_part(body: BaseModel, task: str) -> TaskRequest:
+    """The task's own request out of an already validated body that also carries service options
+    (an endpoint body or a batch item)."""
+    cls = TASKS[task]
+    return cls.model_construct(**{name: getattr(body, name) for name in cls.model_fields})
+
+
 def _batch_item_model(name: str, cls: type[TaskRequest]) -> type[BaseModel]:
     return create_model(
         f"{cls.__name__}Item",

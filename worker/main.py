@@ -61,6 +61,20 @@ def supervise(make_worker, **work_kwargs) -> None:
             time.sleep(1)
 
 
+def numbered(settings: Settings, role: str, build):
+    """A worker factory for `supervise`: a new Redis connection and a fresh name on every (re)start
+    (`role-host-pid-1`, `-2`, ...), since RQ refuses a name whose registration has not expired yet."""
+    base = f"{role}-{socket.gethostname()}-{os.getpid()}"
+    count = 0
+
+    def make_worker():
+        nonlocal count
+        count += 1
+        return build(connect(settings), f"{base}-{count}")
+
+    return make_worker
+
+
 def run_gpu_worker(settings: Settings | None = None) -> None:
     from .batch_worker import BatchWorker
     from .execution import Executor
@@ -69,31 +83,23 @@ def run_gpu_worker(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     setup_logging("worker")
     executor = Executor(load_model(settings), ResultStore(settings.results_dir), settings)
-    base = f"gpu-{socket.gethostname()}-{os.getpid()}"
-    counter = {"n": 0}
 
-    def make_worker():
-        counter["n"] += 1
-        redis = connect(settings)
+    def build(redis, name):
         inference, _ = queues(redis, settings)
-        return BatchWorker([inference], redis, executor, settings, name=f"{base}-{counter['n']}")
+        return BatchWorker([inference], redis, executor, settings, name=name)
 
-    supervise(make_worker, logging_level=os.environ.get("RQ_LOG_LEVEL", "WARNING"))
+    supervise(numbered(settings, "gpu", build), logging_level=os.environ.get("RQ_LOG_LEVEL", "WARNING"))
 
 
 def run_webhook_deliverer(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     setup_logging("webhooks")
-    base = f"webhooks-{socket.gethostname()}-{os.getpid()}"
-    counter = {"n": 0}
 
-    def make_worker():
-        counter["n"] += 1
-        redis = connect(settings)
+    def build(redis, name):
         _, webhooks = queues(redis, settings)
         return SimpleWorker(
-            [webhooks], connection=redis, name=f"{base}-{counter['n']}",
+            [webhooks], connection=redis, name=name,
             worker_ttl=max(10, settings.maintenance_interval_s + 5), maintenance_interval=settings.maintenance_interval_s,
         )
 
-    supervise(make_worker, with_scheduler=True, logging_level=os.environ.get("RQ_LOG_LEVEL", "WARNING"))
+    supervise(numbered(settings, "webhooks", build), with_scheduler=True, logging_level=os.environ.get("RQ_LOG_LEVEL", "WARNING"))

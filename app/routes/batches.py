@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Request
 
-from model.tasks import TASKS
-
 from ..exceptions import ApiError
-from ..schemas import BatchRequest, BatchView, ErrorBody
+from ..schemas import BatchRequest, BatchView, ErrorBody, task_part
 from ..security import Caller, require_caller
 
 router = APIRouter(
@@ -24,10 +22,7 @@ def submit_batch(request: Request, body: BatchRequest, caller: Caller = Depends(
     settings = request.app.state.settings
     if len(body.items) > settings.max_batch_items:
         raise ApiError(422, "invalid_request", f"items: at most {settings.max_batch_items} items per batch; split it")
-    items = []
-    for item in body.items:
-        cls = TASKS[item.task]
-        items.append((item.task, cls.model_construct(**{k: getattr(item, k) for k in cls.model_fields}), item.output_format))
+    items = [(item.task, task_part(item, item.task), item.output_format) for item in body.items]
     return request.app.state.jobs.submit_batch(items, body.webhook, caller.tenant, caller.key_id)
 
 

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from model.tasks import TASKS
 
 from ..body import parse_request
-from ..schemas import REQUEST_MODELS, TERMINAL, ErrorBody, JobView
+from ..schemas import REQUEST_MODELS, TERMINAL, ErrorBody, JobView, task_part
 from ..security import Caller, require_caller
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
@@ -52,10 +52,8 @@ def _endpoint(task: str):
         settings = request.app.state.settings
         body = await parse_request(request, model)
         wait = prefer_wait(request, settings.max_wait_s)
-        task_fields = {k: getattr(body, k) for k in TASKS[task].model_fields}
-        task_request = TASKS[task].model_construct(**task_fields)
         view = await run_in_threadpool(
-            service.submit, task, task_request, caller.tenant, caller.key_id, body.webhook, body.output_format,
+            service.submit, task, task_part(body, task), caller.tenant, caller.key_id, body.webhook, body.output_format,
             request.headers.get("idempotency-key"),
         )
         if wait:
