@@ -1,6 +1,7 @@
-"""Input images: decoding with limits, the reference's aspect-ratio buckets, resize and centre crop.
+"""Input images: decoding with limits, RGB conversion and the reference's aspect-ratio buckets.
 
 Pillow and numpy only (no torch): the gateway uses this to check uploads before anything is queued.
+The crop and resize that prepare an image for the VAE are in `model/preprocess.py` (torch).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 
@@ -36,7 +37,10 @@ class ImageDecodeError(ValueError):
 
 
 def closest_size(height: int, width: int) -> tuple[int, int]:
-    """(height, width) of the ASPECT_RATIO_512 bucket closest to the image's aspect ratio."""
+    """(height, width) of the ASPECT_RATIO_512 bucket whose key is nearest the image's h/w ratio.
+
+    As the reference: on a tie the earlier (smaller) key wins (`min` keeps the first minimum and the
+    table is in ascending order), e.g. h/w 0.75 -> key 0.72 -> (416, 576)."""
     ratio = height / width
     key = min(ASPECT_RATIO_512, key=lambda r: abs(r - ratio))
     return ASPECT_RATIO_512[key]
@@ -77,17 +81,23 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, compositing transparency onto white as the reference does for RGBA inputs."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    """RGB as the reference's inference path makes it: Pillow's plain `convert("RGB")`.
+
+    No compositing: RGBA and LA drop their alpha and keep each pixel's stored colour (a condition map
+    drawn on a transparent black background stays black), L and LA are copied to R, G and B, and a
+    palette image's transparent index keeps its palette colour."""
+    with warnings.catch_warnings():  # Pillow suggests RGBA for palette images with transparency
+        warnings.simplefilter("ignore", UserWarning)
+        return image.convert("RGB")
 
 
-def fit(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Centre-crop to the target aspect ratio, then resize to (width, height)."""
-    return ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
+    """Input bytes -> the RGB image that preprocessing starts from.
+
+    The one place where an uploaded file becomes pixels, for the gateway's checks and the worker's
+    tensors alike: format and size limits (`open_image`), then `to_rgb`. Decode-time fixes (EXIF
+    orientation, multi-picture JPEGs) belong here. The reference applies no EXIF rotation."""
+    return to_rgb(open_image(data, max_pixels))
 
 
 def to_array(image: Image.Image) -> np.ndarray:

@@ -3,6 +3,8 @@
     plans -> condition latents (VAE) / ray maps (cameras) + noise + text -> FlowSampler -> latents
           -> VAE decode of generated image frames / camera recovery of camera frames -> TaskResult
 
+`image_tensor` (from `preprocess`) is the input preparation: image bytes and a size -> the (3, H, W)
+tensor in [-1, 1] that the VAE encodes, as the reference makes it.
 A plan that cannot be prepared (a broken image, say) fails alone; the others still run as one batch.
 """
 
@@ -18,8 +20,8 @@ import torch
 
 from . import outputs
 from .cameras import c2w_from_spherical, camera_frames, default_intrinsics, frame_to_rays, recover_cameras
-from .images import fit, open_image, to_array
 from .loading import Components, load_components
+from .preprocess import image_tensor
 from .sampler import FlowSampler, SampleRequest
 from .tasks import FramePlan
 from .text import PromptEncoder
@@ -49,12 +51,6 @@ class TaskResult:
 
 class Canceled(Exception):
     """The job was canceled while it ran."""
-
-
-def _image_tensor(png: bytes, width: int, height: int) -> torch.Tensor:
-    """(3, H, W) in [-1, 1]."""
-    array = to_array(fit(open_image(png, max_pixels=width * height * 4), width, height))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def _camera_matrix(spec: dict) -> torch.Tensor:
@@ -118,7 +114,7 @@ class OneDiffusion:
             return None
         image_latents = None
         if plan.images:
-            pixels = torch.stack([_image_tensor(png, plan.width, plan.height) for png in plan.images])
+            pixels = torch.stack([image_tensor(data, plan.width, plan.height) for data in plan.images])
             image_latents = self.encode_images(pixels)
         ray_frames = None
         if plan.cameras:

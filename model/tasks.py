@@ -16,7 +16,7 @@ from typing import Annotated, ClassVar, Literal, Optional
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .images import ImageDecodeError, closest_size, decode_base64, fit, open_image, png_bytes, to_rgb
+from .images import ImageDecodeError, closest_size, decode_base64, decode_rgb, png_bytes
 from .outputs import COLOURS
 
 NEGATIVE_PROMPT = (
@@ -26,8 +26,9 @@ NEGATIVE_PROMPT = (
     "floating limbs, disconnected limbs, mutation, mutated, ugly, disgusting, blurry, amputation"
 )
 DEFAULT_FOCAL_LENGTH = 1.3887
-DEFAULT_DISTANCE = 1.7
-INPAINT_GREY = (128, 128, 128)
+DEFAULT_DISTANCE = 1.5  # the reference's inference.py and Gradio demo use 1.5 for every view
+INPAINT_FILL = (0, 0, 0)  # the reference's inpainting example feeds the image with its region blacked out
+DEFAULT_STEPS = 50  # the reference's inference.py and most of its demo's examples
 
 
 class TaskInputError(ValueError):
@@ -75,7 +76,7 @@ class FramePlan:
     guidance_scale: float
     seed: int
     noise_scale: float = 1.0
-    images: list[bytes] = field(default_factory=list)  # condition images, PNG, already at (width, height)
+    images: list[bytes] = field(default_factory=list)  # condition image files as given (any size); preprocess.image_tensor sizes them
     cameras: list[dict] = field(default_factory=list)  # CameraPose fields of each given camera, in frame order
     focal_length: float = DEFAULT_FOCAL_LENGTH
     postprocess: str = "images"  # images | depth | segmentation | detection
@@ -171,10 +172,17 @@ class TaskRequest(BaseModel):
     )
     width: Optional[int] = Field(None, ge=64, le=4096, multiple_of=16, description="Output width in pixels (multiple of 16)")
     height: Optional[int] = Field(None, ge=64, le=4096, multiple_of=16, description="Output height in pixels (multiple of 16)")
-    num_inference_steps: int = Field(50, ge=1, le=200)
+    num_inference_steps: int = Field(
+        DEFAULT_STEPS, ge=1, le=200, description="Denoising steps; the default 50 is the reference's (inference.py, demo)"
+    )
     guidance_scale: float = Field(4.0, ge=0.0, le=20.0, description="Classifier-free guidance; 1 or less turns it off")
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="Fixes the noise; random when omitted")
-    noise_scale: float = Field(1.0, gt=0.0, le=4.0, description="Scales the sequence length used to shift the schedule")
+    noise_scale: float = Field(
+        1.0, gt=0.0, le=4.0,
+        description="Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). "
+        "Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); "
+        "1.0, the default, is the reference's behaviour everywhere",
+    )
 
     # -- helpers for plan() --
     def _images(self) -> list[tuple[str, str]]:
@@ -196,14 +204,17 @@ class TaskRequest(BaseModel):
             raise TaskInputError("width", f"{w}x{h} has more than the limit of {limits.max_output_pixels} pixels; ask for a smaller size")
         return w, h
 
-    def _decode(self, limits: TaskLimits) -> list[Image.Image]:
-        decoded = []
+    def _decode(self, limits: TaskLimits) -> tuple[list[bytes], list[Image.Image]]:
+        """The input files' bytes and their RGB images, in `_images()` order."""
+        files, decoded = [], []
         for name, data in self._images():
             try:
-                decoded.append(to_rgb(open_image(decode_base64(data), limits.max_input_pixels)))
+                raw = decode_base64(data)
+                decoded.append(decode_rgb(raw, limits.max_input_pixels))
             except ImageDecodeError as exc:
                 raise TaskInputError(name, f"the image {exc}") from None
-        return decoded
+            files.append(raw)
+        return files, decoded
 
     def _negative(self) -> str:
         return NEGATIVE_PROMPT if self.negative_prompt is None else self.negative_prompt
@@ -215,7 +226,7 @@ class TaskRequest(BaseModel):
         return " ".join([self.task_token(), *[p.strip() for p in parts if p and p.strip()]])
 
     def _plan(self, limits: TaskLimits, frames: list[Frame], prompt: str, default_size=(512, 512), **extra) -> FramePlan:
-        decoded = self._decode(limits)
+        files, decoded = self._decode(limits)
         w, h = self._size(limits, decoded, default_size)
         if len(frames) > limits.max_frames:
             raise TaskInputError("frames", f"{len(frames)} frames is more than the limit of {limits.max_frames}")
@@ -236,14 +247,15 @@ class TaskRequest(BaseModel):
             guidance_scale=self.guidance_scale,
             seed=self.seed if self.seed is not None else secrets.randbelow(2**31),
             noise_scale=self.noise_scale,
-            images=[png_bytes(fit(img, w, h)) for img in self.prepare_images(decoded)],
+            images=self.condition_images(files, decoded),
             **extra,
         )
         return plan
 
-    def prepare_images(self, decoded: list[Image.Image]) -> list[Image.Image]:
-        """The condition images in frame order (a task may combine its inputs, e.g. inpainting)."""
-        return decoded
+    def condition_images(self, files: list[bytes], decoded: list[Image.Image]) -> list[bytes]:
+        """The condition image files in frame order: the inputs as given (the worker crops and resizes
+        them as the reference does); a task that combines its inputs (inpainting) returns a new file."""
+        return files
 
     def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
         raise NotImplementedError
@@ -438,11 +450,13 @@ class Inpainting(_Restoration):
     def _images(self):
         return [("image", self.image), ("mask", self.mask)]
 
-    def prepare_images(self, decoded: list[Image.Image]) -> list[Image.Image]:
+    def condition_images(self, files: list[bytes], decoded: list[Image.Image]) -> list[bytes]:
+        """The image with the region to fill painted black (as the reference's inpainting example), at the
+        image's own size; the mask is scaled to it."""
         image, mask = decoded
         region = mask.convert("L").resize(image.size, Image.Resampling.NEAREST).point(lambda v: 255 if v > 10 else 0)
-        grey = Image.new("RGB", image.size, INPAINT_GREY)
-        return [Image.composite(grey, image, region)]
+        fill = Image.new("RGB", image.size, INPAINT_FILL)
+        return [png_bytes(Image.composite(fill, image, region))]
 
 
 class ImageEditing(_Restoration):
@@ -451,7 +465,8 @@ class ImageEditing(_Restoration):
     task_name: ClassVar[str] = "image-editing"
     token: ClassVar[str] = "[[image_editing]]"
     prompt: str = Field(min_length=1, max_length=4000, description="The instruction", examples=["make it winter"])
-    guidance_scale: float = Field(3.2, ge=0.0, le=20.0)
+    guidance_scale: float = Field(3.2, ge=0.0, le=20.0, description="3.2, as the reference's editing example")
+    num_inference_steps: int = Field(60, ge=1, le=200, description="Denoising steps; 60, as the reference's editing example")
 
 
 class IdCustomization(TaskRequest):
@@ -460,6 +475,9 @@ class IdCustomization(TaskRequest):
     task_name: ClassVar[str] = "id-customization"
     token: ClassVar[str] = "[[faceid]]"
     images: list[ImageInput] = Field(min_length=1, max_length=3, description="1 to 3 reference photos of one person")
+    num_inference_steps: int = Field(
+        75, ge=1, le=200, description="Denoising steps; 75, as the reference's ID customization examples (inference.py, demo)"
+    )
     prompt: str = Field(min_length=1, max_length=4000, description="Caption of the image to make")
     reference_captions: Optional[list[str]] = Field(
         None, description="A caption per reference photo (30 to 75 words work best)"
@@ -490,6 +508,7 @@ class SubjectDriven(TaskRequest):
     item: str = Field(min_length=1, max_length=200, description="What the subject is", examples=["dog"])
     prompt: str = Field(min_length=1, max_length=4000, description="Caption of the image to make")
     source_caption: Optional[str] = Field(None, max_length=4000, description="Caption of the source photo")
+    num_inference_steps: int = Field(70, ge=1, le=200, description="Denoising steps; 70, as the reference's subject-driven example")
 
     def _images(self):
         return [("image", self.image)]
@@ -504,7 +523,7 @@ class _Multiview(TaskRequest):
     """Frames interleave [image_0, camera_0, image_1, camera_1, ...]; images and cameras must be square."""
 
     token: ClassVar[str] = "[[multiview]]"
-    num_inference_steps: int = Field(60, ge=1, le=200)
+    num_inference_steps: int = Field(60, ge=1, le=200, description="Denoising steps; 60, as the reference's multiview examples")
     focal_length: float = Field(DEFAULT_FOCAL_LENGTH, gt=0.1, le=10.0, description="Normalised focal length of every view")
 
     def _size(self, limits, decoded, default):
