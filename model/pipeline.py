@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from . import outputs
-from .cameras import c2w_from_spherical, camera_frames, default_intrinsics, frame_to_rays, recover_cameras
+from .cameras import (
+    c2w_from_spherical, camera_frames, default_intrinsics, frame_to_rays, recover_cameras, relative_c2ws,
+)
 from .loading import Components, load_components
 from .preprocess import image_tensor
-from .sampler import FlowSampler, SampleRequest
+from .sampler import FlowSampler, SampleRequest, SampleResult
 from .tasks import FramePlan
 from .text import PromptEncoder
 
@@ -190,7 +192,9 @@ class OneDiffusion:
             return {k for k, i in enumerate(index) if i in dropped}
 
         t1 = time.perf_counter()
-        sampled = self.sampler.sample(requests, on_step=on_step, canceled=canceled_requests if canceled else None)
+        sampled = self._sample_by_rope_group(
+            [plans[i] for i in index], requests, on_step, canceled_requests if canceled else None
+        )
         t_sample = time.perf_counter() - t1
 
         for k, (i, out) in enumerate(zip(index, sampled)):
@@ -211,6 +215,28 @@ class OneDiffusion:
                 "batch_size": len(requests),
             }
         return results
+
+    def _sample_by_rope_group(
+        self,
+        plans: Sequence[FramePlan],
+        requests: list[SampleRequest],
+        on_step: Optional[Callable[[int, int], None]],
+        canceled: Optional[Callable[[], set[int]]],
+    ) -> list[SampleResult]:
+        """One sampler batch per RoPE scaling group (`FramePlan.rope_group`): the denoiser applies one
+        scaling to its whole batch, so a request's scaling never comes from its companions. The worker
+        batches by `FramePlan.bucket`, which includes the group, so normally there is one group."""
+        groups: dict[tuple, list[int]] = {}
+        for k, plan in enumerate(plans):
+            groups.setdefault(plan.rope_group, []).append(k)
+        sampled: list[Optional[SampleResult]] = [None] * len(requests)
+        for key, members in groups.items():
+            kwargs = {"scale_factor": key[0], "scale_watershed": key[1]} if key else None
+            dropped = (lambda m=members: (lambda gone: {j for j, k in enumerate(m) if k in gone})(canceled())) if canceled else None
+            outs = self.sampler.sample([requests[k] for k in members], on_step=on_step, canceled=dropped, forward_kwargs=kwargs)
+            for k, out in zip(members, outs):
+                sampled[k] = out
+        return sampled  # type: ignore[return-value]
 
     # ---- outputs ---------------------------------------------------------------------------------------
     def finish(self, plan: FramePlan, latents: torch.Tensor, result: TaskResult) -> None:
@@ -247,7 +273,14 @@ class OneDiffusion:
         elif plan.postprocess == "poses":
             cams = [k for k, f in enumerate(plan.frames) if f.kind == "camera"]
             rays = frame_to_rays(latents[cams].float().cpu())
-            c2ws, intrinsics = recover_cameras(rays)
+            # ray maps are expressed in the first given camera's frame; with none given, in view 0's
+            c2ws, intrinsics = recover_cameras(rays, relative=not plan.cameras)
+            if plan.cameras:  # given cameras are reported exactly as given (relative to the first)
+                given = relative_c2ws(torch.stack([_camera_matrix(spec) for spec in plan.cameras])).float()
+                for v, k in enumerate(cams):
+                    if not plan.frames[k].generate:
+                        c2ws[v] = given[plan.frames[k].camera]
+                        intrinsics[v] = default_intrinsics(1, plan.focal_length, torch.float32)[0]
             result.data["cameras"] = [
                 {
                     "view": v,
@@ -260,4 +293,7 @@ class OneDiffusion:
                 }
                 for v, k in enumerate(cams)
             ]
-            result.data["convention"] = "OpenGL camera-to-world (x right, y up, looking along -z), relative to view 0"
+            result.data["convention"] = (
+                "OpenGL camera-to-world (x right, y up, looking along -z), relative to the first given camera "
+                "(view 0 for camera-pose-estimation; view 0 when no camera is given)"
+            )

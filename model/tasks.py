@@ -76,6 +76,8 @@ class FramePlan:
     guidance_scale: float
     seed: int
     noise_scale: float = 1.0
+    scale_factor: float = 1.0  # RoPE scaling of the denoiser (1.0: none)
+    scale_watershed: float = 1.0
     images: list[bytes] = field(default_factory=list)  # condition image files as given (any size); preprocess.image_tensor sizes them
     cameras: list[dict] = field(default_factory=list)  # CameraPose fields of each given camera, in frame order
     focal_length: float = DEFAULT_FOCAL_LENGTH
@@ -88,9 +90,20 @@ class FramePlan:
         return [int(f.generate) for f in self.frames]
 
     @property
+    def rope_group(self) -> tuple:
+        """Plans with the same group can share the denoiser's RoPE scaling: () without scaling. The
+        denoiser picks linear or NTK scaling from the batch's largest timestep, so scaled plans also need
+        the same schedule (noise scale and number of generated frames)."""
+        if self.scale_factor == 1.0 and self.scale_watershed == 1.0:
+            return ()
+        return (self.scale_factor, self.scale_watershed, self.noise_scale, sum(self.denoise_mask))
+
+    @property
     def bucket(self) -> str:
-        """Jobs with the same bucket have the same token shape and step count and can share a batch."""
-        return f"{self.height}x{self.width}x{len(self.frames)}x{self.num_inference_steps}"
+        """Jobs with the same bucket have the same token shape, step count and RoPE scaling and can share
+        a batch."""
+        base = f"{self.height}x{self.width}x{len(self.frames)}x{self.num_inference_steps}"
+        return base + ("xrope" + "_".join(f"{v:g}" for v in self.rope_group) if self.rope_group else "")
 
 
 # ---- request building blocks ------------------------------------------------------------------------
@@ -519,12 +532,27 @@ class SubjectDriven(TaskRequest):
         return self._plan(limits, frames, prompt)
 
 
+def _rope_fields():
+    """`scale_factor` and `scale_watershed`: the RoPE scaling the reference's demo exposes for multiview."""
+    return (
+        Field(1.0, ge=1.0, le=4.0, description="RoPE position scaling of the denoiser; 1.0 (the reference's default) "
+              "is none. The reference's demo suggests 1.1 to 1.5 for more than three views"),
+        Field(1.0, ge=0.0, le=1000.0, description="Timestep (0-1000) below which the scaling is linear, above it NTK; "
+              "1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor"),
+    )
+
+
+_SCALE_FACTOR, _SCALE_WATERSHED = _rope_fields()
+
+
 class _Multiview(TaskRequest):
     """Frames interleave [image_0, camera_0, image_1, camera_1, ...]; images and cameras must be square."""
 
     token: ClassVar[str] = "[[multiview]]"
     num_inference_steps: int = Field(60, ge=1, le=200, description="Denoising steps; 60, as the reference's multiview examples")
     focal_length: float = Field(DEFAULT_FOCAL_LENGTH, gt=0.1, le=10.0, description="Normalised focal length of every view")
+    scale_factor: float = _SCALE_FACTOR
+    scale_watershed: float = _SCALE_WATERSHED
 
     def _size(self, limits, decoded, default):
         w, h = super()._size(limits, decoded, default)
@@ -552,7 +580,8 @@ class _Multiview(TaskRequest):
                 poses.append(camera.model_dump())
         postprocess = "poses" if any(c is None for c in cameras) else "images"
         return self._plan(
-            limits, frames, self._prompt(prompt), cameras=poses, focal_length=self.focal_length, postprocess=postprocess
+            limits, frames, self._prompt(prompt), cameras=poses, focal_length=self.focal_length, postprocess=postprocess,
+            scale_factor=self.scale_factor, scale_watershed=self.scale_watershed,
         )
 
 
@@ -584,9 +613,13 @@ class TextToMultiview(_Multiview):
         return self._multiview_plan(limits, 0, list(self.cameras), self.prompt)
 
 
+IDENTITY_CAMERA = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+
+
 class CameraPoseEstimation(_Multiview):
     """Camera poses of 2 or more photos of one scene: 4x4 camera-to-world matrices (OpenGL convention)
-    relative to the first photo, with normalised intrinsics."""
+    relative to the first photo, with normalised intrinsics. As in the reference, the first photo's camera
+    is given (the identity, the frame of reference) and the model generates the others' ray maps."""
 
     task_name: ClassVar[str] = "camera-pose-estimation"
     images: list[ImageInput] = Field(min_length=2, description="2 or more photos of one object or scene")
@@ -597,7 +630,8 @@ class CameraPoseEstimation(_Multiview):
 
     def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
         self._views(limits, len(self.images), "images")
-        return self._multiview_plan(limits, len(self.images), [None] * len(self.images), self.prompt)
+        cameras = [CameraPose(c2w=IDENTITY_CAMERA)] + [None] * (len(self.images) - 1)
+        return self._multiview_plan(limits, len(self.images), cameras, self.prompt)
 
 
 class RawFrame(BaseModel):
@@ -617,6 +651,8 @@ class Generate(TaskRequest):
     prompt: str = Field(min_length=1, max_length=4000, examples=["[[text2image]] a red bicycle"])
     frames: list[RawFrame] = Field(min_length=1, examples=[[{"kind": "image", "generate": True}]])
     focal_length: float = Field(DEFAULT_FOCAL_LENGTH, gt=0.1, le=10.0)
+    scale_factor: float = _SCALE_FACTOR
+    scale_watershed: float = _SCALE_WATERSHED
 
     def _images(self):
         return [(f"frames[{i}].image", f.image) for i, f in enumerate(self.frames) if f.kind == "image" and not f.generate]
@@ -650,6 +686,7 @@ class Generate(TaskRequest):
                     poses.append(raw.camera.model_dump())
         has_camera = any(f.kind == "camera" for f in frames)
         plan = self._plan(limits, frames, self.prompt.strip(), cameras=poses, focal_length=self.focal_length,
+                          scale_factor=self.scale_factor, scale_watershed=self.scale_watershed,
                           postprocess="poses" if any(f.kind == "camera" and f.generate for f in frames) else "images")
         if has_camera and plan.width != plan.height:
             raise TaskInputError("width", "frames with cameras need square images: set width equal to height")
