@@ -1,6 +1,6 @@
 """Input images: decoding with limits, RGB conversion and the reference's aspect-ratio buckets.
 
-Pillow and numpy only (no torch): the gateway uses this to check uploads before anything is queued.
+Pillow only (no torch): the gateway uses this to check uploads before anything is queued.
 The crop and resize that prepare an image for the VAE are in `model/preprocess.py` (torch).
 """
 
@@ -12,7 +12,6 @@ import io
 import re
 import warnings
 
-import numpy as np
 from PIL import Image
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -98,11 +97,6 @@ def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
     tensors alike: format and size limits (`open_image`), then `to_rgb`. Decode-time fixes (EXIF
     orientation, multi-picture JPEGs) belong here. The reference applies no EXIF rotation."""
     return to_rgb(open_image(data, max_pixels))
-
-
-def to_array(image: Image.Image) -> np.ndarray:
-    """uint8 HxWx3."""
-    return np.asarray(to_rgb(image), dtype=np.uint8)
 
 
 def png_bytes(image: Image.Image) -> bytes:
