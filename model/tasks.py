@@ -532,17 +532,15 @@ class SubjectDriven(TaskRequest):
         return self._plan(limits, frames, prompt)
 
 
-def _rope_fields():
-    """`scale_factor` and `scale_watershed`: the RoPE scaling the reference's demo exposes for multiview."""
-    return (
-        Field(1.0, ge=1.0, le=4.0, description="RoPE position scaling of the denoiser; 1.0 (the reference's default) "
-              "is none. The reference's demo suggests 1.1 to 1.5 for more than three views"),
-        Field(1.0, ge=0.0, le=1000.0, description="Timestep (0-1000) below which the scaling is linear, above it NTK; "
-              "1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor"),
-    )
-
-
-_SCALE_FACTOR, _SCALE_WATERSHED = _rope_fields()
+# RoPE scaling, as the reference's demo exposes it for multiview (fields of the multiview and generate requests)
+_SCALE_FACTOR = Field(
+    1.0, ge=1.0, le=4.0, description="RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. "
+    "The reference's demo suggests 1.1 to 1.5 for more than three views",
+)
+_SCALE_WATERSHED = Field(
+    1.0, ge=0.0, le=1000.0, description="Timestep (0-1000) below which the scaling is linear, above it NTK; "
+    "1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor",
+)
 
 
 class _Multiview(TaskRequest):
