@@ -165,8 +165,8 @@ def _ray_centres(dirs: torch.Tensor, moments: torch.Tensor, weights: torch.Tenso
     the origin (mostly along the optical axis), while noise on the moments averages out."""
     eye = torch.eye(3, dtype=dirs.dtype, device=dirs.device)
     w = weights.unsqueeze(-1)
-    normal = (w.unsqueeze(-1) * (eye - dirs.unsqueeze(-1) * dirs.unsqueeze(-2))).sum(dim=1)
-    rhs = (w * torch.linalg.cross(dirs, moments, dim=-1)).sum(dim=1)
+    normal = weights.sum(dim=1).view(-1, 1, 1) * eye - (dirs * w).transpose(1, 2) @ dirs  # Σ w (I - d dᵀ)
+    rhs = (w.transpose(1, 2) @ torch.linalg.cross(dirs, moments, dim=-1)).squeeze(1)  # Σ w (d × m)
     # lstsq: degenerate (parallel) rays do not raise
     return torch.linalg.lstsq(normal, rhs.unsqueeze(-1)).solution.squeeze(-1)
 
@@ -178,42 +178,50 @@ def _rq(M: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return Q * signs.unsqueeze(-2), U * signs.unsqueeze(-1)
 
 
-def _rotation_for_focal(dirs: torch.Tensor, pixels: torch.Tensor, weights: torch.Tensor, focal: torch.Tensor,
-                        centre: Tuple[float, float]) -> Tuple[torch.Tensor, torch.Tensor]:
+def _det3(A: torch.Tensor) -> torch.Tensor:
+    """Determinants of (..., 3, 3) matrices (closed form: cheaper than a LAPACK call for tiny batches)."""
+    return (torch.linalg.cross(A[..., 0, :], A[..., 1, :], dim=-1) * A[..., 2, :]).sum(dim=-1)
+
+
+def _rotation_for_focal(weighted_dirs: torch.Tensor, x: torch.Tensor, y: torch.Tensor, focal: torch.Tensor
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
     """For each view's focal length: the rotation ``R`` that best maps the unit pixel directions
-    ``normalize(K⁻¹ p)`` onto ``dirs`` (weighted Wahba problem, by SVD) and its score ``Σ w dᵀ R q``."""
-    q = torch.stack(
-        [(pixels[:, 0] - centre[0]) / focal[:, None], (pixels[:, 1] - centre[1]) / focal[:, None],
-         torch.ones_like(focal)[:, None].expand(-1, pixels.shape[0])], dim=-1,
-    )
-    q = torch.nn.functional.normalize(q, dim=-1)
-    H = (dirs * weights.unsqueeze(-1)).transpose(1, 2) @ q
+    ``q = (x, y, f) / |(x, y, f)|`` (pixel offsets ``x, y`` from the principal point) onto the rays
+    (a weighted Wahba problem, by SVD of ``H = Σ w d qᵀ``) and its score ``Σ w dᵀ R q``."""
+    f = focal[:, None]
+    inv = torch.rsqrt(x.square() + y.square() + f.square())  # (N, P)
+    q = torch.stack([x * inv, y * inv, f * inv], dim=-1)  # (N, P, 3)
+    H = weighted_dirs.transpose(1, 2) @ q
     U, S, Vh = torch.linalg.svd(H)
-    sign = torch.sign(torch.linalg.det(U @ Vh))
-    D = torch.diag_embed(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], dim=-1))
-    return U @ D @ Vh, (S * torch.diagonal(D, dim1=-2, dim2=-1)).sum(dim=-1)
+    sign = torch.sign(_det3(U @ Vh))
+    D = torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], dim=-1)
+    return U @ torch.diag_embed(D) @ Vh, (S * D).sum(dim=-1)
 
 
 def _fit_rotation_focal(dirs: torch.Tensor, pixels: torch.Tensor, weights: torch.Tensor, focal0: torch.Tensor,
-                        centre: Tuple[float, float], steps: int = 28) -> Tuple[torch.Tensor, torch.Tensor]:
+                        centre: Tuple[float, float], steps: int = 24) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rotation and focal length (square pixels, no skew, principal point ``centre``) of each view:
     golden-section search of the focal length in ``[focal0 / 2, 2 focal0]``, the rotation in closed form.
     Linear in ``dirs``, so zero-mean noise on them does not bias the result."""
+    wd = dirs * weights.unsqueeze(-1)
+    x, y = (pixels[:, 0] - centre[0]).expand_as(weights), (pixels[:, 1] - centre[1]).expand_as(weights)
+
+    def score(log_f: torch.Tensor) -> torch.Tensor:
+        return _rotation_for_focal(wd, x, y, log_f.exp())[1]
+
     lo, hi = (focal0 / 2).log(), (focal0 * 2).log()
     g = (math.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa = _rotation_for_focal(dirs, pixels, weights, a.exp(), centre)[1]
-    fb = _rotation_for_focal(dirs, pixels, weights, b.exp(), centre)[1]
+    fa, fb = score(a), score(b)
     for _ in range(steps):
         left = fa > fb  # the maximum is in [lo, b]
         lo, hi = torch.where(left, lo, a), torch.where(left, b, hi)
         new_a, new_b = hi - g * (hi - lo), lo + g * (hi - lo)
         a, b = torch.where(left, new_a, b), torch.where(left, a, new_b)
-        fa_new = _rotation_for_focal(dirs, pixels, weights, a.exp(), centre)[1]
-        fb_new = _rotation_for_focal(dirs, pixels, weights, b.exp(), centre)[1]
-        fa, fb = torch.where(left, fa_new, fb), torch.where(left, fa, fb_new)
+        probe = score(torch.where(left, a, b))  # one new point per step
+        fa, fb = torch.where(left, probe, fb), torch.where(left, fa, probe)
     focal = ((lo + hi) / 2).exp()
-    return _rotation_for_focal(dirs, pixels, weights, focal, centre)[0], focal
+    return _rotation_for_focal(wd, x, y, focal)[0], focal
 
 
 def recover_cameras(
@@ -243,7 +251,7 @@ def recover_cameras(
     pixels = _pixel_grid(h, w, rays)
 
     weights = torch.ones(n, h * w, dtype=rays.dtype, device=rays.device)
-    for _ in range(iterations):
+    for _ in range(iterations if principal_point is None else min(iterations, 3)):  # else only a start
         M = _fit_projection(dirs, pixels, weights)
         residuals = _direction_residuals(dirs, M, pixels)
         weights = _cauchy_weights(residuals)
@@ -253,7 +261,7 @@ def recover_cameras(
     K = K / K[:, 2:3, 2:3]
     if principal_point is not None:
         focal = ((K[:, 0, 0] + K[:, 1, 1]) / 2).clamp(0.05, 50.0)
-        for _ in range(max(1, iterations // 3)):
+        for _ in range(max(1, iterations // 2)):
             R, focal = _fit_rotation_focal(dirs, pixels, weights, focal, principal_point)
             K = torch.zeros_like(K)
             K[:, 0, 0], K[:, 1, 1], K[:, 2, 2] = focal, focal, 1.0
