@@ -9,7 +9,6 @@ import shutil
 import site
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _floor(package: str) -> str:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    (spec,) = [d for d in deps if re.match(rf"{package}\b", d)]
-    return re.search(r">=\s*([\d.]+)", spec).group(1)
+    """The lowest version pyproject.toml allows (`"package>=X"` in the dependencies)."""
+    (floor,) = re.findall(rf'^\s*"{package}>=([\d.]+)', (ROOT / "pyproject.toml").read_text(), flags=re.M)
+    return floor
 
 
 def test_dtype_keyword_follows_the_transformers_version():
