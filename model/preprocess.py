@@ -41,9 +41,12 @@ def crop_box(height: int, width: int, target_height: int, target_width: int) -> 
 
 
 def pixels_tensor(rgb: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """(3, h, w) float32 in [0, 1] -> centre crop and bilinear resize to (3, height, width), in [-1, 1]."""
+    """(3, h, w) uint8 -> centre crop, float32 in [0, 1], bilinear resize to (3, height, width), [-1, 1].
+
+    The reference converts to float before cropping; cropping first gives the same numbers with less
+    memory for a large photo."""
     top, left, rows, cols = crop_box(rgb.shape[1], rgb.shape[2], height, width)
-    cropped = rgb[:, top : top + rows, left : left + cols]
+    cropped = rgb[:, top : top + rows, left : left + cols].float() / 255.0
     # bilinear, align_corners=False, no antialiasing: downscaling skips pixels, as in the reference
     resized = F.interpolate(cropped[None], size=(height, width), mode="bilinear", align_corners=False)[0]
     return (resized - 0.5) / 0.5
@@ -54,5 +57,4 @@ def image_tensor(data: bytes, width: int, height: int, max_pixels: int = MAX_DEC
     VAE encodes."""
     image = decode_rgb(data, max_pixels)
     rgb = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    rgb = rgb.view(image.height, image.width, 3).permute(2, 0, 1).float() / 255.0
-    return pixels_tensor(rgb, width, height)
+    return pixels_tensor(rgb.view(image.height, image.width, 3).permute(2, 0, 1), width, height)
