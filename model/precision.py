@@ -33,6 +33,10 @@ FP8_MIN_CAPABILITY = (8, 9)
 # A converted block whose output drifts further than this from bf16 on the start-up probe is broken
 # (FP8 on random inputs gives a few percent), so the worker falls back to bf16.
 PROBE_MAX_REL_ERROR = 0.25
+# Floor of an activation row's absolute maximum when its FP8 scale is chosen. Without it an all-zero
+# row (padded text tokens are zeros) gets scale 0 and comes out NaN, which masked attention then
+# spreads to every token (0 * NaN). With it a zero row stays zero; other rows are unaffected.
+ACTIVATION_FLOOR = 1e-12
 
 # Module names (any component of a layer's dotted name) kept in bf16, and why. Candidates to be
 # decided by measurement on a GPU: none of them carries a noticeable share of the FLOPs.
@@ -42,8 +46,8 @@ KEEP_BF16: dict[str, str] = {
     "y_embedder": "pooled-caption projection: one row per sample",
     "adaLN_modulation": "scales and gates of every block: one row per frame, errors multiply every token",
     "final_layer": "the velocity itself: its error goes straight into the sampler's update",
-    "wk_y": "text key projection: 300 text tokens, small next to the image tokens",
-    "wv_y": "text value projection: 300 text tokens, small next to the image tokens",
+    "wk_y": "text key projection: 300 text tokens, small next to the image tokens; padded rows are zeros",
+    "wv_y": "text value projection: 300 text tokens, small next to the image tokens; padded rows are zeros",
 }
 
 
@@ -123,10 +127,11 @@ def fp8_unavailable(
 
 
 def fp8_config():
-    """torchao's float8 inference: dynamic row-wise scales for activations and weights."""
+    """torchao's float8 inference: dynamic row-wise scales for activations and weights (an all-zero
+    activation row stays zero, see ACTIVATION_FLOOR)."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
 
-    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), activation_value_lb=ACTIVATION_FLOOR)
 
 
 def _converted(model: nn.Module) -> list[str]:
@@ -163,7 +168,7 @@ def emulate_fp8(model: nn.Module, keep: Iterable[str] = tuple(KEEP_BF16)) -> lis
         weight = Float8Tensor.from_hp(
             module.weight.detach(), float8_dtype=e4m3, granularity=PerRow(),
             mm_config=Float8MMConfig(use_fast_accum=True),
-            act_quant_kwargs=QuantizeTensorToFloat8Kwargs(e4m3, PerRow()),
+            act_quant_kwargs=QuantizeTensorToFloat8Kwargs(e4m3, PerRow(), hp_value_lb=ACTIVATION_FLOOR),
         )
         module.weight = nn.Parameter(weight, requires_grad=False)
     return _converted(model)

@@ -155,3 +155,18 @@ def test_torchao_weight_only_fp8_converts_the_filtered_layers_on_cpu(tiny_bf16):
         fp8 = model(x, t, y, mask)
     assert converted == precision.fp8_layer_names(tiny_bf16)
     assert 1e-3 < precision.relative_error(fp8, bf16) < 0.1
+
+
+def test_zero_activation_rows_stay_zero():
+    """Padded text tokens are zero rows; row-wise FP8 without a floor on the scale turns them into NaN,
+    which masked attention spreads to every token. Our config and its emulation keep them zero."""
+    pytest.importorskip("torchao")
+    assert precision.fp8_config().activation_value_lb == precision.ACTIVATION_FLOOR > 0
+    layer = torch.nn.Sequential(torch.nn.Linear(64, 32)).bfloat16()
+    precision.emulate_fp8(layer, keep=())
+    x = torch.randn(3, 64).bfloat16()
+    x[1] = 0
+    with torch.no_grad():
+        out = layer(x)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[1], layer[0].bias.expand(32))
