@@ -9,12 +9,16 @@ It prints, and returns from `measure()` (for `benchmarks/gpu_check.py`):
 - the relative error of fp8's velocity against bf16's at every step of a 50-step text-to-image 1024 run
   (both evaluated on the bf16 trajectory), with `model/precision.py`'s KEEP_BF16 list and, for
   comparison, with every linear layer in FP8 (this decides the list);
+- the relative error of one converted block's residual update (what the worker's start-up probe checks),
+  and how far the blocks move the residual stream with these weights (`block_update_ratio`: random
+  weights move it little, which shrinks FP8's share of the velocity error);
 - after 50 steps from the same seed: the relative error of fp8's final latents against bf16's, and the
   PSNR of the decoded images (a random-weight VAE of the released architecture);
 - the wall time of the 50 fp8 steps and of the VAE decode (a 1024 image = those + ~34 ms of T5).
 
-Random weights make these errors a bound to check the code and the layer choice, not a prediction of
-what the released weights give: check those with `python -m benchmarks.fp8_quality --checkpoint DIR`.
+Random-weight errors check the code and the layer choice; they do not predict what the released weights
+give (whose blocks move the residual stream far more than random ones: see `block_update_ratio`).
+Check those with `python -m benchmarks.fp8_quality --checkpoint DIR`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from model.attention import select_backend
 from model.sampler import FlowSampler, SampleRequest
 
 GUIDANCE = 4.0
-NOTE = "random weights: these errors bound the code and the layer choice; they do not predict real-weight quality"
+NOTE = ("random weights: these errors check the code and the layer choice; they do not predict real-weight quality "
+        "(check that with benchmarks.fp8_quality)")
 
 
 def scheduler():
@@ -103,17 +108,31 @@ def summary(errors: Sequence[float]) -> dict:
             "max": round(float(np.max(errors)), 5), "last": round(errors[-1], 5)}
 
 
-def fp8_copy(model: nn.Module, device: torch.device, keep=tuple(precision.KEEP_BF16)) -> tuple[nn.Module, str]:
-    """A converted copy: torchao's float8 on a card that has it, the CPU emulation on the CPU."""
-    fp8 = copy.deepcopy(model)
+def converter(device: torch.device):
+    """(conversion function, its description): torchao's float8 on a card that has it, the CPU emulation
+    on the CPU."""
     if device.type == "cpu":
-        precision.emulate_fp8(fp8, keep)
-        return fp8, "emulated on the CPU (torchao Float8Tensor, row-wise; numerics only, times meaningless)"
+        return precision.emulate_fp8, "emulated on the CPU (torchao Float8Tensor, row-wise; numerics only, times meaningless)"
     reason = precision.fp8_unavailable(device)
     if reason:
         raise SystemExit(f"cannot measure FP8 here: {reason}")
-    precision.convert_to_fp8(fp8, keep)
-    return fp8, "torchao Float8DynamicActivationFloat8WeightConfig(PerRow)"
+    return precision.convert_to_fp8, "torchao Float8DynamicActivationFloat8WeightConfig(PerRow)"
+
+
+@torch.no_grad()
+def block_update_ratio(model: nn.Module, x, t, y, mask) -> float:
+    """|residual stream after the blocks - patch embedding| / |patch embedding|: how much the blocks (the
+    FP8 part) move the stream with these weights. Random weights move it little, which shrinks FP8's
+    share of the velocity error; read the velocity errors with this figure."""
+    seen = {}
+    hooks = [model.x_embedder.register_forward_hook(lambda m, i, o: seen.__setitem__("embedding", o.float())),
+             model.final_layer.register_forward_hook(lambda m, i, o: seen.__setitem__("stream", i[0].float()))]
+    try:
+        model(x, t, y, mask)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return precision.relative_error(seen["stream"], seen["embedding"])
 
 
 def measure(
@@ -136,7 +155,9 @@ def measure(
     runs = [denoiser.Workload(w.name, w.frames, w.size // scale, w.prompts) for w in denoiser.WORKLOADS]
 
     bf16 = denoiser.build(config, device, dtype)
-    fp8, mode = fp8_copy(bf16, device)
+    convert, mode = converter(device)
+    fp8 = copy.deepcopy(bf16)
+    convert(fp8)
     backend = select_backend(device, dtype)
     card = torch.cuda.get_device_name(device) if cuda else "CPU"
     print(f"device: {card}; FP8 {mode}; attention {backend}; kept in bf16: {', '.join(precision.KEEP_BF16)}")
@@ -148,6 +169,12 @@ def measure(
         "kept_bf16": list(precision.KEEP_BF16), "fp8_layers": len(precision.fp8_layer_names(bf16)), "note": NOTE,
         "workloads": [],
     }
+    # init-independent: one converted block's residual update against bf16's (the start-up probe)
+    figures["block_update_rel_error"] = round(precision.probe_block(bf16, convert=convert), 5)
+    x, t, y, mask = denoiser.inputs(runs[0], config, device, dtype)
+    figures["block_update_ratio"] = round(block_update_ratio(bf16, x, t, y, mask), 4)
+    print(f"one block's update, fp8 vs bf16: rel. error {figures['block_update_rel_error']:.4f}; "
+          f"the blocks move the residual stream by {figures['block_update_ratio']:.3f} of the embedding (random weights)")
     with torch.no_grad():
         for index in chosen:
             w = runs[index]
@@ -159,19 +186,16 @@ def measure(
             figures["workloads"].append(row)
             print(f"{w.name:38s} bf16 {row['bf16_ms']:9.2f} ms   fp8 {row['fp8_ms']:9.2f} ms   x{row['speedup']:.2f}", flush=True)
 
-    figures.update(trajectory(bf16, fast, runs[0], config, device, steps, tiny, all_linears))
+    figures.update(trajectory(bf16, fast, convert, runs[0], config, device, steps, tiny, all_linears))
     return figures
 
 
-def trajectory(bf16, fast: dict, w: denoiser.Workload, config: dict, device, steps: int, tiny: bool, all_linears: bool) -> dict:
+def trajectory(bf16, fast: dict, convert, w: denoiser.Workload, config: dict, device, steps: int, tiny: bool, all_linears: bool) -> dict:
     """Per-step velocity errors on the bf16 trajectory, then the fp8 trajectory from the same seed."""
     others = {"fp8": fast["fp8"]}
     if all_linears:  # every linear in FP8 (eager: one more compile is not worth it for an error figure)
         every = copy.deepcopy(bf16)
-        if device.type == "cpu":
-            precision.emulate_fp8(every, keep=())
-        else:
-            precision.convert_to_fp8(every, keep=())
+        convert(every, keep=())
         others["fp8_all_linears"] = every
     g = torch.Generator(device="cpu").manual_seed(0)
     latent = w.size // 8
