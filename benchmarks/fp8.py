@@ -144,8 +144,15 @@ def measure(
     compile: bool = True,
     workloads: Optional[Sequence[int]] = None,
     all_linears: bool = True,
+    inductor_tuning: bool = False,
 ) -> dict:
-    """All figures as a dict; `workloads` picks SPEC section 5 workloads by index (default all four)."""
+    """All figures as a dict; `workloads` picks SPEC section 5 workloads by index (default all four).
+    `inductor_tuning` applies torchao's recommended inductor settings (coordinate-descent tuning) to
+    both precisions, process-wide; the worker does not."""
+    if inductor_tuning:
+        from torchao.quantization.utils import recommended_inductor_config_setter
+
+        recommended_inductor_config_setter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
     dtype = torch.bfloat16
@@ -166,6 +173,7 @@ def measure(
 
     figures: dict = {
         "device": card, "tiny": tiny, "fp8_mode": mode, "attention": backend, "compiled": cuda and compile,
+        "inductor_tuning": inductor_tuning,
         "kept_bf16": list(precision.KEEP_BF16), "fp8_layers": len(precision.fp8_layer_names(bf16)), "note": NOTE,
         "workloads": [],
     }
@@ -259,11 +267,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--workloads", help="indexes of SPEC section 5 workloads to time, e.g. '0,1' (default all)")
     parser.add_argument("--no-all-linears", action="store_true", help="skip the every-linear-in-FP8 comparison")
+    parser.add_argument("--inductor-tuning", action="store_true",
+                        help="torchao's recommended inductor settings (coordinate-descent tuning) for both precisions")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     figures = measure(
         args.device, args.tiny, args.iters, args.warmup, args.steps, not args.no_compile,
         [int(i) for i in args.workloads.split(",")] if args.workloads else None, not args.no_all_linears,
+        args.inductor_tuning,
     )
     if args.json:
         with open(args.json, "w") as f:

@@ -131,7 +131,13 @@ def fp8_config():
     activation row stays zero, see ACTIVATION_FLOOR)."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
 
-    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), activation_value_lb=ACTIVATION_FLOOR)
+    return Float8DynamicActivationFloat8WeightConfig(
+        granularity=PerRow(), activation_value_lb=ACTIVATION_FLOOR,
+        # torchao would otherwise switch on inductor's coordinate-descent tuning for the whole process:
+        # longer compiles at start, and bf16 and fp8 workers compiled differently. Whether it pays off is
+        # for `benchmarks/fp8.py --inductor-tuning` to show on a GPU.
+        set_inductor_config=False,
+    )
 
 
 def _converted(model: nn.Module) -> list[str]:
