@@ -8,7 +8,8 @@ It prints, and returns from `measure()` (for `benchmarks/gpu_check.py`):
   beside fp8 (both through torch.compile on CUDA);
 - the relative error of fp8's velocity against bf16's at every step of a 50-step text-to-image 1024 run
   (both evaluated on the bf16 trajectory), with `model/precision.py`'s KEEP_BF16 list and, for
-  comparison, with every linear layer in FP8 (this decides the list);
+  comparison, with every linear layer in FP8, and with each listed layer kind converted in turn (these
+  decide the list);
 - the relative error of one converted block's residual update (what the worker's start-up probe checks),
   and how far the blocks move the residual stream with these weights (`block_update_ratio`: random
   weights move it little, which shrinks FP8's share of the velocity error);
@@ -103,6 +104,28 @@ class Paired(nn.Module):
         return v
 
 
+@torch.no_grad()
+def ablation(bf16: nn.Module, convert, w: denoiser.Workload, config: dict, device, timesteps=(900.0, 500.0, 100.0)) -> dict:
+    """Velocity error (mean over `timesteps`) when each KEEP_BF16 candidate is converted too, one at a
+    time: the measurement that settles the list. Eager, one converted copy at a time."""
+    x, _, y, mask = denoiser.inputs(w, config, device, torch.bfloat16)
+    inputs = [(x, torch.full(x.shape[:2], t, device=device), y, mask) for t in timesteps]
+    expected = [bf16(*args) for args in inputs]
+
+    def error(keep) -> float:
+        model = copy.deepcopy(bf16)
+        convert(model, keep=tuple(keep))
+        values = [precision.relative_error(model(*args), ref) for args, ref in zip(inputs, expected)]
+        del model
+        return round(float(np.mean(values)), 5)
+
+    base = error(precision.KEEP_BF16)
+    out = {"kept_as_listed": base}
+    for name in precision.KEEP_BF16:
+        out[f"also_{name}"] = error(k for k in precision.KEEP_BF16 if k != name)
+    return out
+
+
 def summary(errors: Sequence[float]) -> dict:
     return {"per_step": [round(e, 5) for e in errors], "mean": round(float(np.mean(errors)), 5),
             "max": round(float(np.max(errors)), 5), "last": round(errors[-1], 5)}
@@ -145,6 +168,7 @@ def measure(
     workloads: Optional[Sequence[int]] = None,
     all_linears: bool = True,
     inductor_tuning: bool = False,
+    ablate: bool = True,
 ) -> dict:
     """All figures as a dict; `workloads` picks SPEC section 5 workloads by index (default all four).
     `inductor_tuning` applies torchao's recommended inductor settings (coordinate-descent tuning) to
@@ -194,6 +218,11 @@ def measure(
             figures["workloads"].append(row)
             print(f"{w.name:38s} bf16 {row['bf16_ms']:9.2f} ms   fp8 {row['fp8_ms']:9.2f} ms   x{row['speedup']:.2f}", flush=True)
 
+    if ablate:
+        figures["velocity_rel_error_ablation"] = ablation(bf16, convert, runs[0], config, device)
+        print("velocity rel. error with one more layer kind in FP8 (mean over t = 900, 500, 100):")
+        for name, value in figures["velocity_rel_error_ablation"].items():
+            print(f"  {name:28s} {value:.4f}")
     figures.update(trajectory(bf16, fast, convert, runs[0], config, device, steps, tiny, all_linears))
     return figures
 
@@ -267,6 +296,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--workloads", help="indexes of SPEC section 5 workloads to time, e.g. '0,1' (default all)")
     parser.add_argument("--no-all-linears", action="store_true", help="skip the every-linear-in-FP8 comparison")
+    parser.add_argument("--no-ablation", action="store_true", help="skip converting each KEEP_BF16 layer kind in turn")
     parser.add_argument("--inductor-tuning", action="store_true",
                         help="torchao's recommended inductor settings (coordinate-descent tuning) for both precisions")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -274,7 +304,7 @@ def main(argv=None) -> dict:
     figures = measure(
         args.device, args.tiny, args.iters, args.warmup, args.steps, not args.no_compile,
         [int(i) for i in args.workloads.split(",")] if args.workloads else None, not args.no_all_linears,
-        args.inductor_tuning,
+        args.inductor_tuning, not args.no_ablation,
     )
     if args.json:
         with open(args.json, "w") as f:

@@ -19,6 +19,9 @@ def test_fp8_benchmark_runs_on_cpu(capsys):
     assert 0 < figures["final_latents_rel_error"] < 0.05
     assert 0.01 < figures["block_update_rel_error"] < 0.15  # e4m3 rounding through q, k, v, o and the FFN
     assert 0 < figures["block_update_ratio"] < 1
+    ablation = figures["velocity_rel_error_ablation"]
+    assert set(ablation) == {"kept_as_listed"} | {f"also_{name}" for name in fp8.precision.KEEP_BF16}
+    assert ablation["also_final_layer"] > ablation["kept_as_listed"] > 0
     assert 25 < figures["decoded_psnr_db"] < math.inf
     out = capsys.readouterr().out
     assert "velocity rel. error per step" in out and "do not predict real-weight quality" in out
