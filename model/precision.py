@@ -11,7 +11,8 @@ says why (`fp8_unavailable`), and so does one whose conversion fails its start-u
 Which layers are converted is `converts_to_fp8`: the big per-token matrices of every block (q, k, v, o,
 the SwiGLU FFN), which carry almost all of the FLOPs. `KEEP_BF16` lists what stays in bf16; it is a
 first choice, to be confirmed or narrowed by measurement on a GPU (`python -m benchmarks.fp8` reports
-the velocity error with this list and with every linear layer converted).
+the velocity error with this list, with each listed kind converted in turn, and with every linear
+layer converted).
 
 torchao is imported lazily, so the service runs without it.
 """
