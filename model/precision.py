@@ -114,12 +114,14 @@ def fp8_unavailable(
     device = torch.device(device)
     if device.type != "cuda":
         return f"FP8 needs a CUDA device of compute capability >= 8.9; this worker runs on {device.type}"
+    card = str(device)
     if capability is None:
         capability = torch.cuda.get_device_capability(device)
+        card = f"{torch.cuda.get_device_name(device)} ({device})"
     if tuple(capability) < FP8_MIN_CAPABILITY:
         return (
             f"FP8 needs compute capability >= {FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} (Ada, Hopper or newer); "
-            f"{device} has {capability[0]}.{capability[1]}"
+            f"{card} has {capability[0]}.{capability[1]}"
         )
     return torchao_error if torchao_error is not None else torchao_missing()
 
