@@ -9,8 +9,8 @@ from benchmarks import fp8, fp8_quality
 
 
 def test_fp8_benchmark_runs_on_cpu(capsys):
-    figures = fp8.measure(device="cpu", tiny=True, iters=1, warmup=0, steps=3, workloads=[0, 1])
-    assert [w["workload"] for w in figures["workloads"]] == [w.name for w in fp8.denoiser.WORKLOADS[:2]]
+    figures = fp8.measure(device="cpu", tiny=True, iters=1, warmup=0, steps=3, workloads=[0])
+    assert [w["workload"] for w in figures["workloads"]] == [w.name for w in fp8.denoiser.WORKLOADS[:1]]
     assert all(w["bf16_ms"] > 0 and w["fp8_ms"] > 0 for w in figures["workloads"])
     assert figures["fp8_mode"].startswith("emulated") and figures["fp8_layers"] == 14
     kept, every = figures["velocity_rel_error"], figures["velocity_rel_error_all_linears"]
