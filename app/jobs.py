@@ -361,6 +361,14 @@ class JobService:
         cutoff = time.time() - self.settings.heartbeat_ttl_s
         return [m.decode() for m in self.redis.zrangebyscore(self.keys.workers, cutoff, "+inf")]
 
+    def worker_info(self, names: list[str]) -> dict[str, dict[str, str]]:
+        """The fields each worker publishes with its heartbeat (its precision, ...), by worker name."""
+        with self.redis.pipeline() as pipe:
+            for name in names:
+                pipe.hgetall(self.keys.worker_info(name))
+            found = pipe.execute()
+        return {name: {k.decode(): v.decode() for k, v in info.items()} for name, info in zip(names, found)}
+
 
 def on_rq_failure(job: Job, connection: Redis, exc_type, exc_value, tb) -> None:
     """RQ failure callback. Our worker reports its own failures; this catches the ones RQ decides, i.e. a

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Optional
+from typing import Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 class Settings(BaseModel):
@@ -30,6 +30,10 @@ class Settings(BaseModel):
     batch_window_ms: int = Field(50, ge=0, le=10_000, description="How long a worker waits for companions of a job")
     device: Optional[str] = Field(None, description="Torch device of the worker; default cuda when present, else cpu")
     compile: bool = Field(True, description="torch.compile the denoiser on CUDA")
+    precision: Literal["bf16", "fp8"] = Field(
+        "bf16",
+        description="Denoiser linear layers: bf16 or fp8 (torchao, the 'fp8' extra; compute capability >= 8.9, else the worker stays bf16 and says why)",
+    )
     warm_buckets: str = Field(
         "", description="Shapes to compile at start, e.g. '1024x1024x1x50,512x512x2x50' (height x width x frames x steps)"
     )
@@ -70,6 +74,13 @@ class Settings(BaseModel):
     # ---- API server
     host: str = Field("127.0.0.1", description="Address the API listens on")
     port: int = Field(8000, description="Port the API listens on")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _known_precision(cls, value):
+        if isinstance(value, str) and value.strip().lower() in ("bf16", "fp8"):
+            return value.strip().lower()
+        raise ValueError(f"PRECISION must be 'bf16' or 'fp8', got {value!r}")
 
     @classmethod
     def from_env(cls, environ: Optional[dict] = None) -> "Settings":

@@ -13,6 +13,7 @@ from app.settings import Settings
 from model.attention import select_backend
 from model.demo_checkpoint import make_demo_checkpoint
 from model.pipeline import OneDiffusion
+from model.precision import apply_precision
 from model.tasks import FramePlan, Frame
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def load_model(settings: Settings) -> OneDiffusion:
     log.info("model loaded", extra={"path": str(path), "device": str(device), "demo": model.components.is_demo,
                                     "seconds": round(time.monotonic() - started, 2)})
     select_backend(device, model.components.dtype)  # checked here, outside any compiled graph
+    model.precision = apply_precision(model.components.transformer, settings.precision, device)  # before compiling
     if device.type == "cuda" and settings.compile:
         model.sampler.transformer = torch.compile(model.components.transformer, dynamic=False)
     for plan in warm_plans(settings.warm_buckets):
@@ -54,3 +56,9 @@ def load_model(settings: Settings) -> OneDiffusion:
         model.run([plan])
         log.info("warmed bucket", extra={"bucket": plan.bucket, "seconds": round(time.monotonic() - t0, 2)})
     return model
+
+
+def worker_info(model: OneDiffusion) -> dict[str, str]:
+    """String fields of the worker's readiness entry (shown by /readyz, counted in /metrics)."""
+    precision = getattr(model, "precision", None)
+    return precision.as_info() if precision is not None else {}
