@@ -14,7 +14,10 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Ready when Redis answers and a worker with a loaded model is alive")
+@router.get(
+    "/readyz", summary="Ready when Redis answers and a worker with a loaded model is alive",
+    description="Says how many workers are ready; their names (host and process) only on a local demo (AUTH_DISABLED).",
+)
 def readyz(request: Request):
     service = request.app.state.jobs
     try:
@@ -24,7 +27,10 @@ def readyz(request: Request):
         return JSONResponse({"status": "unavailable", "reason": "Redis does not answer"}, status_code=503)
     if not workers:
         return JSONResponse({"status": "unavailable", "reason": "no worker with a loaded model"}, status_code=503)
-    return {"status": "ready", "workers": workers}
+    answer = {"status": "ready", "worker_count": len(workers)}
+    if request.app.state.settings.auth_disabled:  # host names and PIDs are nobody else's business
+        answer["workers"] = workers
+    return answer
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

@@ -140,7 +140,10 @@ class Service:
             response = self.client.get("/readyz")
         except httpx.HTTPError:
             return 0
-        return len(response.json().get("workers", [])) if response.status_code == 200 else 0
+        if response.status_code != 200:
+            return 0
+        body = response.json()
+        return body.get("worker_count", len(body.get("workers", [])))
 
     def wait_ready(self, count: int = 1, timeout: float = 90) -> None:
         wait_until(lambda: self.ready_workers() >= count, timeout, interval=0.3, what=f"{count} ready worker(s)")
