@@ -102,8 +102,9 @@ def persistence_warning(url: str) -> Optional[str]:
     jobs and results would not survive its restart. None when it persists, or when CONFIG is not allowed."""
     try:
         client = Redis.from_url(url, socket_connect_timeout=1)
-        appendonly = client.config_get("appendonly").get(b"appendonly", b"").decode()
-        save = client.config_get("save").get(b"save", b"").decode()
+        config = {**client.config_get("appendonly"), **client.config_get("save")}
+        text = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in config.items()}
+        appendonly, save = text.get("appendonly", ""), text.get("save", "")
     except RedisError:
         return None
     if appendonly == "yes" or save.strip():

@@ -238,21 +238,11 @@ class TaskRequest(BaseModel):
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="Fixes the noise; random when omitted")
     noise_scale: float = Field(1.0, gt=0.0, le=4.0, description="Scales the sequence length used to shift the schedule")
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _strict_numbers(cls, value, info):
-        annotation = cls.model_fields[info.field_name].annotation
-        if isinstance(value, bool) and annotation not in (bool, Optional[bool]):
-            numeric = annotation in (int, float, Optional[int], Optional[float])
-            raise ValueError("must be a number, not true or false" if numeric else "must not be true or false")
-        return value
-
-    @field_validator("*")
-    @classmethod
-    def _no_blank_text(cls, value, info):
-        if info.field_name != "negative_prompt":  # '' or spaces = no negative prompt, as documented
-            _not_blank(value)
-        return value
+    _numbers_not_bools = field_validator(
+        "width", "height", "num_inference_steps", "guidance_scale", "seed", "noise_scale", "focal_length",
+        mode="before", check_fields=False,
+    )(_no_bool)
+    _text_not_blank = field_validator("prompt", "item", "source_caption", check_fields=False)(_not_blank)
 
     # -- helpers for plan() --
     def _images(self) -> list[tuple[str, str]]:
