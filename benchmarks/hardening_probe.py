@@ -223,6 +223,8 @@ def probe_streams(tmp: Path, redis: str, checkpoint: Path, streams: int) -> dict
                     with client.stream("GET", f"/v1/jobs/{job}/events", headers=bearer(key)) as response:
                         codes.append(response.status_code)
                         if response.status_code == 200:
+                            lines = response.iter_lines()  # kept open: a dropped iterator closes the connection
+                            next(lines)
                             stop.wait(120)
             except httpx.HTTPError:
                 codes.append(-1)

@@ -14,6 +14,7 @@ from PIL import Image
 from rq import Queue
 
 from tests.conftest import b64_image
+from tests.service.harness import free_port, wait_until
 from tests.service.test_bad_input import job_keys, queue_size
 
 SMALL = {"prompt": "a small test", "width": 64, "height": 64, "num_inference_steps": 2}
@@ -134,18 +135,29 @@ def test_rate_and_key_are_checked_before_the_body(make_service):
 
 
 # ---- 6: the queue bound under concurrent load -----------------------------------------------------------
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def test_queue_bound_holds_under_concurrent_submissions(make_service):
     service = make_service(workers=0, deliverer=False, auth_disabled="false", max_queue_depth=10,
                            rate_limit_per_minute=0, max_active_jobs_per_tenant=0)
     keys = [new_key(service, f"t{i}") for i in range(3)]
+    second_port = free_port()  # two API replicas, as a deployment runs them
+    service.start("api2", "serve", port=second_port)
+    urls = [service.url, f"http://127.0.0.1:{second_port}"]
+    wait_until(lambda: _answers(urls[1]), 30, what="the second API")
 
     def submit(i: int) -> int:
-        with httpx.Client(base_url=service.url, timeout=60) as client:
+        with httpx.Client(base_url=urls[i % 2], timeout=60) as client:
             return client.post("/v1/text-to-image", json=SMALL, headers=bearer(keys[i % 3])).status_code
 
-    with ThreadPoolExecutor(30) as pool:
-        codes = list(pool.map(submit, range(45)))
-    assert codes.count(202) == 10 and codes.count(429) == 35, codes
+    with ThreadPoolExecutor(60) as pool:
+        codes = list(pool.map(submit, range(90)))
+    assert codes.count(202) == 10 and codes.count(429) == 80, codes
     assert Queue(service.prefix, connection=service.redis()).count == 10
 
 
@@ -226,3 +238,43 @@ def test_phone_mpo_and_exif_orientation(shared_service):
 
     plan = DepthEstimation(image=base64.b64encode(rotated.getvalue()).decode()).plan()
     assert plan.height > plan.width, (plan.width, plan.height)
+
+
+# ---- 10: event streams are bounded per key and per tenant -----------------------------------------------
+def test_open_event_streams_are_bounded_per_key_and_tenant(make_service):
+    import threading
+
+    service = make_service(workers=0, deliverer=False, auth_disabled="false", max_streams_per_key=2,
+                           max_streams_per_tenant=3, rate_limit_per_minute=0)
+    key_a = new_key(service, "streamer")
+    key_b = service.cli("keys", "create", "--tenant", "streamer").strip().splitlines()[-1]
+    job = service.client.post("/v1/text-to-image", json=SMALL, headers=bearer(key_a)).json()["id"]
+    release = threading.Event()
+    opened: list[str] = []
+
+    def hold(key: str) -> None:
+        with httpx.Client(base_url=service.url, timeout=30) as client:
+            with client.stream("GET", f"/v1/jobs/{job}/events", headers=bearer(key)) as response:
+                lines = response.iter_lines()  # kept: a dropped iterator closes the connection
+                opened.append(next(lines))
+                release.wait(30)
+
+    holders = [threading.Thread(target=hold, args=(k,), daemon=True) for k in (key_a, key_a, key_b)]
+    for t in holders:
+        t.start()
+    wait_until(lambda: len(opened) == 3, 20, what="three streams")
+    assert all(line == "event: queued" for line in opened), opened
+    over_key = service.client.get(f"/v1/jobs/{job}/events", headers=bearer(key_a))
+    assert over_key.status_code == 429 and "API key has 2 event streams open" in over_key.text, over_key.text
+    over_tenant = service.client.get(f"/v1/jobs/{job}/events", headers=bearer(key_b))
+    assert over_tenant.status_code == 429 and "tenant has 3" in over_tenant.text
+    assert service.client.get(f"/v1/jobs/{job}", headers=bearer(key_a)).status_code == 200  # polling still works
+    release.set()
+    for t in holders:
+        t.join(10)
+    # closed streams give their slots back
+    wait_until(lambda: service.redis().zcard(f"{service.prefix}:streams:tenant:streamer") == 0, 10, what="slots back")
+    canceled = service.client.post(f"/v1/jobs/{job}/cancel", headers=bearer(key_a))
+    assert canceled.status_code == 200
+    with service.client.stream("GET", f"/v1/jobs/{job}/events", headers=bearer(key_a)) as response:
+        assert response.status_code == 200 and "event: finished" in response.read().decode()
