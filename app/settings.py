@@ -42,7 +42,7 @@ class Settings(BaseModel):
     webhook_retries: int = Field(8, ge=0, le=30, description="Delivery attempts after the first one")
     webhook_backoff_s: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt")
     webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook POST, all of it (connect to last byte)")
-    webhook_concurrency: int = Field(16, ge=1, le=256, description="Webhook deliveries one deliverer has in flight at once")
+    webhook_concurrency: int = Field(8, ge=1, le=256, description="Webhook deliveries one deliverer has in flight at once")
     webhook_per_host: int = Field(4, ge=1, le=256, description="Of those, most to one destination host (a slow receiver delays only its own)")
 
     # ---- request limits

@@ -278,3 +278,43 @@ def test_open_event_streams_are_bounded_per_key_and_tenant(make_service):
     assert canceled.status_code == 200
     with service.client.stream("GET", f"/v1/jobs/{job}/events", headers=bearer(key_a)) as response:
         assert response.status_code == 200 and "event: finished" in response.read().decode()
+
+
+# ---- 8: a stalled webhook receiver delays nobody else -----------------------------------------------------
+def test_stalled_webhook_receiver_does_not_delay_other_webhooks(make_service, receiver):
+    import time
+
+    from tests.service.harness import StalledReceiver
+
+    service = make_service(webhook_timeout_s=60)
+    stalled = StalledReceiver()
+    receiver.up()
+    try:
+        first = service.submit("text-to-image", {**SMALL, "num_inference_steps": 1, "webhook": {"url": stalled.url}}).json()
+        service.wait_job(first["id"])
+        wait_until(lambda: stalled.connections >= 1, 20, what="the stalled delivery")
+        second = service.submit("text-to-image", {**SMALL, "num_inference_steps": 1, "webhook": {"url": receiver.url}}).json()
+        service.wait_job(second["id"])
+        ended = time.monotonic()
+        wait_until(lambda: receiver.calls, 30, interval=0.05, what="the other tenant's webhook")
+        assert time.monotonic() - ended <= 2.0
+    finally:
+        stalled.close()
+
+
+def test_a_webhook_attempt_has_one_deadline(make_service):
+    import time
+
+    from tests.service.harness import StalledReceiver
+
+    service = make_service(workers=1, webhook_timeout_s=2)
+    stalled = StalledReceiver()
+    try:
+        job = service.submit("text-to-image", {**SMALL, "num_inference_steps": 1, "webhook": {"url": stalled.url}}).json()
+        service.wait_job(job["id"])
+        wait_until(lambda: stalled.connections >= 1, 20, what="the first attempt")
+        started = time.monotonic()
+        wait_until(lambda: stalled.connections >= 2, 30, interval=0.1, what="a second attempt")
+        assert time.monotonic() - started < 6  # 2 s deadline + 1 s backoff + scheduling, not 60 s of trickle
+    finally:
+        stalled.close()
