@@ -24,10 +24,19 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
+def _structural(text: bytes) -> int:
+    return text.count(b",") + text.count(b"[") + text.count(b"{")
+
+
 def json_values_bound(raw: bytes) -> int:
-    """An upper bound on the number of values in a JSON text: separators and openers outside strings."""
-    skeleton = _JSON_STRING.sub(b"0", raw)
-    return skeleton.count(b",") + skeleton.count(b"[") + skeleton.count(b"{") + 1
+    """An upper bound on the number of values in a JSON text: separators and openers outside strings.
+    Counted at C speed on the whole text first; only a text just over the bound is scanned string by
+    string (no copy of the text either way), and one far over it is not worth the scan."""
+    total = _structural(raw) + 1
+    if total <= MAX_JSON_VALUES or total > 10 * MAX_JSON_VALUES:
+        return total
+    inside = sum(_structural(match.group()) for match in _JSON_STRING.finditer(raw))
+    return total - inside
 
 
 def load_json(raw: bytes, field: str = "the body") -> Any:
