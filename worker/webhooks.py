@@ -67,7 +67,7 @@ def _postpone(owner: str, owner_id: str, delivery_id: str, body: str) -> str:
     retry = Retry(max=job.retries_left, interval=job.retry_intervals or 0) if job.retries_left else None
     again = queue.enqueue_in(
         timedelta(seconds=POSTPONE_S), "worker.webhooks.deliver", owner, owner_id, delivery_id, body,
-        job_id=f"{job.id.split('~')[0]}~{time.monotonic_ns()}", retry=retry, result_ttl=job.result_ttl,
+        job_id=f"{job.id.split('-p')[0]}-p{time.time_ns()}", retry=retry, result_ttl=job.result_ttl,
         failure_ttl=job.failure_ttl, description=job.description,
     )
     return again.id

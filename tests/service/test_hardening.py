@@ -264,9 +264,9 @@ def test_open_event_streams_are_bounded_per_key_and_tenant(make_service):
         t.start()
     wait_until(lambda: len(opened) == 3, 20, what="three streams")
     assert all(line == "event: queued" for line in opened), opened
-    over_key = service.client.get(f"/v1/jobs/{job}/events", headers=bearer(key_a))
+    over_key = service.client.get(f"/v1/jobs/{job}/events", headers=bearer(key_a), timeout=5)
     assert over_key.status_code == 429 and "API key has 2 event streams open" in over_key.text, over_key.text
-    over_tenant = service.client.get(f"/v1/jobs/{job}/events", headers=bearer(key_b))
+    over_tenant = service.client.get(f"/v1/jobs/{job}/events", headers=bearer(key_b), timeout=5)
     assert over_tenant.status_code == 429 and "tenant has 3" in over_tenant.text
     assert service.client.get(f"/v1/jobs/{job}", headers=bearer(key_a)).status_code == 200  # polling still works
     release.set()
@@ -316,5 +316,33 @@ def test_a_webhook_attempt_has_one_deadline(make_service):
         started = time.monotonic()
         wait_until(lambda: stalled.connections >= 2, 30, interval=0.1, what="a second attempt")
         assert time.monotonic() - started < 6  # 2 s deadline + 1 s backoff + scheduling, not 60 s of trickle
+    finally:
+        stalled.close()
+
+
+def test_deliveries_to_a_busy_host_wait_their_turn_and_others_go_on(make_service, receiver):
+    import time
+
+    from tests.service.harness import StalledReceiver
+
+    service = make_service(webhook_timeout_s=3, webhook_per_host=1, webhook_allowlist="127.0.0.1,::1")
+    stalled = StalledReceiver()
+    receiver.up()
+    try:
+        first = service.submit("text-to-image", {**SMALL, "num_inference_steps": 1, "webhook": {"url": stalled.url}}).json()
+        service.wait_job(first["id"])
+        wait_until(lambda: stalled.connections >= 1, 20, what="the stalled delivery")
+        same_host = {"url": receiver.url}  # 127.0.0.1, whose one slot the stalled receiver holds
+        other_host = {"url": receiver.url.replace("127.0.0.1", "localhost")}
+        queued = service.submit("text-to-image", {**SMALL, "num_inference_steps": 1, "seed": 1, "webhook": same_host}).json()
+        prompt = service.submit("text-to-image", {**SMALL, "num_inference_steps": 1, "seed": 2, "webhook": other_host}).json()
+        service.wait_job(queued["id"])
+        service.wait_job(prompt["id"])
+        ended = time.monotonic()
+        wait_until(lambda: len(receiver.calls) >= 1, 30, interval=0.05, what="the other host's webhook")
+        assert time.monotonic() - ended <= 2.0
+        assert receiver.calls[0]["json"]["job"]["id"] == prompt["id"]
+        wait_until(lambda: len(receiver.calls) >= 2, 30, what="the postponed webhook")  # put back, not lost
+        assert {c["json"]["job"]["id"] for c in receiver.calls} == {queued["id"], prompt["id"]}
     finally:
         stalled.close()
