@@ -4,7 +4,7 @@ how long a cancel takes to free the worker, and job lookups while many event str
 
 Starts its own Redis and service processes (tests/service/harness.py) on the demo checkpoint:
 
-    python -m benchmarks.hardening_probe [--only decode,queue,cost,cancel,webhooks,streams] [--streams 200]
+    python -m benchmarks.hardening_probe [--only decode,queue,cost,cancel,webhooks,streams,streams_unlimited] [--streams 200]
 """
 
 from __future__ import annotations
@@ -204,9 +204,12 @@ def probe_webhooks(tmp: Path, redis: str, checkpoint: Path) -> dict:
         service.stop()
 
 
-def probe_streams(tmp: Path, redis: str, checkpoint: Path, streams: int) -> dict:
-    service = Service(tmp / "streams", redis, checkpoint, workers=0, deliverer=False, auth_disabled="false",
-                      rate_limit_per_minute=0, max_active_jobs_per_tenant=0)
+def probe_streams(tmp: Path, redis: str, checkpoint: Path, streams: int, unlimited: bool = False) -> dict:
+    """Job lookups while `streams` event streams are asked for by one key (`unlimited`: with the stream
+    limits off, to see what the streams themselves cost)."""
+    limits = {"max_streams_per_key": 0, "max_streams_per_tenant": 0} if unlimited else {}
+    service = Service(tmp / f"streams{int(unlimited)}", redis, checkpoint, workers=0, deliverer=False, auth_disabled="false",
+                      rate_limit_per_minute=0, max_active_jobs_per_tenant=0, **limits)
     try:
         key = new_key(service, "streamer")
         job = service.client.post("/v1/text-to-image", json={"prompt": "x", "width": 64, "height": 64}, headers=bearer(key)).json()["id"]
@@ -264,8 +267,8 @@ def main() -> None:
             results = {}
             for name in args.only.split(","):
                 started = time.monotonic()
-                if name == "streams":
-                    results[name] = probe_streams(tmp, redis.url, checkpoint, args.streams)
+                if name in ("streams", "streams_unlimited"):
+                    results[name] = probe_streams(tmp, redis.url, checkpoint, args.streams, name == "streams_unlimited")
                 else:
                     results[name] = globals()[f"probe_{name}"](tmp, redis.url, checkpoint)
                 results[name]["probe_s"] = round(time.monotonic() - started, 1)
