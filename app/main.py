@@ -16,7 +16,7 @@ from .auth import KeyStore
 from .jobs import JobService
 from .logs import setup_logging
 from .routes import batches, files, health, jobs, tasks
-from .schemas import REQUEST_MODELS
+from .schemas import REQUEST_MODELS, BatchRequest
 from .settings import Settings, get_settings
 from .storage import ResultStore
 
@@ -47,7 +47,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in REQUEST_MODELS.values():
+        for model in (*REQUEST_MODELS.values(), BatchRequest):
             definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(definition.pop("$defs", {}))
             components[model.__name__] = definition

@@ -45,7 +45,9 @@ class Settings(BaseModel):
     # ---- webhooks
     webhook_retries: int = Field(8, ge=0, le=30, description="Delivery attempts after the first one")
     webhook_backoff_s: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt")
-    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook POST")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook POST, all of it (connect to last byte)")
+    webhook_concurrency: int = Field(8, ge=1, le=256, description="Webhook deliveries one deliverer has in flight at once")
+    webhook_per_host: int = Field(4, ge=1, le=256, description="Of those, most to one destination host (a slow receiver delays only its own)")
 
     # ---- request limits
     max_body_bytes: int = Field(50 * 1024 * 1024, description="Largest request body (HTTP 413 above)")
@@ -56,6 +58,12 @@ class Settings(BaseModel):
     max_views: int = Field(8, description="Most views in a multiview task")
     max_batch_items: int = Field(64, description="Most items in one POST /v1/batches")
     max_wait_s: int = Field(60, description="Longest `Prefer: wait=N` a client may ask for")
+    max_request_pixels: int = Field(100_000_000, ge=1, description="Most decoded pixels of all input images of one request together")
+    max_job_cost: int = Field(
+        4_000_000, ge=1, description="Most work one job may ask for: tokens per frame (16x16 px) x frames x steps"
+    )
+    max_streams_per_key: int = Field(20, ge=0, description="Open event streams (SSE) per API key (0 = no limit)")
+    max_streams_per_tenant: int = Field(100, ge=0, description="Open event streams (SSE) per tenant (0 = no limit)")
 
     # ---- security
     auth_disabled: bool = Field(False, description="Serve /v1 without API keys (local demo only); every caller is tenant 'public'")
@@ -99,6 +107,8 @@ class Settings(BaseModel):
             max_views=self.max_views,
             max_prompt_chars=self.max_prompt_chars,
             max_steps=self.max_steps,
+            max_request_pixels=self.max_request_pixels,
+            max_job_cost=self.max_job_cost,
         )
 
     def markdown_table(self) -> str:

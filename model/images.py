@@ -12,7 +12,7 @@ import io
 import re
 import warnings
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 
@@ -58,25 +58,45 @@ def decode_base64(text: str) -> bytes:
         raise ImageDecodeError("is not valid base64 (send the file's bytes base64-encoded, or a data: URI)") from None
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode and fully load an image, refusing other formats, oversized and truncated files."""
+def open_image_header(data: bytes, max_pixels: int) -> Image.Image:
+    """Open an image reading only its header: format and size are checked, no pixels are decoded yet.
+    A phone camera's MPO (a JPEG with extra pictures appended) counts as JPEG; its first picture is used."""
     if not data:
         raise ImageDecodeError("is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            if image.format not in ALLOWED_FORMATS:
+            if image.format not in ALLOWED_FORMATS + ("MPO",):
                 raise ImageDecodeError(f"is a {image.format} image; send PNG, JPEG or WebP")
             w, h = image.size
             if w * h > max_pixels:
                 raise ImageDecodeError(f"has {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}; downscale it")
-            image.load()
     except ImageDecodeError:
         raise
     except Exception as exc:  # Pillow raises many types for corrupt data
         raise ImageDecodeError(f"could not be decoded as an image ({type(exc).__name__}); send PNG, JPEG or WebP") from None
     return image
+
+
+def load_upright(image: Image.Image) -> Image.Image:
+    """Decode the pixels of an image opened by `open_image_header`: the first picture of a multi-picture
+    file, turned upright as its EXIF Orientation tag says (a portrait phone photo stays portrait)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
+    except Exception as exc:  # Pillow raises many types for corrupt data
+        raise ImageDecodeError(f"could not be decoded as an image ({type(exc).__name__}); send PNG, JPEG or WebP") from None
+    return image
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode and fully load an image, refusing other formats, oversized and truncated files."""
+    return load_upright(open_image_header(data, max_pixels))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

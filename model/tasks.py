@@ -9,6 +9,7 @@ request is checked completely before it is queued.
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal, Optional
@@ -16,7 +17,7 @@ from typing import Annotated, ClassVar, Literal, Optional
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .images import ImageDecodeError, closest_size, decode_base64, decode_rgb, png_bytes
+from .images import ImageDecodeError, closest_size, decode_base64, load_upright, open_image_header, png_bytes, to_rgb
 from .outputs import COLOURS
 
 NEGATIVE_PROMPT = (
@@ -50,6 +51,31 @@ class TaskLimits(BaseModel):
     max_views: int = 8
     max_prompt_chars: int = 4000
     max_steps: int = 200
+    max_request_pixels: int = 100_000_000  # all input images of one request together, decoded
+    max_job_cost: int = 4_000_000  # tokens per frame x frames x steps (see job_cost)
+
+
+TOKEN_PIXELS = 16  # one denoiser token covers 16x16 output pixels (VAE /8, patch 2)
+MAX_LIST_ITEMS = 64  # schema bound on any list of a request; settings bound frames and views further
+MAX_IMAGE_CHARS = 100 * 1024 * 1024  # schema bound on one base64 image; MAX_BODY_BYTES bounds it further
+
+
+def job_cost(width: int, height: int, frames: int, steps: int) -> int:
+    """What a job asks of the denoiser, in token-steps: tokens per frame x frames x steps."""
+    return (width // TOKEN_PIXELS) * (height // TOKEN_PIXELS) * frames * steps
+
+
+def _no_bool(value):
+    """JSON true/false are not numbers here (pydantic would read true as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+def _not_blank(value):
+    if isinstance(value, str) and value and not value.strip():
+        raise ValueError("must contain more than spaces")
+    return value
 
 
 # ---- the plan ---------------------------------------------------------------------------------------
@@ -113,6 +139,7 @@ ImageInput = Annotated[
         description="An image as base64 or a data URI (PNG, JPEG or WebP).",
         examples=["data:image/png;base64,iVBORw0KGgo..."],
         min_length=1,
+        max_length=MAX_IMAGE_CHARS,
     ),
 ]
 
@@ -122,7 +149,9 @@ class ClassSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100, examples=["dragon"])
-    colour: Optional[str] = Field(None, description=f"one of: {', '.join(COLOURS)}; assigned in that order when omitted")
+    colour: Optional[str] = Field(
+        None, max_length=32, description=f"one of: {', '.join(COLOURS)}; assigned in that order when omitted"
+    )
 
     @field_validator("colour")
     @classmethod
@@ -134,6 +163,7 @@ class ClassSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
+        _not_blank(value)
         if any(c in value for c in "<>[]"):
             raise ValueError("class names cannot contain <, >, [ or ]")
         return value
@@ -147,7 +177,32 @@ class CameraPose(BaseModel):
     azimuth: Optional[float] = Field(None, ge=-360, le=360, examples=[30.0])
     elevation: Optional[float] = Field(None, ge=-90, le=90, examples=[0.0])
     distance: float = Field(DEFAULT_DISTANCE, gt=0, le=100)
-    c2w: Optional[list[list[float]]] = Field(None, description="4x4 camera-to-world matrix, rows first")
+    c2w: Optional[list[Annotated[list[float], Field(min_length=4, max_length=4)]]] = Field(
+        None, min_length=4, max_length=4,
+        description="4x4 camera-to-world matrix, rows first: a rotation and a translation (finite numbers)",
+    )
+
+    _numbers_not_bools = field_validator("azimuth", "elevation", "distance", mode="before")(_no_bool)
+
+    @field_validator("c2w", mode="before")
+    @classmethod
+    def _c2w_numbers(cls, value):
+        if isinstance(value, list):
+            for row in value:
+                for v in row if isinstance(row, list) else ():
+                    if isinstance(v, bool):
+                        raise ValueError("c2w holds numbers, not true or false")
+        return value
+
+    @field_validator("c2w")
+    @classmethod
+    def _c2w_finite(cls, value):
+        if value is not None:
+            for i, row in enumerate(value):
+                for j, v in enumerate(row):
+                    if not math.isfinite(v):
+                        raise ValueError(f"c2w[{i}][{j}] is {v}; every entry must be a finite number")
+        return value
 
     @model_validator(mode="after")
     def _one_form(self) -> "CameraPose":
@@ -165,6 +220,13 @@ class CameraPose(BaseModel):
                     dot = sum(rot[k][i] * rot[k][j] for k in range(3))
                     if abs(dot - (1.0 if i == j else 0.0)) > 1e-3:
                         raise ValueError("c2w's upper-left 3x3 block must be a rotation (orthonormal columns)")
+            det = (rot[0][0] * (rot[1][1] * rot[2][2] - rot[1][2] * rot[2][1])
+                   - rot[0][1] * (rot[1][0] * rot[2][2] - rot[1][2] * rot[2][0])
+                   + rot[0][2] * (rot[1][0] * rot[2][1] - rot[1][1] * rot[2][0]))
+            if det < 0:
+                raise ValueError("c2w's upper-left 3x3 block is a reflection (determinant -1); give a rotation")
+            if any(abs(row[3]) > 100 for row in self.c2w[:3]):
+                raise ValueError("c2w's translation must be within 100 units of the origin")
         elif self.azimuth is None or self.elevation is None:
             raise ValueError("give azimuth and elevation (and optionally distance), or a c2w matrix")
         return self
@@ -197,6 +259,12 @@ class TaskRequest(BaseModel):
         "1.0, the default, is the reference's behaviour everywhere",
     )
 
+    _numbers_not_bools = field_validator(
+        "width", "height", "num_inference_steps", "guidance_scale", "seed", "noise_scale", "focal_length",
+        mode="before", check_fields=False,
+    )(_no_bool)
+    _text_not_blank = field_validator("prompt", "item", "source_caption", check_fields=False)(_not_blank)
+
     # -- helpers for plan() --
     def _images(self) -> list[tuple[str, str]]:
         """(field name, data) of the input images, in frame order."""
@@ -218,12 +286,26 @@ class TaskRequest(BaseModel):
         return w, h
 
     def _decode(self, limits: TaskLimits) -> tuple[list[bytes], list[Image.Image]]:
-        """The input files' bytes and their RGB images, in `_images()` order."""
-        files, decoded = [], []
+        """The input files' bytes and their RGB images, in `_images()` order. Every image's header first
+        (format, size, and the request's pixel budget), then the pixels."""
+        opened, total = [], 0
         for name, data in self._images():
             try:
                 raw = decode_base64(data)
-                decoded.append(decode_rgb(raw, limits.max_input_pixels))
+                image = open_image_header(raw, limits.max_input_pixels)
+            except ImageDecodeError as exc:
+                raise TaskInputError(name, f"the image {exc}") from None
+            total += image.width * image.height
+            if total > limits.max_request_pixels:
+                raise TaskInputError(
+                    name, f"the images of this request have more than {limits.max_request_pixels} pixels in all; "
+                    "send smaller or fewer images",
+                )
+            opened.append((name, raw, image))
+        files, decoded = [], []
+        for name, raw, image in opened:
+            try:
+                decoded.append(to_rgb(load_upright(image)))
             except ImageDecodeError as exc:
                 raise TaskInputError(name, f"the image {exc}") from None
             files.append(raw)
@@ -239,8 +321,7 @@ class TaskRequest(BaseModel):
         return " ".join([self.task_token(), *[p.strip() for p in parts if p and p.strip()]])
 
     def _plan(self, limits: TaskLimits, frames: list[Frame], prompt: str, default_size=(512, 512), **extra) -> FramePlan:
-        files, decoded = self._decode(limits)
-        w, h = self._size(limits, decoded, default_size)
+        # counts and lengths first: they cost nothing, decoding images does
         if len(frames) > limits.max_frames:
             raise TaskInputError("frames", f"{len(frames)} frames is more than the limit of {limits.max_frames}")
         if self.num_inference_steps > limits.max_steps:
@@ -249,6 +330,11 @@ class TaskRequest(BaseModel):
             text = getattr(self, name, None)
             if text and len(text) > limits.max_prompt_chars:
                 raise TaskInputError(name, f"{len(text)} characters is more than the limit of {limits.max_prompt_chars}; shorten it")
+        if self.width is not None and self.height is not None:
+            self._check_cost(limits, self.width, self.height, len(frames))
+        files, decoded = self._decode(limits)
+        w, h = self._size(limits, decoded, default_size)
+        self._check_cost(limits, w, h, len(frames))
         plan = FramePlan(
             task=self.task_name,
             prompt=prompt,
@@ -264,6 +350,15 @@ class TaskRequest(BaseModel):
             **extra,
         )
         return plan
+
+    def _check_cost(self, limits: TaskLimits, width: int, height: int, frames: int) -> None:
+        cost = job_cost(width, height, frames, self.num_inference_steps)
+        if cost > limits.max_job_cost:
+            raise TaskInputError(
+                "num_inference_steps",
+                f"{width}x{height} x {frames} frames x {self.num_inference_steps} steps is {cost} token-steps, more than "
+                f"the limit of {limits.max_job_cost} (tokens are 16x16 pixels); ask for fewer steps, frames or pixels",
+            )
 
     def condition_images(self, files: list[bytes], decoded: list[Image.Image]) -> list[bytes]:
         """The condition image files in frame order: the inputs as given (the worker crops and resizes
@@ -492,8 +587,8 @@ class IdCustomization(TaskRequest):
         75, ge=1, le=200, description="Denoising steps; 75, as the reference's ID customization examples (inference.py, demo)"
     )
     prompt: str = Field(min_length=1, max_length=4000, description="Caption of the image to make")
-    reference_captions: Optional[list[str]] = Field(
-        None, description="A caption per reference photo (30 to 75 words work best)"
+    reference_captions: Optional[list[Annotated[str, Field(max_length=4000)]]] = Field(
+        None, max_length=3, description="A caption per reference photo (30 to 75 words work best)"
     )
 
     def _images(self):
@@ -590,7 +685,8 @@ class ImageToMultiview(_Multiview):
     image: ImageInput
     prompt: Optional[str] = Field(None, max_length=4000, description="Optional caption (avoid describing the face)")
     cameras: list[CameraPose] = Field(
-        default_factory=lambda: list(DEFAULT_CAMERAS), min_length=2, description="One camera per view, input view first"
+        default_factory=lambda: list(DEFAULT_CAMERAS), min_length=2, max_length=MAX_LIST_ITEMS,
+        description="One camera per view, input view first",
     )
 
     def _images(self):
@@ -604,7 +700,7 @@ class ImageToMultiview(_Multiview):
 class TextToMultiview(_Multiview):
     task_name: ClassVar[str] = "text-to-multiview"
     prompt: str = Field(min_length=1, max_length=4000)
-    cameras: list[CameraPose] = Field(default_factory=lambda: list(DEFAULT_CAMERAS), min_length=1)
+    cameras: list[CameraPose] = Field(default_factory=lambda: list(DEFAULT_CAMERAS), min_length=1, max_length=MAX_LIST_ITEMS)
 
     def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
         self._views(limits, len(self.cameras), "cameras")
@@ -620,7 +716,7 @@ class CameraPoseEstimation(_Multiview):
     is given (the identity, the frame of reference) and the model generates the others' ray maps."""
 
     task_name: ClassVar[str] = "camera-pose-estimation"
-    images: list[ImageInput] = Field(min_length=2, description="2 or more photos of one object or scene")
+    images: list[ImageInput] = Field(min_length=2, max_length=MAX_LIST_ITEMS, description="2 or more photos of one object or scene")
     prompt: Optional[str] = Field(None, max_length=4000)
 
     def _images(self):
@@ -647,7 +743,7 @@ class Generate(TaskRequest):
 
     task_name: ClassVar[str] = "generate"
     prompt: str = Field(min_length=1, max_length=4000, examples=["[[text2image]] a red bicycle"])
-    frames: list[RawFrame] = Field(min_length=1, examples=[[{"kind": "image", "generate": True}]])
+    frames: list[RawFrame] = Field(min_length=1, max_length=MAX_LIST_ITEMS, examples=[[{"kind": "image", "generate": True}]])
     focal_length: float = Field(DEFAULT_FOCAL_LENGTH, gt=0.1, le=10.0)
     scale_factor: float = _SCALE_FACTOR
     scale_watershed: float = _SCALE_WATERSHED

@@ -16,7 +16,10 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Ready when Redis answers and a worker with a loaded model is alive")
+@router.get(
+    "/readyz", summary="Ready when Redis answers and a worker with a loaded model is alive",
+    description="Says how many workers are ready; their names (host and process) only on a local demo (AUTH_DISABLED).",
+)
 def readyz(request: Request):
     service = request.app.state.jobs
     try:
@@ -26,7 +29,19 @@ def readyz(request: Request):
         return JSONResponse({"status": "unavailable", "reason": "Redis does not answer"}, status_code=503)
     if not workers:
         return JSONResponse({"status": "unavailable", "reason": "no worker with a loaded model"}, status_code=503)
-    return {"status": "ready", "workers": workers, "worker_info": service.worker_info(workers)}
+    info = service.worker_info(workers)
+    answer = {"status": "ready", "worker_count": len(workers), "worker_modes": worker_modes(info)}
+    if request.app.state.settings.auth_disabled:  # host names and PIDs are nobody else's business
+        answer["workers"] = workers
+        answer["worker_info"] = info
+    return answer
+
+
+def worker_modes(info: dict[str, dict[str, str]]) -> dict[str, int]:
+    """How many workers run each mode (precision, attention backend, compile), without naming them: an
+    operator sees a degraded worker from outside."""
+    return dict(Counter(" ".join(f"{k}={v}" for k, v in sorted(fields.items()) if not k.endswith("reason"))
+                        for fields in info.values()))
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
