@@ -25,17 +25,18 @@ class WebhookVerificationError(OneDiffusionError):
 
 
 def _keys(secret: Union[str, bytes]) -> list[bytes]:
-    """The HMAC keys a secret may stand for: `whsec_<base64>` is its decoded bytes; a plain secret
-    is its UTF-8 bytes (and its base64 decoding when it is valid base64)."""
+    """The HMAC keys a secret may stand for: the base64-decoded part of a `whsec_<base64>` secret
+    (Standard Webhooks), the secret's UTF-8 bytes as given (the service's first format), and its
+    base64 decoding when it is valid base64."""
     if isinstance(secret, bytes):
         return [secret]
-    if secret.startswith("whsec_"):
-        return [base64.b64decode(secret[len("whsec_"):])]
-    keys = [secret.encode()]
+    keys = []
+    body = secret[len("whsec_"):] if secret.startswith("whsec_") else secret
     try:
-        keys.append(base64.b64decode(secret, validate=True))
+        keys.append(base64.b64decode(body, validate=True))
     except (binascii.Error, ValueError):
         pass
+    keys.append(secret.encode())
     return keys
 
 
