@@ -179,13 +179,13 @@ function selectTask(name) {
 }
 
 function flushRow(parent, nodes) {
-  parent.append(el("div", { class: "row" }, nodes.splice(0)));
+  parent.append(el("div", { class: "row numbers" }, nodes.splice(0)));
 }
 
 function hintOf(prop, nullable, name) {
   const bits = [];
-  if (prop.minimum !== undefined && prop.maximum !== undefined) bits.push(`${prop.minimum}–${prop.maximum}`);
-  else if (prop.maximum !== undefined) bits.push(`≤ ${prop.maximum}`);
+  if (prop.minimum !== undefined && prop.maximum !== undefined && prop.maximum < 1e12) bits.push(`${prop.minimum}–${prop.maximum}`);
+  else if (prop.maximum !== undefined && prop.maximum < 1e12) bits.push(`≤ ${prop.maximum}`);
   if (prop.exclusiveMinimum !== undefined) bits.push(`> ${prop.exclusiveMinimum}`);
   if (prop.multipleOf) bits.push(`× ${prop.multipleOf}`);
   if (prop.minItems) bits.push(`min ${prop.minItems}`);
@@ -233,9 +233,9 @@ function fieldFor(name, rawProp, isRequired) {
     if (prop.default) input.value = prop.default;
   }
   wrap.append(input);
-  const help = rawProp.description || prop.description;
-  if (help && !IMAGE_FIELDS.includes(name)) wrap.append(el("p", { class: "help", text: help.replace(/`/g, "") }));
-  else if (help) wrap.append(el("p", { class: "help", text: help }));
+  let help = (rawProp.description || prop.description || "").replace(/`/g, "");
+  if (IMAGE_FIELDS.includes(name) && help.startsWith("An image as base64")) help = "PNG, JPEG or WebP.";
+  if (help) { wrap.append(el("p", { class: "help", text: help })); wrap.title = help; }
   return wrap;
 }
 
@@ -445,10 +445,12 @@ function collect({ forDisplay = false } = {}) {
     if (input.type === "checkbox") { if (input.checked !== !!prop.default) body[name] = input.checked; continue; }
     const value = input.value;
     if (value === "") continue;
-    if (input.dataset.type === "integer") body[name] = parseInt(value, 10);
-    else if (input.dataset.type === "number") body[name] = parseFloat(value);
-    else if (input.dataset.type === "lines") body[name] = value.split("\n").map((s) => s.trim()).filter(Boolean);
-    else body[name] = value;
+    let parsed = value;
+    if (input.dataset.type === "integer") parsed = Number(value);
+    else if (input.dataset.type === "number") parsed = parseFloat(value);
+    else if (input.dataset.type === "lines") parsed = value.split("\n").map((s) => s.trim()).filter(Boolean);
+    if (parsed === prop.default) continue; // the server's default applies
+    body[name] = parsed;
   }
   return { body, files };
 }

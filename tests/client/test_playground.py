@@ -1,0 +1,125 @@
+"""The web playground in a real headless Chromium against the real service: text-to-image, depth
+estimation from an uploaded file, and an API error shown as the API says it. Screenshots are kept as
+test artefacts (under $PLAYGROUND_SCREENSHOTS, else the test's temporary folder); with
+UPDATE_DOCS_SCREENSHOT=1 the depth one is also written to docs/playground.png for the README."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_image
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium on this machine (CI installs Debian's: apt-get install chromium)"
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install -e '.[dev]'")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("PLAYGROUND_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def page(browser, shared_service):
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(shared_service.url + "/")  # redirects to /playground/
+    page.wait_for_selector(".task-item[data-task='text-to-image']")
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def choose(page, task: str) -> None:
+    page.click(f".task-item[data-task='{task}']")
+    page.wait_for_function(f"document.querySelector('#task-title').textContent === {task!r}.replace(/^./, c => c.toUpperCase()).replace(/-/g, ' ')")
+
+
+def test_text_to_image(page, shots):
+    assert page.url.endswith("/playground/#text-to-image")
+    page.wait_for_function("document.querySelector('#service-status').textContent.includes('1 worker ready')")
+    choose(page, "text-to-image")
+    # the form comes from the schema: defaults and limits are there
+    assert page.input_value("#f-num_inference_steps") == "50" and page.get_attribute("#f-num_inference_steps", "max") == "200"
+    assert page.get_attribute("#f-width", "step") == "16"
+    page.fill("#f-prompt", "a lighthouse on a cliff at sunset")
+    page.fill("#f-width", "96")
+    page.fill("#f-height", "64")
+    page.fill("#f-num_inference_steps", "4")
+    page.click("#run")
+    image = page.wait_for_selector("#result img[data-output='image.png']", timeout=90_000)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image, timeout=30_000)
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [96, 64]
+    assert page.inner_text("#job-status") == "Succeeded"
+    assert page.inner_text("#progress-text").startswith("step 4 / 4")
+    assert page.get_attribute("#result a.download", "download") == "image.png"
+    assert page.locator("#recent li[data-job]").count() == 1
+    curl = page.evaluate("asCurl()")
+    assert curl.startswith(f"curl -X POST {page.evaluate('location.origin')}/v1/text-to-image") and '"width":96' in curl
+    python = page.evaluate("asPython()")
+    assert "client.text_to_image(\"a lighthouse on a cliff at sunset\", width=96, height=64, num_inference_steps=4)" in python
+    page.screenshot(path=str(shots / "text-to-image.png"), full_page=True)
+
+
+def test_depth_estimation_from_an_uploaded_file(page, shots, tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(make_image(96, 64, seed=5))
+    choose(page, "depth-estimation")
+    page.set_input_files("input[data-image-field='image']", str(photo))
+    page.wait_for_selector(".drop img[alt='photo.png']")
+    page.fill("#f-width", "96")
+    page.fill("#f-height", "64")
+    page.fill("#f-num_inference_steps", "3")
+    page.click("#run")
+    preview = page.wait_for_selector("#result img[data-output='depth_preview.png']", timeout=90_000)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=preview, timeout=30_000)
+    # a colour map: more than one colour, and not grey
+    colours = preview.evaluate("""img => {
+        const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+        const d = ctx.getImageData(0, 0, c.width, c.height).data; const seen = new Set(); let coloured = 0;
+        for (let i = 0; i < d.length; i += 4) { seen.add(d[i] + ',' + d[i+1] + ',' + d[i+2]); if (Math.abs(d[i] - d[i+2]) > 20) coloured++; }
+        return [seen.size, coloured];
+    }""")
+    assert colours[0] > 1 and colours[1] > 0, colours
+    assert page.locator("#result img[alt='input']").count() == 1  # shown beside the input
+    assert page.get_attribute("#result a[download='depth.png']", "href").startswith(page.evaluate("location.origin"))
+    assert page.inner_text("#job-status") == "Succeeded"
+    page.screenshot(path=str(shots / "depth-estimation.png"), full_page=False)
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
+        page.screenshot(path=str(ROOT / "docs" / "playground.png"), full_page=False)
+
+
+def test_api_errors_are_shown_as_the_api_says(page, shots):
+    choose(page, "text-to-image")
+    page.fill("#f-prompt", "x")
+    page.fill("#f-width", "100")
+    page.fill("#f-height", "64")
+    page.click("#run")
+    page.wait_for_selector("#form-error:not([hidden])")
+    text = page.inner_text("#form-error")
+    assert "invalid_request" in text and "(422)" in text and "width" in text and "multiple of 16" in text
+    assert page.locator(".field.invalid[data-field='width']").count() == 1
+    page.screenshot(path=str(shots / "error.png"), full_page=False)
