@@ -590,7 +590,9 @@ function renderJob(job) {
   if (job.warnings && job.warnings.length) out.append(el("div", { class: "warnings" }, job.warnings.join(" · ")));
   if (job.status === "succeeded") {
     const viewer = VIEWERS[job.task] || viewImages;
-    viewer(job, out);
+    const slot = el("div");
+    out.append(slot); // viewers that load images first still land above the data and timings
+    Promise.resolve(viewer(job, slot)).catch((e) => slot.append(el("div", { class: "error-box", text: `Could not draw the result: ${e.message || e}` })));
   }
   if (job.data && Object.keys(job.data).length) {
     out.append(el("details", {}, el("summary", { class: "section-title", text: "Data (JSON)" }), el("pre", { class: "data", text: JSON.stringify(job.data, null, 2) })));
@@ -722,7 +724,7 @@ function plotCameras(canvas, c2ws, meta) {
     const ctx = canvas.getContext("2d");
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, w, h);
-    const scale = Math.min(w, h) / (3.2 * extent);
+    const scale = Math.min(w, h) / (2.4 * extent);
     const project = ([x, y, z]) => {
       x -= centre[0]; y -= centre[1]; z -= centre[2];
       const x1 = x * Math.cos(yaw) + z * Math.sin(yaw), z1 = -x * Math.sin(yaw) + z * Math.cos(yaw);
