@@ -126,3 +126,91 @@ def test_api_errors_are_shown_as_the_api_says(page, shots):
     assert "invalid_request" in text and "(422)" in text and "width" in text and "multiple of 16" in text
     assert page.locator(".field.invalid[data-field='width']").count() == 1
     page.screenshot(path=str(shots / "error.png"), full_page=False)
+
+
+def run_and_wait(page, timeout: float = 90_000) -> None:
+    page.click("#run")
+    page.wait_for_function("['Succeeded', 'Failed', 'Canceled'].includes(document.querySelector('#job-status').textContent)", timeout=timeout)
+    assert page.inner_text("#job-status") == "Succeeded", page.inner_text("#result")
+
+
+def painted_pixels(page, selector: str) -> int:
+    """Pixels of a canvas that are neither transparent nor the plot's near-white background."""
+    return page.eval_on_selector(selector, """c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && Math.min(d[i], d[i + 1], d[i + 2]) < 200) n++;
+        return n;
+    }""")
+
+
+def test_structured_results_are_drawn(page, shots, tmp_path):
+    photo, square = tmp_path / "photo.png", tmp_path / "square.png"
+    photo.write_bytes(make_image(96, 64, seed=6))
+    square.write_bytes(make_image(64, 64, seed=7))
+    # inpainting: the mask is painted on the image
+    choose(page, "inpainting")
+    page.set_input_files("input[data-image-field='image']", str(photo))
+    box = page.wait_for_selector("canvas.paint").bounding_box()
+    page.mouse.move(box["x"] + 10, box["y"] + 10)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=6)
+    page.mouse.up()
+    white = page.evaluate("""() => new Promise(ok => { const img = new Image(); img.onload = () => {
+        const c = document.createElement('canvas'); c.width = img.width; c.height = img.height; const x = c.getContext('2d'); x.drawImage(img, 0, 0);
+        const d = x.getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] === 255) n++;
+        ok([c.width, c.height, n]); }; img.src = collect().body.mask; })""")
+    assert white[:2] == [96, 64] and 0 < white[2] < 96 * 64
+    page.fill("#f-width", "96")
+    page.fill("#f-height", "64")
+    page.fill("#f-num_inference_steps", "2")
+    run_and_wait(page)
+    # segmentation: masks over the input, with a legend per class
+    choose(page, "segmentation")
+    page.set_input_files("input[data-image-field='image']", str(photo))
+    page.fill(".list-editor.classes [data-k=name]", "sky")
+    page.fill("#f-width", "96")
+    page.fill("#f-height", "64")
+    page.fill("#f-num_inference_steps", "2")
+    run_and_wait(page)
+    page.wait_for_selector("#result .legend input[type=checkbox]")
+    assert "sky" in page.inner_text("#result .legend") and painted_pixels(page, "#result canvas") > 0
+    # camera poses: a 3-D plot of the cameras
+    choose(page, "camera-pose-estimation")
+    page.set_input_files("input[data-image-field='images']", [str(square), str(square)])
+    page.fill("#f-width", "64")
+    page.fill("#f-height", "64")
+    page.fill("#f-num_inference_steps", "2")
+    run_and_wait(page)
+    page.wait_for_selector("canvas.plot3d")
+    page.wait_for_timeout(200)  # drawn on the next animation frame
+    assert painted_pixels(page, "canvas.plot3d") > 50
+    page.screenshot(path=str(shots / "camera-poses.png"), full_page=True)
+
+
+def test_api_key_cancel_and_recent_jobs(browser, make_service, shots):
+    """Keys on, no worker: the key field asks for a key, the job stays queued, Cancel ends it."""
+    service = make_service(workers=0, deliverer=False, auth_disabled="false")
+    key = service.cli("keys", "create", "--tenant", "playground", "--name", "browser test").strip().splitlines()[-1]
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(service.url + "/playground/#text-to-image")
+    page.wait_for_selector("#apikey-box.needed")
+    page.fill("#f-prompt", "waits in the queue")
+    page.fill("#f-width", "64")
+    page.fill("#f-height", "64")
+    page.click("#run")
+    page.wait_for_selector("#form-error:not([hidden])")
+    assert "unauthorized" in page.inner_text("#form-error") and "(401)" in page.inner_text("#form-error")
+    page.fill("#apikey", key)
+    page.press("#apikey", "Tab")  # stored on change
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#job-status').textContent.startsWith('Queued')")
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#job-status').textContent === 'Canceled'", timeout=30_000)
+    assert page.locator("#recent li[data-job] .pill.canceled").count() == 1
+    assert "Authorization: Bearer $ONEDIFFUSION_API_KEY" in page.evaluate("asCurl()")
+    page.reload()
+    page.wait_for_selector(".task-item")
+    assert page.input_value("#apikey") == key and page.locator("#recent li[data-job]").count() == 1
+    page.screenshot(path=str(shots / "keys-and-cancel.png"))
+    context.close()
