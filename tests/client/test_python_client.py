@@ -43,8 +43,7 @@ def openapi(shared_service) -> dict:
 
 def test_generated_methods_are_up_to_date(openapi):
     assert codegen.render(openapi) == codegen.TARGET.read_text(), (
-        "clients/python/onediffusion_client/tasks.py is stale: run "
-        "`python -m onediffusion_client.codegen http://127.0.0.1:8000/openapi.json` in clients/python"
+        "clients/python/onediffusion_client/tasks.py is stale: run `make client-codegen`"
     )
 
 

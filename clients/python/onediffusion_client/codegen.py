@@ -1,6 +1,7 @@
 """Writes `tasks.py` (one typed method per task, sync and async) from the service's OpenAPI document.
 
     python -m onediffusion_client.codegen http://127.0.0.1:8000/openapi.json   # or a saved openapi.json
+    make client-codegen     # in the service's repository: from its app, no server needed (`--app`)
 
 The service's test suite renders this again from the running service and compares it with the
 committed file, so the client's methods cannot drift from the API."""
@@ -171,6 +172,11 @@ TASKS = {tuple(tasks)!r}
 
 
 def load(source: str) -> dict:
+    if source == "--app":  # the service's own app, imported from the current directory
+        from app.main import create_app
+        from app.settings import Settings
+
+        return create_app(Settings(auth_disabled=True)).openapi()
     if source.startswith(("http://", "https://")):
         import httpx
 
@@ -180,7 +186,7 @@ def load(source: str) -> dict:
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
-        raise SystemExit("usage: python -m onediffusion_client.codegen <openapi.json URL or file>")
+        raise SystemExit("usage: python -m onediffusion_client.codegen <openapi.json URL or file | --app>")
     TARGET.write_text(render(load(argv[0])))
     print(f"wrote {TARGET}")
 
