@@ -367,11 +367,13 @@ function classesEditor(name) {
 
 function camerasEditor(name) {
   const initial = DEFAULT_CAMERAS.map(([azimuth, elevation]) => ({ azimuth, elevation }));
-  return listEditor(name, "cameras", (v, remove) => el("div", {},
+  const editor = listEditor(name, "cameras", (v, remove) => el("div", {},
     el("input", { "data-k": "azimuth", type: "number", step: "any", min: -360, max: 360, value: v.azimuth ?? 0, title: "azimuth (degrees)", placeholder: "azimuth °" }),
     el("input", { "data-k": "elevation", type: "number", step: "any", min: -90, max: 90, value: v.elevation ?? 0, title: "elevation (degrees)", placeholder: "elevation °" }),
     el("input", { "data-k": "distance", type: "number", step: "any", min: 0.1, max: 100, value: v.distance ?? 1.7, title: "distance", placeholder: "distance" }),
-    removeButton(remove)), initial, "camera (azimuth°, elevation°, distance)");
+    removeButton(remove)), initial, "camera");
+  editor.prepend(el("div", { class: "columns" }, el("span", { text: "azimuth (°)" }), el("span", { text: "elevation (°)" }), el("span", { text: "distance" })));
+  return editor;
 }
 
 function framesEditor(name) {

@@ -87,6 +87,13 @@ def prefer_wait(timeout: Optional[float]) -> int:
     return int(max(1, min(MAX_PREFER_WAIT, timeout if timeout is not None else MAX_PREFER_WAIT)))
 
 
+def cap_wait(seconds: int, timeout: httpx.Timeout) -> int:
+    """A `Prefer: wait` the HTTP read timeout leaves room for (the answer comes after up to that long)."""
+    if timeout.read is not None:
+        seconds = min(seconds, int(timeout.read) - 5)
+    return max(1, seconds)
+
+
 class SSEParser:
     """Server-sent events from lines: `event:` and `data:` lines, an empty line ends an event."""
 

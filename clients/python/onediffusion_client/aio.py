@@ -66,7 +66,7 @@ class AsyncClient(AsyncTaskMethods):
         body = await aencode_images(c.task_fields(fields))
         headers = {"Idempotency-Key": idempotency_key or c.new_idempotency_key()}
         if prefer_wait:
-            headers["Prefer"] = f"wait={prefer_wait}"
+            headers["Prefer"] = f"wait={c.cap_wait(prefer_wait, self._http.timeout)}"
         response = await self._request("POST", f"/v1/{task}", idempotent=True, json=body, headers=headers)
         return AsyncJob(self, response.json())
 

@@ -76,7 +76,7 @@ class Client(TaskMethods):
         body = encode_images(c.task_fields(fields))
         headers = {"Idempotency-Key": idempotency_key or c.new_idempotency_key()}
         if prefer_wait:
-            headers["Prefer"] = f"wait={prefer_wait}"
+            headers["Prefer"] = f"wait={c.cap_wait(prefer_wait, self._http.timeout)}"
         response = self._request("POST", f"/v1/{task}", idempotent=True, json=body, headers=headers)
         return Job(self, response.json())
 
