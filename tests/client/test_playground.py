@@ -6,8 +6,11 @@ UPDATE_DOCS_SCREENSHOT=1 the depth one is also written to docs/playground.png fo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,6 +116,20 @@ def test_depth_estimation_from_an_uploaded_file(page, shots, tmp_path):
     page.screenshot(path=str(shots / "depth-estimation.png"), full_page=False)
     if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
         page.screenshot(path=str(ROOT / "docs" / "playground.png"), full_page=False)
+    # "copy as curl" and "copy as Python" are commands that work, from the folder holding the upload
+    curl = page.evaluate("asCurl()")
+    assert "-F image=@'photo.png'" in curl
+    if shutil.which("curl"):
+        answer = subprocess.run(["bash", "-c", curl], cwd=tmp_path, capture_output=True, text=True, timeout=90)
+        job = json.loads(answer.stdout)
+        assert job["status"] == "succeeded" and job["task"] == "depth-estimation", answer.stdout + answer.stderr
+        assert {o["name"]: (o["width"], o["height"]) for o in job["outputs"]}["depth.png"] == (96, 64)
+    python = page.evaluate("asPython()")
+    assert 'client.depth_estimation("photo.png", width=96, height=64, num_inference_steps=3)' in python
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "clients" / "python")}
+    run = subprocess.run([sys.executable, "-c", python], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.startswith("succeeded"), run.stdout + run.stderr
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["depth.png", "depth_preview.png"]
 
 
 def test_api_errors_are_shown_as_the_api_says(page, shots):
