@@ -139,6 +139,10 @@ def test_run_waits_with_progress_and_downloads(client, tmp_path):
 
 def test_submit_events_and_cancel(client):
     job = client.text_to_image("long", width=256, height=256, num_inference_steps=200, wait=False)
+    started = time.monotonic()
+    with pytest.raises(od.WaitTimeout):
+        job.wait(timeout=1)
+    assert time.monotonic() - started < 5
     kinds = []
     for event in job.events(timeout=120):
         kinds.append(event.type)

@@ -132,23 +132,33 @@ class AsyncJob(c.JobFields):
     async def events(self, timeout: Optional[float] = None) -> AsyncIterator[Event]:
         deadline = None if timeout is None else time.monotonic() + timeout
         parser = c.SSEParser()
-        read_timeout = httpx.Timeout(10.0, read=20.0)
-        async with self.client._http.stream("GET", f"/v1/jobs/{self.id}/events", timeout=read_timeout) as response:
-            if response.is_error:
-                await response.aread()
-                raise error_from_response(response)
-            async for line in response.aiter_lines():
-                event = parser.feed(line)
-                if event is not None:
-                    if event.type == "progress":
-                        self.progress = Progress.from_json(event.data)
-                    if event.type == "finished":
-                        self._update(event.data)
+        read = 20.0 if timeout is None else max(0.1, min(20.0, timeout))
+        try:
+            async with self.client._http.stream("GET", f"/v1/jobs/{self.id}/events", timeout=httpx.Timeout(10.0, read=read)) as response:
+                if response.is_error:
+                    await response.aread()
+                    raise error_from_response(response)
+                async for event in self._read_events(response.aiter_lines(), parser, deadline, timeout):
                     yield event
-                    if event.type == "finished":
-                        return
-                if deadline is not None and time.monotonic() > deadline:
-                    raise WaitTimeout(f"job {self.id} still {self.status} after {timeout} s")
+        except httpx.ReadTimeout:
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(f"job {self.id} still {self.status} after {timeout} s") from None
+            raise
+
+    async def _read_events(self, lines, parser, deadline, timeout) -> AsyncIterator[Event]:
+        """Events out of the stream's lines; the handle follows progress and the final job."""
+        async for line in lines:
+            event = parser.feed(line)
+            if event is not None:
+                if event.type == "progress":
+                    self.progress = Progress.from_json(event.data)
+                if event.type == "finished":
+                    self._update(event.data)
+                yield event
+                if event.type == "finished":
+                    return
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(f"job {self.id} still {self.status} after {timeout} s")
 
     async def wait(self, timeout: Optional[float] = None, on_progress: Optional[Callable[[Progress], Any]] = None,
                    raise_on_failure: bool = True) -> "AsyncJob":

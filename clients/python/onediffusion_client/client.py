@@ -153,23 +153,33 @@ class Job(c.JobFields):
         handle is updated from the `finished` event."""
         deadline = None if timeout is None else time.monotonic() + timeout
         parser = c.SSEParser()
-        read_timeout = httpx.Timeout(10.0, read=20.0)  # the server sends a keep-alive every 15 s
-        with self.client._http.stream("GET", f"/v1/jobs/{self.id}/events", timeout=read_timeout) as response:
-            if response.is_error:
-                response.read()
-                raise error_from_response(response)
-            for line in response.iter_lines():
-                event = parser.feed(line)
-                if event is not None:
-                    if event.type == "progress":
-                        self.progress = Progress.from_json(event.data)
-                    if event.type == "finished":
-                        self._update(event.data)
-                    yield event
-                    if event.type == "finished":
-                        return
-                if deadline is not None and time.monotonic() > deadline:
-                    raise WaitTimeout(f"job {self.id} still {self.status} after {timeout} s")
+        # the server sends a keep-alive every 15 s; a shorter read timeout when the caller's time is shorter
+        read = 20.0 if timeout is None else max(0.1, min(20.0, timeout))
+        try:
+            with self.client._http.stream("GET", f"/v1/jobs/{self.id}/events", timeout=httpx.Timeout(10.0, read=read)) as response:
+                if response.is_error:
+                    response.read()
+                    raise error_from_response(response)
+                yield from self._read_events(response.iter_lines(), parser, deadline, timeout)
+        except httpx.ReadTimeout:
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(f"job {self.id} still {self.status} after {timeout} s") from None
+            raise
+
+    def _read_events(self, lines, parser, deadline, timeout) -> Iterator[Event]:
+        """Events out of the stream's lines; the handle follows progress and the final job."""
+        for line in lines:
+            event = parser.feed(line)
+            if event is not None:
+                if event.type == "progress":
+                    self.progress = Progress.from_json(event.data)
+                if event.type == "finished":
+                    self._update(event.data)
+                yield event
+                if event.type == "finished":
+                    return
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(f"job {self.id} still {self.status} after {timeout} s")
 
     def wait(self, timeout: Optional[float] = None, on_progress: Optional[Callable[[Progress], Any]] = None,
              raise_on_failure: bool = True) -> "Job":
