@@ -113,6 +113,7 @@ def test_depth_estimation_from_an_uploaded_file(page, shots, tmp_path):
     assert page.locator("#result img[alt='input']").count() == 1  # shown beside the input
     assert page.get_attribute("#result a[download='depth.png']", "href").startswith(page.evaluate("location.origin"))
     assert page.inner_text("#job-status") == "Succeeded"
+    page.wait_for_timeout(400)  # the progress bar's transition
     page.screenshot(path=str(shots / "depth-estimation.png"), full_page=False)
     if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
         page.screenshot(path=str(ROOT / "docs" / "playground.png"), full_page=False)
