@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from typing import Optional
 
+from pathlib import Path
+
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from . import errors
 from .body import BodyLimit
@@ -25,7 +29,10 @@ estimation (depth, edges, pose, segmentation, detection), restoration, editing, 
 subject-driven generation, multiview generation and camera pose estimation.
 
 Submit a task (`POST /v1/<task>`), get `202` with the job; poll `GET /v1/jobs/{id}`, stream
-`GET /v1/jobs/{id}/events`, or pass a webhook. Outputs are served under `/v1/files/`."""
+`GET /v1/jobs/{id}/events`, or pass a webhook. Outputs are served under `/v1/files/`.
+A web playground for every task is at `/playground/`."""
+
+PLAYGROUND_DIR = Path(__file__).parent / "static" / "playground"
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
@@ -41,6 +48,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     for module in (tasks, jobs, batches, files, health):
         app.include_router(module.router)
+    mount_playground(app)
 
     def openapi():
         if app.openapi_schema:
@@ -56,3 +64,12 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     app.openapi = openapi
     return app
+
+
+def mount_playground(app: FastAPI) -> None:
+    """The web playground (plain HTML/JS/CSS from app/static/playground) at /playground/, linked from /."""
+    app.mount("/playground", StaticFiles(directory=PLAYGROUND_DIR, html=True), name="playground")
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/playground/")
