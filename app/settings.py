@@ -29,7 +29,14 @@ class Settings(BaseModel):
     max_batch: int = Field(4, ge=1, le=64, description="Most jobs of one shape run as one sampler batch")
     batch_window_ms: int = Field(50, ge=0, le=10_000, description="How long a worker waits for companions of a job")
     device: Optional[str] = Field(None, description="Torch device of the worker; default cuda when present, else cpu")
-    compile: bool = Field(True, description="torch.compile the denoiser on CUDA")
+    compile: bool = Field(True, description="torch.compile the denoiser on CUDA (checked against eager at start; see fast path)")
+    compile_on_cpu: bool = Field(False, description="Also compile on the CPU (slow to start; for proofs of the GPU path)")
+    onediffusion_attention: Literal["auto", "math", "triton", "triton-fast", "flex"] = Field(
+        "auto", description="Attention backend; auto = the fastest that passes the start-up check (math on the CPU)"
+    )
+    fast_path_tolerance: float = Field(
+        3e-2, gt=0, le=1, description="Largest relative error of the compiled/fused model against eager math at start"
+    )
     precision: Literal["bf16", "fp8"] = Field(
         "bf16",
         description="Denoiser linear layers: bf16 or fp8 (torchao, the 'fp8' extra; compute capability >= 8.9, else the worker stays bf16 and says why)",
