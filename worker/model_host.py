@@ -58,7 +58,7 @@ def load_model(settings: Settings) -> OneDiffusion:
     return model
 
 
-def worker_info(model: OneDiffusion) -> dict[str, str]:
+def worker_info(model: "OneDiffusion | None") -> dict[str, str]:
     """String fields of the worker's readiness entry (shown by /readyz, counted in /metrics)."""
     precision = getattr(model, "precision", None)
     return precision.as_info() if precision is not None else {}
