@@ -131,7 +131,7 @@ class BatchWorker(SimpleWorker):
             log_job_description=True,
         )
         self.executor = executor
-        self.info = worker_info(executor.model)  # precision (and the like) for /readyz and /metrics
+        self.info = worker_info(getattr(executor, "model", None))  # precision (and the like) for /readyz and /metrics
         self.keys = keys_for(settings.queue_prefix)
         self.service = JobService(connection, settings)
         self._claim = connection.register_script(_CLAIM)

@@ -67,7 +67,7 @@ def load_model(settings: Settings) -> OneDiffusion:
     return model
 
 
-def worker_info(model: OneDiffusion) -> dict[str, str]:
+def worker_info(model: "OneDiffusion | None") -> dict[str, str]:
     """String fields of the worker's readiness entry (shown by /readyz, counted in /metrics)."""
     info = {}
     for part in (getattr(model, "precision", None), getattr(model, "fast_path", None)):
