@@ -54,9 +54,18 @@ def metrics(request: Request) -> PlainTextResponse:
         ("workers_ready", "Workers with a loaded model and a recent heartbeat", {}, len(ready)),
         ("webhooks_pending", "Webhook deliveries waiting to be sent", {}, service.webhook_queue.count),
     ]
-    precisions = Counter(info.get("precision", "unknown") for info in service.worker_info(ready).values())
+    info = service.worker_info(ready)
+    precisions = Counter(fields.get("precision", "unknown") for fields in info.values())
     gauges += [
         ("workers_ready_by_precision", "Ready workers by the precision their denoiser runs in (PRECISION)", {"precision": p}, n)
         for p, n in sorted(precisions.items())
+    ]
+    fast_paths = Counter((fields.get("attention", "unknown"), fields.get("compile", "unknown"), fields.get("fast_path", "unknown"))
+                         for fields in info.values())
+    gauges += [
+        ("workers_ready_by_fast_path", "Ready workers by attention backend and compile mode chosen by the start-up check "
+         "(fast_path=degraded: not what ONEDIFFUSION_ATTENTION / COMPILE asked for)",
+         {"attention": a, "compile": c, "fast_path": f}, n)
+        for (a, c, f), n in sorted(fast_paths.items())
     ]
     return PlainTextResponse(service.metrics.render(gauges), media_type="text/plain; version=0.0.4")
