@@ -178,6 +178,8 @@ def main(argv=None) -> list[dict]:
     print(f"attention backend of the optimised path: {optimised_backend}; eager baseline: {eager_backend}")
     compiled = torch.compile(model, dynamic=False) if cuda and not args.no_compile else model
     rows = []
+    figures = {"device": card, "dtype": str(dtype), "matmul_peak_tflops": round(peak, 1), "tiny": args.tiny,
+               "optimised_attention": optimised_backend, "workloads": rows}
     for i, w in enumerate(workloads[: args.workloads]):
         x, t, y, mask = inputs(w, config, device, dtype)
         flops = forward_flops(model, w)
@@ -204,16 +206,15 @@ def main(argv=None) -> list[dict]:
                 row["rel_error_vs_fp32"] = float((out - expected).norm() / expected.norm())
                 del reference
         rows.append(row)
+        if args.json:  # after every workload, so a caller that stops this run at a time budget keeps the rows so far
+            with open(args.json, "w") as f:
+                json.dump(dict(figures, workloads=rows), f, indent=2)
         print(
             f"{w.name:38s} {row['optimised_ms']:9.2f} ms  {row['optimised_tflops']:7.2f} TFLOP/s  "
             f"MFU {row['optimised_mfu']:.2f}  peak {row['optimised_peak_mem_gib']:.1f} GiB  | eager {row['eager_ms']:9.2f} ms"
             + (f"  | rel. error vs fp32 {row['rel_error_vs_fp32']:.2e}" if "rel_error_vs_fp32" in row else ""),
             flush=True,
         )
-    figures = {"device": card, "dtype": str(dtype), "matmul_peak_tflops": round(peak, 1), "tiny": args.tiny, "workloads": rows}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
     return rows
 
 

@@ -43,9 +43,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 # seconds per part on the GPU (6 minutes in all); the tiny CPU run gets its own, smaller budgets
-BUDGETS = {"env": 25, "opcheck": 35, "compile": 70, "attention": 40, "denoiser": 70, "pipeline": 90, "fp8": 30}
-TINY_BUDGETS = {"env": 60, "opcheck": 90, "compile": 240, "attention": 60, "denoiser": 120, "pipeline": 120, "fp8": 60}
+BUDGETS = {"env": 20, "opcheck": 30, "compile": 70, "attention": 40, "denoiser": 70, "pipeline": 100, "fp8": 30}
+TINY_BUDGETS = {"env": 120, "opcheck": 180, "compile": 300, "attention": 180, "denoiser": 180, "pipeline": 180, "fp8": 120}
 NEEDS = {"pipeline": ["diffusers"], "fp8": ["torchao"]}
+
+
+def _save(args, figures: dict) -> dict:
+    """Write a part's figures so far: a part stopped at its budget still reports what it measured."""
+    Path(args.part_out).write_text(json.dumps(figures, default=float))
+    return figures
 
 
 def _device(args):
@@ -58,6 +64,14 @@ def _dtype(device):
     import torch
 
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _backends(device) -> list[str]:
+    """The attention backends worth measuring on `device`: on the CPU (Triton's interpreter) not the fast
+    tanh, which is a PTX instruction."""
+    from model.attention import candidates
+
+    return [name for name in candidates(device) if device.type == "cuda" or name != "triton-fast"]
 
 
 def _layouts(batch: int, length: int, heads: int, kv_heads: int, dim: int, device, dtype):
@@ -117,12 +131,13 @@ def part_compile(args) -> dict:
     import torch
 
     from benchmarks.denoiser import RELEASED, TINY, Workload, build, inputs
-    from model.attention import candidates, use_backend
+    from model.attention import use_backend
     from worker.fast_path import relative_error
 
     device = _device(args)
     dtype = _dtype(device)
-    config = dict(TINY if args.tiny else RELEASED, depth=2)
+    # tiny: one small block (inductor on 2 CPU cores is slow); else released width, two blocks
+    config = dict(TINY, depth=1, hidden_size=96, num_heads=2, num_kv_heads=1, caption_channels=32) if args.tiny else dict(RELEASED, depth=2)
     model = build(config, device, dtype)
     w = Workload("compile check", 2, 64 if args.tiny else 512, 1)
     x, t, y, mask = inputs(w, config, device, dtype)
@@ -130,7 +145,8 @@ def part_compile(args) -> dict:
     with torch.no_grad():
         use_backend("math")
         reference = model(x, t, y, mask)
-        for name in candidates(device):
+        # on the CPU only the Triton kernel (in the interpreter): compiled math is proven by the suite
+        for name in _backends(device) if device.type == "cuda" else ["triton"]:
             compiled = torch.compile(model, dynamic=False)
             use_backend(name)
             started = time.perf_counter()
@@ -142,6 +158,7 @@ def part_compile(args) -> dict:
             except Exception as exc:
                 rows[name] = {"passed": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             torch._dynamo.reset()
+            _save(args, {"backends": rows})
     use_backend(None)
     return {"backends": rows}
 
@@ -156,7 +173,7 @@ def part_attention(args) -> dict:
     import torch.nn.functional as F
 
     from benchmarks.denoiser import timed
-    from model.attention import attention_math, candidates, run_backend
+    from model.attention import attention_math, run_backend
 
     device = _device(args)
     dtype = _dtype(device)
@@ -168,7 +185,7 @@ def part_attention(args) -> dict:
         flops = attention_tflops(length, heads, dim)
         row = {}
         ref = attention_math(q.float(), k.float(), v.float())  # the float32 formula
-        for name in candidates(device):
+        for name in _backends(device):
             try:
                 out = run_backend(name, q, k, v)
                 error = float((out.float() - ref).norm() / ref.norm())
@@ -184,23 +201,22 @@ def part_attention(args) -> dict:
         except Exception as exc:
             row["sdpa-no-cap"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
         rows[str(length)] = row
+        _save(args, {"batch": 2, "heads": heads, "kv_heads": kv_heads, "head_dim": dim, "tokens": rows})
         del q, k, v, ref
     return {"batch": 2, "heads": heads, "kv_heads": kv_heads, "head_dim": dim, "tokens": rows}
 
 
 def part_denoiser(args) -> dict:
+    """`benchmarks.denoiser`, which writes its JSON after every workload: stopped at the budget, the part
+    keeps the workloads it finished."""
     from benchmarks import denoiser
 
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        argv = ["--device", args.device, "--json", out.name]
-        if args.tiny:
-            argv += ["--tiny", "--iters", "2", "--warmup", "1"]
-        else:
-            argv += ["--iters", "5", "--warmup", "2"]
-        if args.eager_attention:
-            argv += ["--eager-attention", args.eager_attention]
-        denoiser.main(argv)
-        return json.loads(Path(out.name).read_text())
+    argv = ["--device", args.device, "--json", args.part_out]
+    argv += ["--tiny", "--iters", "2", "--warmup", "1"] if args.tiny else ["--iters", "5", "--warmup", "2"]
+    if args.attention:  # the fastest backend measured by the attention part, for both sides
+        argv += ["--attention", args.attention, "--eager-attention", args.attention]
+    denoiser.main(argv)
+    return json.loads(Path(args.part_out).read_text())
 
 
 def released_model(device, dtype):
@@ -244,6 +260,7 @@ def released_model(device, dtype):
 def part_pipeline(args) -> dict:
     import torch
 
+    from model.attention import use_backend
     from model.tasks import TaskLimits, TextToImage
     from worker.fast_path import choose_fast_path
 
@@ -265,11 +282,19 @@ def part_pipeline(args) -> dict:
         return [TextToImage(**request).plan(TaskLimits(max_side=4096, max_output_pixels=2**24)) for _ in range(n)]
 
     started = time.perf_counter()
-    fast_path, model.sampler.transformer = choose_fast_path(
-        model.components.transformer, [(size, size, 1)], compile=device.type == "cuda" or args.tiny, timed_runs=1,
-    )
+    if args.attention:  # the fastest backend of the attention part: compile once, not every candidate
+        use_backend(args.attention)
+        fast_path = {"attention": args.attention, "compile": "inductor" if device.type == "cuda" else "off"}
+        if device.type == "cuda":
+            model.sampler.transformer = torch.compile(model.components.transformer, dynamic=False)
+    else:  # as a worker starts (the compile part covers the CPU)
+        chosen, model.sampler.transformer = choose_fast_path(
+            model.components.transformer, [(size, size, 1)], compile=device.type == "cuda", timed_runs=1,
+        )
+        fast_path = chosen.as_info()
     model.run(plans(1))  # what the first job after a restart pays: the check, compilation, a whole image
     first_job_s = time.perf_counter() - started
+    _save(args, {"size": size, "steps": steps, "fast_path": fast_path, "first_job_s": round(first_job_s, 2)})
 
     def seconds(n: int) -> float:
         if device.type == "cuda":
@@ -288,7 +313,7 @@ def part_pipeline(args) -> dict:
     from benchmarks.denoiser import peak_memory_gib
 
     return {
-        "size": size, "steps": steps, "fast_path": fast_path.as_info(), "first_job_s": round(first_job_s, 2),
+        "size": size, "steps": steps, "fast_path": fast_path, "first_job_s": round(first_job_s, 2),
         "s_per_image": round(one, 3), "s_per_image_batch_of_4": round(four / 4, 3), "peak_mem_gib": round(peak_memory_gib(device), 2),
     }
 
@@ -324,12 +349,13 @@ def run_part(name: str, args, budget: float) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [sys.executable, "-m", "benchmarks.gpu_check", "--part", name, "--part-out", out.name, "--device", args.device]
         command += ["--tiny"] if args.tiny else []
-        command += ["--eager-attention", args.eager_attention] if args.eager_attention else []
+        command += ["--attention", args.attention] if args.attention else []
         started = time.perf_counter()
         try:
             child = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=budget)
         except subprocess.TimeoutExpired:
-            return {"status": "timed out", "budget_s": budget}
+            partial = Path(out.name).read_text() if Path(out.name).stat().st_size else ""
+            return {"status": "timed out", "budget_s": budget, **(json.loads(partial) if partial else {})}
         elapsed = round(time.perf_counter() - started, 1)
         if child.returncode != 0:
             return {"status": "failed", "seconds": elapsed, "stderr": child.stderr[-3000:]}
@@ -346,11 +372,18 @@ def fastest_eager_backend(attention: dict) -> str | None:
     return min(timed, key=timed.get) if timed else None
 
 
+def _why(part: dict) -> str:
+    if part.get("status") == "timed out":
+        return f"stopped at its budget of {part['budget_s']} s"
+    lines = part.get("stderr", "").strip().splitlines()
+    return part.get("why") or (lines[-1] if lines else "no output")
+
+
 def table(results: dict) -> str:
     lines = [f"GPU check on {results['parts'].get('env', {}).get('card', '?')} ({results['when']})"]
     for name, part in results["parts"].items():
         lines.append(f"- {name}: {part.get('status')}" + (f" in {part['seconds']} s" if "seconds" in part else "")
-                     + (f" ({part.get('why') or part.get('stderr', '').strip().splitlines()[-1:]})" if part.get("status") != "ok" else ""))
+                     + (f" ({_why(part)})" if part.get("status") != "ok" else ""))
     env = results["parts"].get("env", {})
     if "matmul_peak_tflops" in env:
         lines.append(f"  matmul peak {env['matmul_peak_tflops']} TFLOP/s; torch {env.get('torch')}, triton {env.get('triton')}")
@@ -376,7 +409,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default=None, help="cuda (default when present) or cpu")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of: " + ", ".join(PARTS))
     parser.add_argument("--out", help="the JSON to write (default benchmarks/results/gpu_check-<card>.json)")
-    parser.add_argument("--eager-attention", help=argparse.SUPPRESS)
+    parser.add_argument("--attention", help=argparse.SUPPRESS)  # set from the attention part's figures
     parser.add_argument("--part", help=argparse.SUPPRESS)  # child process: run one part
     parser.add_argument("--part-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -395,8 +428,8 @@ def main(argv=None) -> dict:
     for name in [p.strip() for p in args.parts.split(",") if p.strip()]:
         if name not in PARTS:
             parser.error(f"unknown part {name!r}; choose from {', '.join(PARTS)}")
-        if name == "denoiser" and not args.eager_attention and args.device != "cpu":
-            args.eager_attention = fastest_eager_backend(results["parts"].get("attention", {}))
+        if name in ("denoiser", "pipeline") and not args.attention and args.device != "cpu":
+            args.attention = fastest_eager_backend(results["parts"].get("attention", {}))
         print(f"[gpu-check] {name} (budget {budgets[name]} s) ...", flush=True)
         results["parts"][name] = run_part(name, args, budgets[name])
         print(f"[gpu-check] {name}: {results['parts'][name]['status']}", flush=True)
