@@ -54,6 +54,11 @@ def _save(args, figures: dict) -> dict:
     return figures
 
 
+def _sig(value: float) -> float:
+    """Three significant figures (tiny CPU figures would round to 0 at fixed decimals)."""
+    return float(f"{value:.3g}")
+
+
 def _device(args):
     import torch
 
@@ -190,14 +195,14 @@ def part_attention(args) -> dict:
                 out = run_backend(name, q, k, v)
                 error = float((out.float() - ref).norm() / ref.norm())
                 ms = timed(lambda: run_backend(name, q, k, v), device, iters=5 if args.tiny else 20, warmup=2)
-                row[name] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 2), "rel_error_vs_fp32": error}
+                row[name] = {"ms": round(ms, 3), "tflops": _sig(flops / ms / 1e9), "rel_error_vs_fp32": error}
             except Exception as exc:
                 row[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
         try:  # the roofline: SDPA, no cap
             rep = heads // kv_heads
             kk, vv = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
             ms = timed(lambda: F.scaled_dot_product_attention(q, kk, vv), device, iters=5 if args.tiny else 20, warmup=2)
-            row["sdpa-no-cap"] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 2)}
+            row["sdpa-no-cap"] = {"ms": round(ms, 3), "tflops": _sig(flops / ms / 1e9)}
         except Exception as exc:
             row["sdpa-no-cap"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
         rows[str(length)] = row
@@ -354,12 +359,19 @@ def run_part(name: str, args, budget: float) -> dict:
         try:
             child = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=budget)
         except subprocess.TimeoutExpired:
-            partial = Path(out.name).read_text() if Path(out.name).stat().st_size else ""
-            return {"status": "timed out", "budget_s": budget, **(json.loads(partial) if partial else {})}
+            return {"status": "timed out", "budget_s": budget, **_partial(Path(out.name))}
         elapsed = round(time.perf_counter() - started, 1)
         if child.returncode != 0:
             return {"status": "failed", "seconds": elapsed, "stderr": child.stderr[-3000:]}
         return {"status": "ok", "seconds": elapsed, **json.loads(Path(out.name).read_text())}
+
+
+def _partial(path: Path) -> dict:
+    """What a part stopped at its budget had saved (`_save`), if anything readable."""
+    try:
+        return json.loads(path.read_text() or "{}")
+    except ValueError:  # stopped in the middle of a write
+        return {}
 
 
 def fastest_eager_backend(attention: dict) -> str | None:
