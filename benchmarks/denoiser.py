@@ -20,11 +20,14 @@ import os
 import resource
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from model.attention import select_backend
-from model.nextdit import NextDiT
+
+if TYPE_CHECKING:  # imported where used: the GPU check's env and attention parts run without diffusers
+    from model.nextdit import NextDiT
 
 RELEASED = dict(
     input_size=(1, 32, 32), patch_size=(1, 2, 2), in_channels=16, hidden_size=3840, depth=16, num_heads=32,
@@ -76,6 +79,8 @@ def forward_flops(model: NextDiT, workload: Workload) -> float:
 
 def build(config: dict, device: torch.device, dtype: torch.dtype, seed: int = 0) -> NextDiT:
     """Random weights, initialised on the device (a 2.8B model is slow to initialise on the CPU)."""
+    from model.nextdit import NextDiT
+
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = NextDiT(**config)

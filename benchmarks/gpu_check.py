@@ -19,14 +19,19 @@ long is stopped and reported as such while the others still run:
 - fp8:       `benchmarks.fp8` (PRECISION=fp8 against bf16), on cards that have FP8.
 
 It writes one JSON, `benchmarks/results/gpu_check-<card>.json`, and prints a table. Needs torch, triton and
-transformers (the GPU image has them) plus diffusers for the pipeline part and torchao for the fp8 part;
-a missing package is named in the part's result rather than failing the rest. Carry the wheels as the
-device tool's README says (`pip download --no-deps diffusers ...` here, `pip install --no-deps` there).
+transformers (the GPU image has them) plus diffusers (the model is a diffusers ModelMixin; with its
+importlib_metadata) for the compile, denoiser, pipeline and fp8 parts, pydantic for the pipeline part
+(task requests), and torchao for the fp8 part; a
+missing package is named (at the start and in the part's result) and only the parts that need it are
+skipped. Carry the wheels as the device tool's README says (`pip download --no-deps diffusers
+importlib_metadata pydantic pydantic_core annotated_types typing_inspection torchao ...` here, for Python 3.12
+x86_64, then `pip install --no-index --no-deps --target /tmp/site .whl/*.whl` and PYTHONPATH=/tmp/site there).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -45,7 +50,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 # seconds per part on the GPU (6 minutes in all); the tiny CPU run gets its own, smaller budgets
 BUDGETS = {"env": 20, "opcheck": 30, "compile": 70, "attention": 40, "denoiser": 70, "pipeline": 100, "fp8": 30}
 TINY_BUDGETS = {"env": 120, "opcheck": 180, "compile": 300, "attention": 180, "denoiser": 180, "pipeline": 180, "fp8": 120}
-NEEDS = {"pipeline": ["diffusers"], "fp8": ["torchao"]}
+# Not on the GPU image (carry the wheels): diffusers (the model is a diffusers ModelMixin; with importlib_metadata),
+# pydantic (the task requests of the pipeline part; with pydantic_core, annotated_types, typing_inspection), torchao.
+NEEDS = {"compile": ["diffusers"], "denoiser": ["diffusers"], "pipeline": ["diffusers", "pydantic"], "fp8": ["diffusers", "torchao"]}
 
 
 def _save(args, figures: dict) -> dict:
@@ -99,8 +106,10 @@ def part_env(args) -> dict:
     device = _device(args)
     figures = {"torch": torch.__version__, "python": sys.version.split()[0]}
     for name in ("triton", "transformers", "diffusers", "torchao"):
-        spec = importlib.util.find_spec(name)
-        figures[name] = __import__(name).__version__ if spec else None
+        try:
+            figures[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            figures[name] = None
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         figures.update(card=props.name, capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1))
@@ -436,6 +445,10 @@ def main(argv=None) -> dict:
         return figures
 
     budgets = TINY_BUDGETS if args.tiny else BUDGETS
+    missing = sorted({p for need in NEEDS.values() for p in need if importlib.util.find_spec(p) is None})
+    if missing:
+        print(f"[gpu-check] missing package(s): {', '.join(missing)}; the parts that need them are skipped "
+              "(carry the wheels: see the module doc)", flush=True)
     results = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "tiny": args.tiny, "device": args.device, "parts": {}}
     for name in [p.strip() for p in args.parts.split(",") if p.strip()]:
         if name not in PARTS:
