@@ -6,6 +6,11 @@ BIN := $(VENV)/bin
 # The CPU wheel lies on the CI machines' disk; on a GPU machine PyPI's default Linux wheel is the CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
+# The GPU check (benchmarks/gpu_check.py): one command on a lent GPU; ARGS='--tiny --device cpu' runs it here.
+.PHONY: gpu-check
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check $(ARGS)
+
 .PHONY: install run test test-model test-service fuzz bench client-codegen clean
 
 $(BIN)/.installed: pyproject.toml

@@ -54,9 +54,16 @@ def metrics(request: Request) -> PlainTextResponse:
         ("workers_ready", "Workers with a loaded model and a recent heartbeat", {}, len(ready)),
         ("webhooks_pending", "Webhook deliveries waiting to be sent", {}, service.webhook_queue.count),
     ]
-    precisions = Counter(info.get("precision", "unknown") for info in service.worker_info(ready).values())
+    info = service.worker_info(ready).values()
+    precisions = Counter(fields.get("precision", "unknown") for fields in info)
     gauges += [
         ("workers_ready_by_precision", "Ready workers by the precision their denoiser runs in (PRECISION)", {"precision": p}, n)
         for p, n in sorted(precisions.items())
+    ]
+    modes = Counter((f.get("attention", "unknown"), f.get("compile", "unknown"), f.get("fast_path", "unknown")) for f in info)
+    gauges += [
+        ("workers_ready_by_mode", "Ready workers by attention backend, compile mode and start-up check (degraded: "
+         "not what was asked for)", {"attention": a, "compile": c, "fast_path": fp}, n)
+        for (a, c, fp), n in sorted(modes.items())
     ]
     return PlainTextResponse(service.metrics.render(gauges), media_type="text/plain; version=0.0.4")
