@@ -6,7 +6,12 @@ BIN := $(VENV)/bin
 # The CPU wheel lies on the CI machines' disk; on a GPU machine PyPI's default Linux wheel is the CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test test-model test-service fuzz bench gpu-check client-codegen clean
+# The GPU check (benchmarks/gpu_check.py): one command on a lent GPU; ARGS='--tiny --device cpu' runs it here.
+.PHONY: gpu-check
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check $(ARGS)
+
+.PHONY: install run test test-model test-service fuzz bench client-codegen clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,12 +46,6 @@ client-codegen: install
 
 bench: install
 	$(BIN)/python -m benchmarks.denoiser
-
-# On a lent H100/H200 (torch, triton, transformers preinstalled; no install step): opcheck, compiled vs eager
-# per attention backend, attention TFLOP/s, the denoiser workloads, end to end at released size; <= 6 minutes.
-# Writes benchmarks/results/gpu_check-<card>.json. GPU_CHECK_ARGS="--tiny --device cpu" runs it here.
-gpu-check:
-	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

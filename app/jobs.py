@@ -416,6 +416,11 @@ class JobService:
         """Queue one signed delivery; the deliverer process sends it and retries with backoff."""
         delivery_id = new_id()
         intervals = [self.settings.webhook_backoff_s * 2**i for i in range(self.settings.webhook_retries)]
+        if owner == "batch" and str(body.get("event", "")).startswith("batch.item."):
+            with self.redis.pipeline() as pipe:  # batch.completed waits for these (deliveries run concurrently)
+                pipe.sadd(self.batch_webhooks_pending(owner_id), delivery_id)
+                pipe.expire(self.batch_webhooks_pending(owner_id), self.settings.results_ttl_s)
+                pipe.execute()
         self.webhook_queue.enqueue(
             "worker.webhooks.deliver",
             owner,
@@ -428,6 +433,10 @@ class JobService:
             failure_ttl=self.settings.results_ttl_s,
             description=f"webhook {body.get('event')} for {owner} {owner_id}",
         )
+
+    def batch_webhooks_pending(self, batch_id: str) -> str:
+        """Set of the batch's item deliveries not yet done (delivered, refused or out of retries)."""
+        return f"{self.keys.batch(batch_id)}:webhooks-pending"
 
     def webhook_of(self, owner: str, owner_id: str) -> Optional[dict]:
         if owner == "job":

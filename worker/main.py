@@ -7,7 +7,9 @@ batch in hand (a warm shutdown)."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
@@ -113,9 +115,24 @@ def _run_in_thread(make_worker, **work_kwargs) -> None:
         time.sleep(1)
 
 
+def _helper_workers(settings: Settings, build, count: int, level: str, parent: int) -> None:
+    """The deliverer's second process: `count` RQ workers in threads, until the first process ends.
+    (A separate process, because the first one forks RQ's scheduler, and forking a process that runs
+    threads can leave the child with locks no thread will release.)"""
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for index in range(1, count + 1):
+        make = numbered(settings, f"webhooks{index}", build)
+        threading.Thread(target=_run_in_thread, args=(make,), kwargs={"logging_level": level}, daemon=True,
+                         name=f"webhooks-{index}").start()
+    while os.getppid() == parent:  # the first process went away (even SIGKILL): so do we
+        time.sleep(1)
+    os._exit(0)
+
+
 def run_webhook_deliverer(settings: Settings | None = None) -> None:
-    """WEBHOOK_CONCURRENCY RQ workers in one process, so one slow receiver does not hold every delivery:
-    the main thread's worker (signals, scheduler for retries) and the others in threads."""
+    """WEBHOOK_CONCURRENCY RQ workers, so one slow receiver does not hold every delivery: this process's
+    worker (signals, the scheduler of retries) and the others in threads of a second process."""
     settings = settings or get_settings()
     setup_logging("webhooks")
     level = os.environ.get("RQ_LOG_LEVEL", "WARNING")
@@ -130,8 +147,16 @@ def run_webhook_deliverer(settings: Settings | None = None) -> None:
 
         return build
 
-    for index in range(1, settings.webhook_concurrency):
-        make = numbered(settings, f"webhooks{index}", builder(ThreadWorker))
-        threading.Thread(target=_run_in_thread, args=(make,), kwargs={"logging_level": level}, daemon=True,
-                         name=f"webhooks-{index}").start()
-    supervise(numbered(settings, "webhooks", builder(SimpleWorker)), with_scheduler=True, logging_level=level)
+    helpers = None
+    if settings.webhook_concurrency > 1:
+        helpers = multiprocessing.get_context("fork").Process(
+            target=_helper_workers, name="webhooks-helpers", daemon=True,
+            args=(settings, builder(ThreadWorker), settings.webhook_concurrency - 1, level, os.getpid()),
+        )
+        helpers.start()
+    try:
+        supervise(numbered(settings, "webhooks", builder(SimpleWorker)), with_scheduler=True, logging_level=level)
+    finally:
+        if helpers is not None and helpers.is_alive():
+            helpers.terminate()
+            helpers.join(10)

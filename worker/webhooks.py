@@ -60,7 +60,7 @@ HOST_SLOTS = HostSlots()
 POSTPONE_S = 1
 
 
-def _postpone(owner: str, owner_id: str, delivery_id: str, body: str) -> str:
+def _postpone(owner: str, owner_id: str, delivery_id: str, body: str, meta: dict | None = None) -> str:
     """Queue this delivery again in a second, keeping its retries (the host was busy, nothing failed)."""
     job = get_current_job()
     queue = Queue(job.origin, connection=job.connection)
@@ -68,15 +68,44 @@ def _postpone(owner: str, owner_id: str, delivery_id: str, body: str) -> str:
     again = queue.enqueue_in(
         timedelta(seconds=POSTPONE_S), "worker.webhooks.deliver", owner, owner_id, delivery_id, body,
         job_id=f"{job.id.split('-p')[0]}-p{time.time_ns()}", retry=retry, result_ttl=job.result_ttl,
-        failure_ttl=job.failure_ttl, description=job.description,
+        failure_ttl=job.failure_ttl, description=job.description, meta={**(job.meta or {}), **(meta or {})},
     )
     return again.id
 
 
+def _items_in_flight(service: JobService, batch_id: str, settings) -> bool:
+    """Whether batch.completed should wait: some item delivery of the batch is not done yet, and it has
+    not waited longer than those deliveries' whole retry schedule could take."""
+    if not service.redis.scard(service.batch_webhooks_pending(batch_id)):
+        return False
+    since = (get_current_job().meta or {}).get("waiting_since", time.time())
+    attempts = settings.webhook_retries + 1
+    window = sum(settings.webhook_backoff_s * 2**i for i in range(settings.webhook_retries)) + attempts * settings.webhook_timeout_s
+    return time.time() - since < window + 60
+
+
 def deliver(owner: str, owner_id: str, delivery_id: str, body: str) -> dict:
-    """POST `body` to the webhook of job or batch `owner_id`, signed with its secret."""
+    """POST `body` to the webhook of job or batch `owner_id`, signed with its secret. A batch's
+    `batch.completed` goes after its items' deliveries are done, although deliveries run concurrently."""
     settings = get_settings()
-    service = JobService(get_current_job().connection, settings)
+    job = get_current_job()
+    service = JobService(job.connection, settings)
+    event = json.loads(body).get("event", "")
+    if owner == "batch" and event == "batch.completed" and _items_in_flight(service, owner_id, settings):
+        return {"postponed": _postpone(owner, owner_id, delivery_id, body, {"waiting_since": job.meta.get("waiting_since", time.time())})}
+    item = owner == "batch" and event.startswith("batch.item.")
+    try:
+        result = _deliver(service, settings, owner, owner_id, delivery_id, body)
+    except DeliveryFailed:
+        if item and not job.retries_left:  # the last attempt
+            service.redis.srem(service.batch_webhooks_pending(owner_id), delivery_id)
+        raise
+    if item and "postponed" not in result:
+        service.redis.srem(service.batch_webhooks_pending(owner_id), delivery_id)
+    return result
+
+
+def _deliver(service: JobService, settings, owner: str, owner_id: str, delivery_id: str, body: str) -> dict:
     hook = service.webhook_of(owner, owner_id)
     if not hook:
         return {"skipped": "no webhook"}

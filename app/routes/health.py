@@ -54,18 +54,16 @@ def metrics(request: Request) -> PlainTextResponse:
         ("workers_ready", "Workers with a loaded model and a recent heartbeat", {}, len(ready)),
         ("webhooks_pending", "Webhook deliveries waiting to be sent", {}, service.webhook_queue.count),
     ]
-    info = service.worker_info(ready)
-    precisions = Counter(fields.get("precision", "unknown") for fields in info.values())
+    info = service.worker_info(ready).values()
+    precisions = Counter(fields.get("precision", "unknown") for fields in info)
     gauges += [
         ("workers_ready_by_precision", "Ready workers by the precision their denoiser runs in (PRECISION)", {"precision": p}, n)
         for p, n in sorted(precisions.items())
     ]
-    fast_paths = Counter((fields.get("attention", "unknown"), fields.get("compile", "unknown"), fields.get("fast_path", "unknown"))
-                         for fields in info.values())
+    modes = Counter((f.get("attention", "unknown"), f.get("compile", "unknown"), f.get("fast_path", "unknown")) for f in info)
     gauges += [
-        ("workers_ready_by_fast_path", "Ready workers by attention backend and compile mode chosen by the start-up check "
-         "(fast_path=degraded: not what ONEDIFFUSION_ATTENTION / COMPILE asked for)",
-         {"attention": a, "compile": c, "fast_path": f}, n)
-        for (a, c, f), n in sorted(fast_paths.items())
+        ("workers_ready_by_mode", "Ready workers by attention backend, compile mode and start-up check (degraded: "
+         "not what was asked for)", {"attention": a, "compile": c, "fast_path": fp}, n)
+        for (a, c, fp), n in sorted(modes.items())
     ]
     return PlainTextResponse(service.metrics.render(gauges), media_type="text/plain; version=0.0.4")
