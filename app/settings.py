@@ -10,7 +10,21 @@ import os
 from functools import lru_cache
 from typing import Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+
+class SettingsError(ValueError):
+    """A setting's environment variable holds a bad value; the message names the variable, e.g.
+    `PORT='abc': Input should be a valid integer, unable to parse string as an integer`."""
+
+    def __init__(self, error: ValidationError):
+        problems = []
+        for item in error.errors():
+            name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+            shown = item["loc"] and not isinstance(item["input"], dict) and "secret" not in name.lower()
+            given = f"={item['input']!r}" if shown else ""
+            problems.append(f"{name}{given}: {item['msg']}")
+        super().__init__("bad setting: " + "; ".join(problems))
 
 
 class Settings(BaseModel):
@@ -22,7 +36,9 @@ class Settings(BaseModel):
     demo_checkpoint_dir: str = Field("var/demo-checkpoint", description="Where the demo checkpoint is made when needed")
     results_dir: str = Field("var/results", description="Folder that stores job outputs")
     results_ttl_s: int = Field(7 * 24 * 3600, description="How long outputs and job records are kept")
-    public_url: str = Field("http://127.0.0.1:8000", description="Base URL that output URLs and webhooks point to")
+    public_url: Optional[str] = Field(
+        None, description="Base URL that output URLs and webhooks point to; unset = http://HOST:PORT (set it behind a proxy)"
+    )
     queue_prefix: str = Field("onediffusion", description="Prefix of the RQ queue names (inference and webhooks)")
 
     # ---- worker
@@ -75,7 +91,10 @@ class Settings(BaseModel):
     def from_env(cls, environ: Optional[dict] = None) -> "Settings":
         env = os.environ if environ is None else environ
         values = {name: env[name.upper()] for name in cls.model_fields if name.upper() in env and env[name.upper()] != ""}
-        return cls.model_validate(values)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(exc) from None
 
     def task_limits(self):
         from model.tasks import TaskLimits
@@ -96,6 +115,16 @@ class Settings(BaseModel):
             default = "" if info.default is None else f"`{info.default}`"
             rows.append(f"| `{name.upper()}` | {default} | {info.description} |")
         return "\n".join(rows)
+
+    @model_validator(mode="after")
+    def _derive_public_url(self) -> "Settings":
+        """Unset PUBLIC_URL follows HOST and PORT, so `PORT=8731` gives URLs on :8731 (a wildcard host is
+        reached as 127.0.0.1 from this machine)."""
+        if not self.public_url:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+            host = f"[{host}]" if ":" in host else host
+            self.public_url = f"http://{host}:{self.port}"
+        return self
 
 
 @lru_cache(maxsize=1)
