@@ -31,6 +31,7 @@ from .metrics import Metrics
 from .quotas import Quotas
 from .schemas import TERMINAL, BatchView, ErrorView, JobView, OutputView, Progress, WebhookSpec
 from .settings import Settings
+from .storage import FORMATS, converted_name
 from .webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
 
 log = logging.getLogger(__name__)
@@ -220,16 +221,15 @@ class JobService:
         if status == "succeeded":
             result = job.return_value() or {}
             fmt = meta.get("output_format", "png")
-            suffix = "" if fmt == "png" else f"?format={fmt}"
             view.outputs = []
             for f in result.get("outputs", []):
+                # Named and labelled by the format they are served in: `image.jpeg`, image/jpeg. 16-bit depth
+                # stays PNG (8-bit formats would change its values' meaning).
+                if fmt != "png" and f["kind"] != "depth16" and f["name"].endswith(".png"):
+                    f = {**f, "name": converted_name(f["name"], fmt), "media_type": FORMATS[fmt][1]}
                 path = f"/v1/files/{job.id}/{f['name']}"
-                fmt_query = suffix if f["kind"] != "depth16" else ""
                 signed = self.signer.query(job.id, f["name"], self.settings.signed_url_ttl_s)
-                joiner = "&" if fmt_query else "?"
-                view.outputs.append(
-                    OutputView(url=self.url(path) + fmt_query, signed_url=self.url(path) + fmt_query + joiner + signed, **f)
-                )
+                view.outputs.append(OutputView(url=self.url(path), signed_url=self.url(path) + "?" + signed, **f))
             view.data = result.get("data", {})
             view.warnings = result.get("warnings", view.warnings)
             view.timings = result.get("timings", {})

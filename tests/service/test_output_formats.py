@@ -1,0 +1,45 @@
+"""Outputs say what they are: named and labelled by the format they are served in; a conversion that would
+change the data's meaning (16-bit depth to an 8-bit format) is refused."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+from PIL import Image
+
+from tests.test_pipeline import CASES
+
+
+def test_jpeg_output_is_named_and_labelled_jpeg(shared_service):
+    payload = {**CASES["text-to-image"][0], "output_format": "jpeg"}
+    job = shared_service.submit("text-to-image", payload, headers={"Prefer": "wait=60"}).json()
+    assert job["status"] == "succeeded", job
+    (output,) = job["outputs"]
+    assert output["name"] == "image.jpeg" and output["media_type"] == "image/jpeg"
+    for url in (output["url"], output["signed_url"]):
+        assert url.split("?")[0].endswith("/image.jpeg")
+        response = httpx.get(url)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(response.content)).format == "JPEG"
+    # the stored PNG is still there under its own name
+    png = httpx.get(output["url"].replace("image.jpeg", "image.png"))
+    assert Image.open(io.BytesIO(png.content)).format == "PNG"
+
+
+def test_depth_stays_16_bit_png_and_8_bit_conversions_are_refused(shared_service):
+    payload = {**CASES["depth-estimation"][0], "output_format": "webp"}
+    job = shared_service.submit("depth-estimation", payload, headers={"Prefer": "wait=60"}).json()
+    assert job["status"] == "succeeded", job
+    outputs = {o["kind"]: o for o in job["outputs"]}
+    depth, preview = outputs["depth16"], outputs["preview"]
+    assert depth["name"] == "depth.png" and depth["media_type"] == "image/png"
+    assert preview["name"] == "depth_preview.webp" and preview["media_type"] == "image/webp"
+    assert Image.open(io.BytesIO(httpx.get(depth["url"]).content)).mode == "I;16"
+    for fmt in ("webp", "jpeg"):
+        refused = httpx.get(depth["url"], params={"format": fmt})
+        assert refused.status_code == 422, refused.text
+        assert "16-bit" in refused.json()["error"]["message"]
+    assert httpx.get(depth["url"].replace("depth.png", "depth.webp")).status_code == 422
+    assert httpx.get(preview["url"]).headers["content-type"] == "image/webp"
