@@ -30,6 +30,7 @@ from .exceptions import CannotCancel, JobNotFound
 from .metrics import Metrics
 from .quotas import Quotas
 from .schemas import TERMINAL, BatchView, ErrorView, JobView, OutputView, Progress, WebhookSpec
+from .provenance import input_echo
 from .settings import Settings
 from .storage import FORMATS, converted_name
 from .webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
@@ -85,7 +86,7 @@ class JobService:
 
     def _job_data(self, task: str, request: TaskRequest, plan: FramePlan, meta: dict, job_id: str):
         payload = request.model_dump(mode="json", exclude={"webhook", "output_format", "task"})
-        meta = {"task": task, "bucket": plan.bucket, "created_at": _now_iso(), **meta}
+        meta = {"task": task, "bucket": plan.bucket, "created_at": _now_iso(), "input": input_echo(request), **meta}
         return Queue.prepare_data(
             JOB_FUNC,
             args=(task, payload),
@@ -211,6 +212,7 @@ class JobService:
                 "events": self.url(f"/v1/jobs/{job.id}/events"),
             },
         )
+        view.input = meta.get("input") or {}
         progress = self.redis.hgetall(self.keys.progress(job.id))
         if progress:
             step, total = int(progress[b"step"]), int(progress[b"total"])

@@ -109,6 +109,11 @@ class JobView(BaseModel):
     attempts: int = 0
     batch_id: Optional[str] = None
     urls: dict[str, str] = Field(default_factory=dict)
+    input: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The input as validated, with the seed it ran with; images as size and SHA-256, not bytes "
+        "(send these fields again with the same images to get the same outputs)",
+    )
 
 
 class BatchView(BaseModel):

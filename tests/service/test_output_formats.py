@@ -3,7 +3,10 @@ change the data's meaning (16-bit depth to an 8-bit format) is refused."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
+import json
 
 import httpx
 from PIL import Image
@@ -43,3 +46,24 @@ def test_depth_stays_16_bit_png_and_8_bit_conversions_are_refused(shared_service
         assert "16-bit" in refused.json()["error"]["message"]
     assert httpx.get(depth["url"].replace("depth.png", "depth.webp")).status_code == 422
     assert httpx.get(preview["url"]).headers["content-type"] == "image/webp"
+
+
+def test_job_echoes_its_input_and_outputs_carry_their_parameters(shared_service):
+    payload = dict(CASES["depth-estimation"][0])
+    payload.pop("seed", None)  # the service picks one; the view must say which
+    job = shared_service.submit("depth-estimation", payload, headers={"Prefer": "wait=60"}).json()
+    assert job["status"] == "succeeded", job
+    echo = job["input"]
+    assert isinstance(echo["seed"], int)
+    raw = base64.b64decode(payload["image"].split(",")[-1])
+    assert echo["image"]["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert "base64" not in json.dumps(echo) and payload["image"][-40:] not in json.dumps(echo)
+    for output in job["outputs"]:
+        image = Image.open(io.BytesIO(httpx.get(output["url"]).content))
+        assert json.loads(image.text["parameters"]) == {"task": "depth-estimation", "input": echo}
+    # the echo, with the image sent again, reproduces the job
+    again = {**echo, "image": payload["image"]}
+    second = shared_service.submit("depth-estimation", again, headers={"Prefer": "wait=60"}).json()
+    assert second["input"] == echo
+    first_depth = httpx.get(job["outputs"][0]["url"]).content
+    assert httpx.get(second["outputs"][0]["url"]).content == first_depth
