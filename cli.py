@@ -50,9 +50,12 @@ def cmd_serve(args) -> None:
         os.environ["HOST"] = args.host
     if args.port:
         os.environ["PORT"] = str(args.port)
+    from app.logs import setup_logging
+
+    setup_logging("api")  # uvicorn's own lines go through it too (log_config=None: no handlers of its own)
     uvicorn.run(
         "app.main:create_app", factory=True, host=args.host or settings.host, port=args.port or settings.port,
-        log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False,
+        log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False, log_config=None,
     )
 
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from . import errors
+from .access_log import AccessLog
 from .body import BodyLimit
 from .connection import connect
 from .auth import KeyStore
@@ -39,6 +40,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.keystore = KeyStore(app.state.redis, app.state.jobs.keys)
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(AccessLog)  # outermost: every request gets its line and id, refused ones too
     for module in (tasks, jobs, batches, files, health):
         app.include_router(module.router)
 
