@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from . import errors
 from .access_log import AccessLog
 from .body import BodyLimit
+from .docs import mount_docs
 from .connection import connect
 from .auth import KeyStore
 from .jobs import JobService
@@ -32,7 +33,7 @@ Submit a task (`POST /v1/<task>`), get `202` with the job; poll `GET /v1/jobs/{i
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or get_settings()
     setup_logging("api")
-    app = FastAPI(title="OneDiffusion service", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(title="OneDiffusion service", version="0.1.0", description=DESCRIPTION, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.redis = connect(settings)
     app.state.jobs = JobService(app.state.redis, settings)
@@ -41,6 +42,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(AccessLog)  # outermost: every request gets its line and id, refused ones too
+    mount_docs(app)  # /docs and /redoc with their assets served here, not from a CDN
     for module in (tasks, jobs, batches, files, health):
         app.include_router(module.router)
 
