@@ -27,7 +27,10 @@ NOT_FOUND = "no such file (outputs expire with their job)"
     responses={
         200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
                           "image/webp": {"schema": {"type": "string", "format": "binary"}},
-                          "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                          "image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+              "headers": {"ETag": {"schema": {"type": "string"}, "description": "Send as If-None-Match to get 304"},
+                          "Cache-Control": {"schema": {"type": "string"}}}},
+        304: {"description": "Not modified (If-None-Match matched the ETag)"},
         401: {"model": ErrorBody, "description": "No key and no valid signature"},
         404: {"model": ErrorBody, "description": "No such file (or not yours)"},
         422: {"model": ErrorBody, "description": "A format this output cannot take without losing its meaning"},
@@ -61,7 +64,13 @@ def get_file(
         fmt = format or by_suffix
     if path is None:
         raise ApiError(404, "not_found", NOT_FOUND)
-    headers = {"Cache-Control": "private, max-age=3600"}
+    # Outputs never change once stored: an ETag of the file's identity and the format serves conditional GETs.
+    stat = path.stat()
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}-{fmt}"'
+    headers = {"Cache-Control": "private, max-age=3600", "ETag": etag}
+    if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")] or \
+            request.headers.get("if-none-match", "").strip() == "*":
+        return Response(status_code=304, headers=headers)
     if fmt == "png":
         return FileResponse(path, media_type="image/png", headers=headers)
     try:
@@ -69,3 +78,9 @@ def get_file(
     except LossyConversion as exc:
         raise ApiError(422, "invalid_request", f"format: {exc}") from None
     return Response(data, media_type=media_type, headers=headers)
+
+
+router.add_api_route(
+    "/{job_id}/{name}", get_file, methods=["HEAD"], response_class=Response, summary="An output's headers",
+    description="As GET without the body: size, type, ETag.", operation_id="head_file",
+)

@@ -67,3 +67,18 @@ def test_job_echoes_its_input_and_outputs_carry_their_parameters(shared_service)
     assert second["input"] == echo
     first_depth = httpx.get(job["outputs"][0]["url"]).content
     assert httpx.get(second["outputs"][0]["url"]).content == first_depth
+
+
+def test_head_and_conditional_get_on_files(shared_service):
+    job = shared_service.submit("text-to-image", CASES["text-to-image"][0], headers={"Prefer": "wait=60"}).json()
+    url = job["outputs"][0]["url"]
+    for variant in (url, url.replace("image.png", "image.webp")):
+        full = httpx.get(variant)
+        assert full.status_code == 200 and full.headers["etag"] and "max-age" in full.headers["cache-control"]
+        head = httpx.head(variant)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["etag"] == full.headers["etag"] and head.headers["content-type"] == full.headers["content-type"]
+        again = httpx.get(variant, headers={"If-None-Match": full.headers["etag"]})
+        assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == full.headers["etag"]
+        assert httpx.get(variant, headers={"If-None-Match": '"other"'}).status_code == 200
+    assert httpx.head(url.replace("image.png", "nope.png")).status_code == 404
