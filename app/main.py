@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from . import errors
@@ -43,6 +44,13 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(AccessLog)  # outermost: every request gets its line and id, refused ones too
     mount_docs(app)  # /docs and /redoc with their assets served here, not from a CDN
+    origins = [o.strip().rstrip("/") for o in settings.cors_allow_origins.split(",") if o.strip()]
+    if origins:  # opt-in: only the listed origins; API keys travel in Authorization, so no cookies
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=["GET", "HEAD", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "X-Request-ID", "If-None-Match"],
+            expose_headers=["Location", "Retry-After", "ETag", "X-Request-ID", "Preference-Applied"], max_age=600,
+        )
     for module in (tasks, jobs, batches, files, health):
         app.include_router(module.router)
 

@@ -82,6 +82,9 @@ class Settings(BaseModel):
         "", description="Hosts, IPs or CIDRs webhooks may call although private (e.g. '10.0.0.0/8,hooks.internal')"
     )
     webhook_max_response_bytes: int = Field(65536, description="Most bytes read from a webhook receiver's answer")
+    cors_allow_origins: str = Field(
+        "", description="Browser origins allowed to call the API (CORS), e.g. 'https://app.example.com,http://localhost:3000'; empty = none"
+    )
 
     # ---- API server
     host: str = Field("127.0.0.1", description="Address the API listens on")

@@ -30,3 +30,18 @@ def test_up_exits_non_zero_when_the_port_is_taken(tmp_path, redis_url, demo_chec
     assert result.returncode != 0, result.stdout + result.stderr
     assert f"http://127.0.0.1:{port}" in result.stdout  # the banner names the port it tried, not :8000
     assert "onediffusion serve` exited" in result.stderr
+
+
+def test_cors_is_opt_in_and_limited_to_the_allowlist(make_service):
+    closed = make_service(workers=0, deliverer=False)
+    preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type,idempotency-key"}
+    assert "access-control-allow-origin" not in closed.client.options("/v1/text-to-image", headers=preflight).headers
+    open_ = make_service(workers=0, deliverer=False, cors_allow_origins="https://app.example.com, http://localhost:3000")
+    answer = open_.client.options("/v1/text-to-image", headers=preflight)
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example.com"
+    got = open_.client.get("/healthz", headers={"Origin": "https://app.example.com"})
+    assert got.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "x-request-id" in got.headers["access-control-expose-headers"].lower()
+    other = open_.client.get("/healthz", headers={"Origin": "https://evil.example.net"})
+    assert "access-control-allow-origin" not in other.headers
