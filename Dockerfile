@@ -36,14 +36,14 @@ RUN apt-get update \
 # torch first, in its own layer: it is the largest download and changes least often.
 RUN pip install "${TORCH_SPEC}"
 
-# Then the project (only what the package needs; see .dockerignore).
+# Then the project (only what the package needs; see .dockerignore), with torchao for PRECISION=fp8.
 WORKDIR /tmp/src
 COPY pyproject.toml README.md cli.py ./
 COPY app/ app/
 COPY worker/ worker/
 COPY model/ model/
 COPY benchmarks/ benchmarks/
-RUN pip install . \
+RUN pip install .[fp8] \
     && cd / && rm -rf /tmp/src
 
 # A non-root user; /srv/var holds the results and the demo checkpoint. The results folder exists in the

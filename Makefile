@@ -6,13 +6,13 @@ BIN := $(VENV)/bin
 # The CPU wheel lies on the CI machines' disk; on a GPU machine PyPI's default Linux wheel is the CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test test-model test-service fuzz bench clean
+.PHONY: install run test test-model test-service fuzz bench client-codegen clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,fp8]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -33,6 +33,11 @@ test-service: install
 # A longer property-based run against the OpenAPI document.
 fuzz: install
 	FUZZ_EXAMPLES=200 FUZZ_PHASES=examples,coverage,fuzzing $(BIN)/python -m pytest -q tests/service/test_openapi.py
+
+# The Python client's task methods (clients/python/onediffusion_client/tasks.py) from the app's OpenAPI document;
+# tests/client fails until this is run after a change to a task's fields.
+client-codegen: install
+	PYTHONPATH=clients/python:. $(BIN)/python -m onediffusion_client.codegen --app
 
 bench: install
 	$(BIN)/python -m benchmarks.denoiser

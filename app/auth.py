@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .connection import Keys
 
 PUBLIC_TENANT = "public"
 KEY_PREFIX = "od_"
+TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass
@@ -44,8 +46,10 @@ class KeyStore:
 
     def create(self, tenant: str, name: str = "") -> tuple[str, ApiKey]:
         """A new key for `tenant`: returns (the full key, shown only now; its record)."""
-        if not tenant or any(c in tenant for c in " /:\n"):
-            raise ValueError("a tenant is a non-empty name without spaces, ':' or '/'")
+        if not TENANT_NAME.match(tenant or ""):
+            raise ValueError("a tenant name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        if tenant.lower() == PUBLIC_TENANT:
+            raise ValueError(f"{PUBLIC_TENANT!r} is reserved (every caller is that tenant when AUTH_DISABLED is set)")
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         record = {"tenant": tenant, "name": name, "created_at": time.time(), "revoked_at": None, "sha256": _digest(secret)}

@@ -8,6 +8,7 @@ queue webhook deliveries and count metrics. The gateway and the workers share it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -26,7 +27,7 @@ from model.tasks import FramePlan, TaskInputError, TaskRequest
 
 from .auth import UrlSigner
 from .connection import Keys, keys_for, queues
-from .exceptions import CannotCancel, JobNotFound
+from .exceptions import ApiError, CannotCancel, JobNotFound
 from .metrics import Metrics
 from .quotas import Quotas
 from .schemas import TERMINAL, BatchView, ErrorView, JobView, OutputView, Progress, WebhookSpec
@@ -48,6 +49,15 @@ _STATUS = {
     RQStatus.STOPPED: "failed",
     RQStatus.CANCELED: "canceled",
 }
+
+
+def fingerprint(*parts) -> str:
+    """What makes two submissions the same request (for Idempotency-Key): a hash of their JSON."""
+    def plain(value):
+        return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+    text = json.dumps([plain(p) for p in parts], sort_keys=True, separators=(",", ":"), default=plain)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def new_id() -> str:
@@ -115,6 +125,32 @@ class JobService:
         self.quotas.check_queue(self.queue.count, new_jobs)
         self.quotas.check_active(tenant, new_jobs)
 
+    def admission(self):
+        """The section where a submission checks the queue bound and tenant quota and enqueues: one at a
+        time across every API process (a Redis lock), so the bounds hold exactly under concurrent load."""
+        return self.redis.lock(f"{self.keys.prefix}:admission", timeout=10, sleep=0.002, blocking_timeout=10)
+
+    def _admit_locked(self, tenant: str, new_jobs: int) -> None:
+        self.quotas.check_queue(self.queue.count, new_jobs)
+        self.quotas.check_active(tenant, new_jobs)
+
+    def _idempotent(self, kind: str, tenant: str, key: Optional[str]) -> Optional[str]:
+        return self.keys.idempotency(f"{tenant}:{kind}:{key}") if key else None
+
+    def _replayed_id(self, idem: Optional[str], fp: str, kind: str) -> Optional[str]:
+        """The id stored under an Idempotency-Key, if any; 409 when it was used for another request."""
+        if not idem:
+            return None
+        raw = self.redis.get(idem)
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        if record["fingerprint"] != fp:
+            raise ApiError(409, "idempotency_mismatch",
+                           f"this Idempotency-Key was used for a different request ({kind} {record['id']}); "
+                           "send a new key for a new request")
+        return record["id"]
+
     def submit(
         self,
         task: str,
@@ -124,30 +160,65 @@ class JobService:
         webhook: Optional[WebhookSpec] = None,
         output_format: str = "png",
         idempotency_key: Optional[str] = None,
+        admitted: bool = False,
     ) -> JobView:
+        return self.submit_once(task, request, tenant, key_id, webhook, output_format, idempotency_key, admitted)[0]
+
+    def submit_once(
+        self,
+        task: str,
+        request: TaskRequest,
+        tenant: str,
+        key_id: str,
+        webhook: Optional[WebhookSpec] = None,
+        output_format: str = "png",
+        idempotency_key: Optional[str] = None,
+        admitted: bool = False,
+    ) -> tuple[JobView, bool]:
+        """(the job, whether it is a replay of an earlier submission with the same Idempotency-Key).
+        `admitted`: the caller already ran `admit` (the rate is counted once)."""
+        idem = self._idempotent("job", tenant, idempotency_key)
+        fp = fingerprint(task, request, webhook, output_format) if idem else ""
+        replayed = self._replayed_id(idem, fp, "job")
+        if replayed:
+            return self.view(replayed, tenant=tenant), True
         request, plan = self._prepare(request)
         self.check_webhook(webhook)
-        idem = self.keys.idempotency(f"{tenant}:{idempotency_key}") if idempotency_key else None
-        if idem:
-            existing = self.redis.get(idem)
-            if existing:
-                return self.view(existing.decode(), tenant=tenant)
-        self.admit(tenant, key_id, 1)
+        if not admitted:
+            self.quotas.check_rate(key_id)
         job_id = new_id()
-        if idem and not self.redis.set(idem, job_id, nx=True, ex=self.settings.results_ttl_s):
-            return self.view(self.redis.get(idem).decode(), tenant=tenant)
         meta = {"tenant": tenant, "webhook": webhook.model_dump() if webhook else None, "output_format": output_format}
-        with self.redis.pipeline() as pipe:
-            self.quotas.added(tenant, [job_id], pipe)
-            self.queue.enqueue_many([self._job_data(task, request, plan, meta, job_id)], pipeline=pipe)
-            pipe.execute()
+        data = self._job_data(task, request, plan, meta, job_id)
+        with self.admission():
+            replayed = self._replayed_id(idem, fp, "job")
+            if replayed:
+                return self.view(replayed, tenant=tenant), True
+            self._admit_locked(tenant, 1)
+            with self.redis.pipeline() as pipe:  # MULTI/EXEC: the key, the quota entry and the job, or none
+                if idem:
+                    pipe.set(idem, json.dumps({"id": job_id, "fingerprint": fp}), ex=self.settings.results_ttl_s)
+                self.quotas.added(tenant, [job_id], pipe)
+                self.queue.enqueue_many([data], pipeline=pipe)
+                pipe.execute()
         self.metrics.inc("jobs_submitted_total", {"task": task})
         log.info("job queued", extra={"job_id": job_id, "task": task, "bucket": plan.bucket, "tenant": tenant})
-        return self.view(job_id)
+        return self.view(job_id), False
 
     def submit_batch(
-        self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str
+        self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str,
+        idempotency_key: Optional[str] = None, admitted: bool = False,
     ) -> BatchView:
+        return self.submit_batch_once(items, webhook, tenant, key_id, idempotency_key, admitted)[0]
+
+    def submit_batch_once(
+        self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str,
+        idempotency_key: Optional[str] = None, admitted: bool = False,
+    ) -> tuple[BatchView, bool]:
+        idem = self._idempotent("batch", tenant, idempotency_key)
+        fp = fingerprint([[task, request, fmt] for task, request, fmt in items], webhook) if idem else ""
+        replayed = self._replayed_id(idem, fp, "batch")
+        if replayed:
+            return self.batch_view(replayed, tenant=tenant), True
         prepared = []
         for index, (task, request, fmt) in enumerate(items):
             try:
@@ -155,7 +226,8 @@ class JobService:
             except TaskInputError as exc:
                 raise TaskInputError(f"items.{index}.{exc.field}", exc.message) from None
         self.check_webhook(webhook)
-        self.admit(tenant, key_id, len(prepared))
+        if not admitted:
+            self.quotas.check_rate(key_id)
         batch_id = new_id()
         job_ids = [new_id() for _ in prepared]
         datas = [
@@ -169,15 +241,22 @@ class JobService:
             "job_ids": json.dumps(job_ids),
             "webhook": json.dumps(webhook.model_dump() if webhook else None),
         }
-        with self.redis.pipeline() as pipe:
-            pipe.hset(self.keys.batch(batch_id), mapping=record)
-            pipe.expire(self.keys.batch(batch_id), self.settings.results_ttl_s)
-            self.quotas.added(tenant, job_ids, pipe)
-            Group.create(self.redis, name=batch_id).enqueue_many(self.queue, datas, pipeline=pipe)
+        with self.admission():
+            replayed = self._replayed_id(idem, fp, "batch")
+            if replayed:
+                return self.batch_view(replayed, tenant=tenant), True
+            self._admit_locked(tenant, len(prepared))
+            with self.redis.pipeline() as pipe:
+                if idem:
+                    pipe.set(idem, json.dumps({"id": batch_id, "fingerprint": fp}), ex=self.settings.results_ttl_s)
+                pipe.hset(self.keys.batch(batch_id), mapping=record)
+                pipe.expire(self.keys.batch(batch_id), self.settings.results_ttl_s)
+                self.quotas.added(tenant, job_ids, pipe)
+                Group.create(self.redis, name=batch_id).enqueue_many(self.queue, datas, pipeline=pipe)
         for task, *_ in prepared:
             self.metrics.inc("jobs_submitted_total", {"task": task})
         log.info("batch queued", extra={"batch_id": batch_id, "jobs": len(job_ids), "tenant": tenant})
-        return self.batch_view(batch_id)
+        return self.batch_view(batch_id), False
 
     # ---- reading ---------------------------------------------------------------------------------------------
     def fetch(self, job_id: str) -> Job:
@@ -362,6 +441,14 @@ class JobService:
     def ready_workers(self) -> list[str]:
         cutoff = time.time() - self.settings.heartbeat_ttl_s
         return [m.decode() for m in self.redis.zrangebyscore(self.keys.workers, cutoff, "+inf")]
+
+    def worker_info(self, names: list[str]) -> dict[str, dict[str, str]]:
+        """The fields each worker publishes with its heartbeat (its precision, ...), by worker name."""
+        with self.redis.pipeline() as pipe:
+            for name in names:
+                pipe.hgetall(self.keys.worker_info(name))
+            found = pipe.execute()
+        return {name: {k.decode(): v.decode() for k, v in info.items()} for name, info in zip(names, found)}
 
 
 def on_rq_failure(job: Job, connection: Redis, exc_type, exc_value, tb) -> None:

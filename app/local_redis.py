@@ -86,9 +86,31 @@ def start_redis(url: str, data_dir: str | Path, log=print) -> subprocess.Popen:
 def ensure_redis(url: str, data_dir: str | Path, log=print) -> Optional[subprocess.Popen]:
     """None when `url` already answers, else the redis-server process started for it."""
     if answers(url):
+        warning = persistence_warning(url)
+        if warning:
+            log(warning)
         return None
     host = urlparse(url).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise RedisUnavailable(f"REDIS_URL={url} does not answer; start that Redis or point REDIS_URL elsewhere")
     log(f"no Redis answers at {url}; starting one (append-only persistence in {data_dir})")
     return start_redis(url, data_dir, log)
+
+
+def persistence_warning(url: str) -> Optional[str]:
+    """A warning when the Redis at `url` keeps nothing on disk (neither append-only nor snapshots): accepted
+    jobs and results would not survive its restart. None when it persists, or when CONFIG is not allowed."""
+    try:
+        client = Redis.from_url(url, socket_connect_timeout=1)
+        config = {**client.config_get("appendonly"), **client.config_get("save")}
+        text = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in config.items()}
+        appendonly, save = text.get("appendonly", ""), text.get("save", "")
+    except RedisError:
+        return None
+    if appendonly == "yes" or save.strip():
+        return None
+    return (
+        f"warning: the Redis at {url} has persistence off (appendonly no, no snapshots): queued jobs and results "
+        "are lost if it restarts. Turn it on with `redis-cli config set appendonly yes` (and in its redis.conf), "
+        "or stop it so `make run` starts one with append-only persistence."
+    )

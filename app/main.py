@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+from pathlib import Path
+
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from . import errors
 from .access_log import AccessLog
@@ -19,7 +23,7 @@ from .auth import KeyStore
 from .jobs import JobService
 from .logs import setup_logging
 from .routes import batches, files, health, jobs, tasks
-from .schemas import REQUEST_MODELS
+from .schemas import REQUEST_MODELS, BatchRequest
 from .settings import Settings, get_settings
 from .storage import ResultStore
 
@@ -28,7 +32,10 @@ estimation (depth, edges, pose, segmentation, detection), restoration, editing, 
 subject-driven generation, multiview generation and camera pose estimation.
 
 Submit a task (`POST /v1/<task>`), get `202` with the job; poll `GET /v1/jobs/{id}`, stream
-`GET /v1/jobs/{id}/events`, or pass a webhook. Outputs are served under `/v1/files/`."""
+`GET /v1/jobs/{id}/events`, or pass a webhook. Outputs are served under `/v1/files/`.
+A web playground for every task is at `/playground/`."""
+
+PLAYGROUND_DIR = Path(__file__).parent / "static" / "playground"
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
@@ -53,13 +60,14 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         )
     for module in (tasks, jobs, batches, files, health):
         app.include_router(module.router)
+    mount_playground(app)
 
     def openapi():
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in REQUEST_MODELS.values():
+        for model in (*REQUEST_MODELS.values(), BatchRequest):
             definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(definition.pop("$defs", {}))
             components[model.__name__] = definition
@@ -68,3 +76,12 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     app.openapi = openapi
     return app
+
+
+def mount_playground(app: FastAPI) -> None:
+    """The web playground (plain HTML/JS/CSS from app/static/playground) at /playground/, linked from /."""
+    app.mount("/playground", StaticFiles(directory=PLAYGROUND_DIR, html=True), name="playground")
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/playground/")

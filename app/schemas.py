@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from model.tasks import TASKS, TaskRequest
 
@@ -23,6 +25,18 @@ class WebhookSpec(BaseModel):
         None, min_length=8, max_length=256,
         description="Signs each call: header OneDiffusion-Signature = v1=hex(HMAC-SHA256(secret, f'{timestamp}.{body}'))",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            host, _ = parts.hostname, parts.port
+        except ValueError as exc:  # 'http://[::1/', 'http://[127.0.0.1]/', a port out of range
+            raise ValueError(f"not a valid URL ({exc})") from None
+        if not host:
+            raise ValueError("the URL needs a host, e.g. https://example.com/hook")
+        return value
 
 
 class ServiceOptions(BaseModel):
@@ -67,7 +81,9 @@ BatchItem = Annotated[Union[tuple(BATCH_ITEM_MODELS.values())], Field(discrimina
 
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    items: list[BatchItem] = Field(min_length=1, description="Tasks to run; each item names its task")
+    items: list[BatchItem] = Field(
+        min_length=1, max_length=1000, description="Tasks to run; each item names its task (at most MAX_BATCH_ITEMS, 64 by default)"
+    )
     webhook: Optional[WebhookSpec] = Field(None, description="One call per item and one when all items have ended")
 
 

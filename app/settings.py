@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Optional
+from typing import Literal, Optional
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 
 class SettingsError(ValueError):
@@ -45,7 +45,18 @@ class Settings(BaseModel):
     max_batch: int = Field(4, ge=1, le=64, description="Most jobs of one shape run as one sampler batch")
     batch_window_ms: int = Field(50, ge=0, le=10_000, description="How long a worker waits for companions of a job")
     device: Optional[str] = Field(None, description="Torch device of the worker; default cuda when present, else cpu")
-    compile: bool = Field(True, description="torch.compile the denoiser on CUDA")
+    compile: bool = Field(True, description="torch.compile the denoiser on CUDA (checked against eager at start; see fast path)")
+    compile_on_cpu: bool = Field(False, description="Also compile on the CPU (slow to start; for proofs of the GPU path)")
+    onediffusion_attention: Literal["auto", "math", "triton", "triton-fast", "flex"] = Field(
+        "auto", description="Attention backend; auto = the fastest that passes the start-up check (math on the CPU)"
+    )
+    fast_path_tolerance: float = Field(
+        3e-2, gt=0, le=1, description="Largest relative error of the compiled/fused model against eager math at start"
+    )
+    precision: Literal["bf16", "fp8"] = Field(
+        "bf16",
+        description="Denoiser linear layers: bf16 or fp8 (torchao, the 'fp8' extra; compute capability >= 8.9, else the worker stays bf16 and says why)",
+    )
     warm_buckets: str = Field(
         "", description="Shapes to compile at start, e.g. '1024x1024x1x50,512x512x2x50' (height x width x frames x steps)"
     )
@@ -57,7 +68,9 @@ class Settings(BaseModel):
     # ---- webhooks
     webhook_retries: int = Field(8, ge=0, le=30, description="Delivery attempts after the first one")
     webhook_backoff_s: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt")
-    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook POST")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook POST, all of it (connect to last byte)")
+    webhook_concurrency: int = Field(8, ge=1, le=256, description="Webhook deliveries one deliverer has in flight at once")
+    webhook_per_host: int = Field(4, ge=1, le=256, description="Of those, most to one destination host (a slow receiver delays only its own)")
 
     # ---- request limits
     max_body_bytes: int = Field(50 * 1024 * 1024, description="Largest request body (HTTP 413 above)")
@@ -68,6 +81,12 @@ class Settings(BaseModel):
     max_views: int = Field(8, description="Most views in a multiview task")
     max_batch_items: int = Field(64, description="Most items in one POST /v1/batches")
     max_wait_s: int = Field(60, description="Longest `Prefer: wait=N` a client may ask for")
+    max_request_pixels: int = Field(100_000_000, ge=1, description="Most decoded pixels of all input images of one request together")
+    max_job_cost: int = Field(
+        4_000_000, ge=1, description="Most work one job may ask for: tokens per frame (16x16 px) x frames x steps"
+    )
+    max_streams_per_key: int = Field(20, ge=0, description="Open event streams (SSE) per API key (0 = no limit)")
+    max_streams_per_tenant: int = Field(100, ge=0, description="Open event streams (SSE) per tenant (0 = no limit)")
 
     # ---- security
     auth_disabled: bool = Field(False, description="Serve /v1 without API keys (local demo only); every caller is tenant 'public'")
@@ -90,6 +109,13 @@ class Settings(BaseModel):
     host: str = Field("127.0.0.1", description="Address the API listens on")
     port: int = Field(8000, description="Port the API listens on")
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _known_precision(cls, value):
+        if isinstance(value, str) and value.strip().lower() in ("bf16", "fp8"):
+            return value.strip().lower()
+        raise ValueError(f"PRECISION must be 'bf16' or 'fp8', got {value!r}")
+
     @classmethod
     def from_env(cls, environ: Optional[dict] = None) -> "Settings":
         env = os.environ if environ is None else environ
@@ -110,6 +136,8 @@ class Settings(BaseModel):
             max_views=self.max_views,
             max_prompt_chars=self.max_prompt_chars,
             max_steps=self.max_steps,
+            max_request_pixels=self.max_request_pixels,
+            max_job_cost=self.max_job_cost,
         )
 
     def markdown_table(self) -> str:

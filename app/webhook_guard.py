@@ -29,9 +29,35 @@ def _allowed(host: str, address, allowlist: Iterable[str]) -> bool:
     return False
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def embedded_ipv4(address) -> list:
+    """IPv4 addresses an IPv6 address carries and that routers may deliver to: IPv4-mapped, 6to4
+    (2002::/16), Teredo (the client and its server) and NAT64 (64:ff9b::/96)."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    found = []
+    if address.ipv4_mapped:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour:
+        found.append(address.sixtofour)
+    if address.teredo:
+        found.extend(address.teredo)
+    if address in _NAT64:
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
 def _forbidden(address) -> str | None:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    for inner in embedded_ipv4(address):
+        reason = _forbidden_plain(inner)
+        if reason:
+            return f"{reason} (inside the IPv6 address)"
+    return _forbidden_plain(address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped else address)
+
+
+def _forbidden_plain(address) -> str | None:
     if address in _METADATA:
         return "a cloud metadata address"
     if address.is_loopback:
@@ -51,14 +77,18 @@ def parse_allowlist(text: str) -> list[str]:
 
 def resolve_checked(url: str, allowlist: Iterable[str]) -> tuple[str, str]:
     """(host, an IP address it resolves to that may be called). Raises UnsafeWebhook saying why not."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname, port = parts.hostname, parts.port
+    except ValueError as exc:  # e.g. 'http://[::1/', 'http://[127.0.0.1]/', a port out of range
+        raise UnsafeWebhook(f"the webhook URL is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise UnsafeWebhook("the webhook URL must be http:// or https:// with a host")
     if parts.username or parts.password:
         raise UnsafeWebhook("the webhook URL must not carry credentials")
-    host = parts.hostname
+    host = hostname
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = port or (443 if parts.scheme == "https" else 80)
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, ValueError, UnicodeError):
         raise UnsafeWebhook(f"the webhook host {host!r} does not resolve") from None

@@ -157,6 +157,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--attention", help="force a backend of the optimised path: triton-fast, triton, flex, math")
+    parser.add_argument("--eager-attention", help="backend of the eager baseline (default: math on the CPU; on CUDA the "
+                        "optimised path's backend, uncompiled: the chunked math path is far too slow at released size)")
+    parser.add_argument("--workloads", type=int, default=len(WORKLOADS), help="run only the first N workloads")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
 
@@ -171,10 +174,11 @@ def main(argv=None) -> list[dict]:
 
     model = build(config, device, dtype)
     optimised_backend = args.attention or select_backend(device, dtype)
-    print(f"attention backend of the optimised path: {optimised_backend}")
+    eager_backend = args.eager_attention or (optimised_backend if cuda else "math")
+    print(f"attention backend of the optimised path: {optimised_backend}; eager baseline: {eager_backend}")
     compiled = torch.compile(model, dynamic=False) if cuda and not args.no_compile else model
     rows = []
-    for i, w in enumerate(workloads):
+    for i, w in enumerate(workloads[: args.workloads]):
         x, t, y, mask = inputs(w, config, device, dtype)
         flops = forward_flops(model, w)
         with torch.no_grad():
@@ -183,13 +187,13 @@ def main(argv=None) -> list[dict]:
             with attention(optimised_backend):
                 fast_ms = timed(lambda: compiled(x, t, y, mask), device, args.iters, args.warmup)
             fast_mem = peak_memory_gib(device)
-            with attention("math"):
+            with attention(eager_backend):
                 eager_ms = timed(lambda: model(x, t, y, mask), device, max(1, args.iters // 2), 1)
             row = {
                 "workload": w.name, "tokens_per_sample": w.tokens(), "tflop": round(flops / 1e12, 3),
                 "optimised_ms": round(fast_ms, 2), "optimised_tflops": round(flops / fast_ms / 1e9, 4),
                 "optimised_mfu": round(flops / fast_ms / 1e9 / peak, 4), "optimised_peak_mem_gib": round(fast_mem, 2),
-                "eager_ms": round(eager_ms, 2), "eager_tflops": round(flops / eager_ms / 1e9, 4),
+                "eager_ms": round(eager_ms, 2), "eager_tflops": round(flops / eager_ms / 1e9, 4), "eager_attention": eager_backend,
             }
             if i == 0:
                 with attention(optimised_backend):

@@ -9,6 +9,8 @@ the cap is part of the model's semantics in every dtype. PyTorch's SDPA has no s
 
 `ONEDIFFUSION_ATTENTION` forces one; `auto` (the default) takes `math` off CUDA and, on CUDA, the first
 of triton-fast, triton, flex that passes a check against `math` on this machine (`select_backend`).
+A worker does better than that at start (`worker/fast_path.py`): it checks each candidate through the
+compiled model at its warm shapes, keeps the fastest that passes, and pins it with `use_backend`.
 Key/value heads are shared by groups of consecutive query heads (`repeat_interleave` order).
 """
 
@@ -24,8 +26,10 @@ import torch
 
 SOFTCAP = 30.0
 GPU_CANDIDATES = ("triton-fast", "triton", "flex")
+BACKENDS = ("math", *GPU_CANDIDATES)
 log = logging.getLogger(__name__)
 _selected: dict[str, str] = {}  # device:dtype -> backend chosen by select_backend
+_pinned: Optional[str] = None  # set by use_backend: wins over the environment and select_backend
 
 
 def _expand_kv(k: torch.Tensor, heads: int) -> torch.Tensor:
@@ -119,7 +123,27 @@ def select_backend(device: torch.device, dtype: torch.dtype) -> str:
     return _selected[key]
 
 
+def use_backend(name: Optional[str]) -> None:
+    """Pin the backend of every attention call in this process (None: back to the environment / auto).
+    torch.compile guards on it, so a compiled model recompiles for another pinned backend."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; use one of {', '.join(BACKENDS)}")
+    global _pinned
+    _pinned = name
+
+
+def candidates(device: torch.device) -> list[str]:
+    """Backends that can run on `device`: on CUDA the fused kernels and flex; on the CPU the math path,
+    plus the Triton kernels when Triton's interpreter is on (TRITON_INTERPRET=1: tests, CPU proofs)."""
+    if device.type == "cuda":
+        return [*GPU_CANDIDATES, "math"]
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return ["math", "triton", "triton-fast"] if interpreted else ["math"]
+
+
 def backend_for(device: torch.device, dtype: torch.dtype) -> str:
+    if _pinned is not None:
+        return _pinned
     forced = os.environ.get("ONEDIFFUSION_ATTENTION", "auto")
     if forced != "auto":
         return forced

@@ -122,22 +122,53 @@ def camera_frames(c2ws: torch.Tensor, size: int, intrinsics: Optional[torch.Tens
     return rays_to_frame(plucker_rays(c2ws, size, intrinsics))
 
 
-def _ray_centres(dirs: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(N, 3) least-squares intersections of lines (unit ``dirs``, ``points`` on them), each (N, P, 3)."""
-    proj = torch.eye(3, dtype=dirs.dtype, device=dirs.device) - dirs.unsqueeze(-1) * dirs.unsqueeze(-2)
-    A = proj.sum(dim=1)
-    b = (proj @ points.unsqueeze(-1)).sum(dim=1)
-    return torch.linalg.lstsq(A, b).solution.squeeze(-1)  # lstsq: degenerate (parallel) rays do not raise
+def _cauchy_weights(residuals: torch.Tensor) -> torch.Tensor:
+    """IRLS weights ``1 / (1 + (r / c)^2)`` per ray, ``c = 3 x`` the median residual of each view: rays
+    that fit like the bulk keep a weight near 1, gross outliers (a broken patch of a generated ray map)
+    fade out."""
+    scale = 3.0 * residuals.median(dim=-1, keepdim=True).values.clamp_min(1e-12)
+    return 1.0 / (1.0 + (residuals / scale) ** 2)
 
 
-def _fit_projection(dirs: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 3) matrices ``M`` with ``dirs ∝ M @ pixels`` (DLT on ``cross(d, M p) = 0``), ``det(M) > 0``."""
+def _fit_projection(dirs: torch.Tensor, pixels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) matrices ``M`` with ``dirs ∝ M @ pixels``, ``det(M) > 0``, for unit ``dirs`` (N, P, 3).
+
+    Minimises ``Σ w |d × M p|² / Σ w |M p|²`` (a generalised eigenproblem). Noise on a unit direction adds
+    a term proportional to ``|M p|²`` to ``|d × M p|²``, so dividing by ``Σ w |M p|²`` leaves the noise-free
+    minimiser in place: unlike the plain DLT (``|M| = 1``), the fit does not drift towards a shorter focal
+    length as the noise grows."""
     eye = torch.eye(3, dtype=dirs.dtype, device=dirs.device)
     d = dirs.unsqueeze(-2).expand(*dirs.shape[:-1], 3, 3)
     cross_e = torch.linalg.cross(d, eye.expand_as(d), dim=-1)  # [n, p, i, eq] = cross(d_p, e_i)
     A = torch.einsum("npie,pj->npeij", cross_e, pixels).reshape(dirs.shape[0], -1, 9)
-    M = torch.linalg.svd(A, full_matrices=False).Vh[:, -1].reshape(-1, 3, 3)
+    lhs = (A * weights.repeat_interleave(3, dim=1).unsqueeze(-1)).transpose(1, 2) @ A
+    P = (pixels.T * weights.unsqueeze(1)) @ pixels
+    rhs = torch.block_diag(*([torch.ones(3, 3, dtype=dirs.dtype)] * 3)).to(dirs.device) * P.repeat(1, 3, 3)
+    L = torch.linalg.cholesky(rhs)
+    Linv = torch.linalg.inv(L)
+    values, vectors = torch.linalg.eigh(Linv @ lhs @ Linv.transpose(-1, -2))
+    M = (Linv.transpose(-1, -2) @ vectors[..., :1]).reshape(-1, 3, 3)
     return M * torch.sign(torch.linalg.det(M)).reshape(-1, 1, 1)
+
+
+def _direction_residuals(dirs: torch.Tensor, M: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """(N, P) sine of the angle between each ray and the direction ``M`` gives its pixel."""
+    predicted = torch.nn.functional.normalize((M @ pixels.T).transpose(1, 2), dim=-1)
+    return torch.linalg.cross(dirs, predicted, dim=-1).norm(dim=-1)
+
+
+def _ray_centres(dirs: torch.Tensor, moments: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(N, 3) points ``c`` that best satisfy ``m = c × d`` over each view's rays (weighted least squares).
+
+    ``dirs`` are the directions the fitted rotation and intrinsics give each pixel, not the observed
+    ones: noise on the observed directions would inflate ``Σ (I - d dᵀ)`` and pull the centres towards
+    the origin (mostly along the optical axis), while noise on the moments averages out."""
+    eye = torch.eye(3, dtype=dirs.dtype, device=dirs.device)
+    w = weights.unsqueeze(-1)
+    normal = weights.sum(dim=1).view(-1, 1, 1) * eye - (dirs * w).transpose(1, 2) @ dirs  # Σ w (I - d dᵀ)
+    rhs = (w.transpose(1, 2) @ torch.linalg.cross(dirs, moments, dim=-1)).squeeze(1)  # Σ w (d × m)
+    # lstsq: degenerate (parallel) rays do not raise
+    return torch.linalg.lstsq(normal, rhs.unsqueeze(-1)).solution.squeeze(-1)
 
 
 def _rq(M: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -147,21 +178,106 @@ def _rq(M: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return Q * signs.unsqueeze(-2), U * signs.unsqueeze(-1)
 
 
-def recover_cameras(rays: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`plucker_rays`: ray maps ``(N, h, w, 6)`` -> float32 OpenGL c2ws ``(N, 4, 4)``
-    relative to camera 0 (exactly the identity) and normalised intrinsics ``(N, 3, 3)``."""
+def _det3(A: torch.Tensor) -> torch.Tensor:
+    """Determinants of (..., 3, 3) matrices (closed form: cheaper than a LAPACK call for tiny batches)."""
+    return (torch.linalg.cross(A[..., 0, :], A[..., 1, :], dim=-1) * A[..., 2, :]).sum(dim=-1)
+
+
+def _rotation_for_focal(weighted_dirs: torch.Tensor, x: torch.Tensor, y: torch.Tensor, focal: torch.Tensor
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For each view's focal length: the rotation ``R`` that best maps the unit pixel directions
+    ``q = (x, y, f) / |(x, y, f)|`` (pixel offsets ``x, y`` from the principal point) onto the rays
+    (a weighted Wahba problem, by SVD of ``H = Σ w d qᵀ``) and its score ``Σ w dᵀ R q``."""
+    f = focal[:, None]
+    inv = torch.rsqrt(x.square() + y.square() + f.square())  # (N, P)
+    q = torch.stack([x * inv, y * inv, f * inv], dim=-1)  # (N, P, 3)
+    H = weighted_dirs.transpose(1, 2) @ q
+    U, S, Vh = torch.linalg.svd(H)
+    sign = torch.sign(_det3(U @ Vh))
+    D = torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], dim=-1)
+    return U @ torch.diag_embed(D) @ Vh, (S * D).sum(dim=-1)
+
+
+def _fit_rotation_focal(dirs: torch.Tensor, pixels: torch.Tensor, weights: torch.Tensor, focal0: torch.Tensor,
+                        centre: Tuple[float, float], steps: int = 24) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rotation and focal length (square pixels, no skew, principal point ``centre``) of each view:
+    golden-section search of the focal length in ``[focal0 / 2, 2 focal0]``, the rotation in closed form.
+    Linear in ``dirs``, so zero-mean noise on them does not bias the result."""
+    wd = dirs * weights.unsqueeze(-1)
+    x, y = (pixels[:, 0] - centre[0]).expand_as(weights), (pixels[:, 1] - centre[1]).expand_as(weights)
+
+    def score(log_f: torch.Tensor) -> torch.Tensor:
+        return _rotation_for_focal(wd, x, y, log_f.exp())[1]
+
+    lo, hi = (focal0 / 2).log(), (focal0 * 2).log()
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = score(a), score(b)
+    for _ in range(steps):
+        left = fa > fb  # the maximum is in [lo, b]
+        lo, hi = torch.where(left, lo, a), torch.where(left, b, hi)
+        new_a, new_b = hi - g * (hi - lo), lo + g * (hi - lo)
+        a, b = torch.where(left, new_a, b), torch.where(left, a, new_b)
+        probe = score(torch.where(left, a, b))  # one new point per step
+        fa, fb = torch.where(left, probe, fb), torch.where(left, fa, probe)
+    focal = ((lo + hi) / 2).exp()
+    return _rotation_for_focal(wd, x, y, focal)[0], focal
+
+
+def recover_cameras(
+    rays: torch.Tensor, relative: bool = True, iterations: int = 8,
+    principal_point: Optional[Tuple[float, float]] = (0.5, 0.5),
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`plucker_rays`: ray maps ``(N, h, w, 6)`` -> float32 OpenGL c2ws ``(N, 4, 4)`` and
+    normalised intrinsics ``(N, 3, 3)``.
+
+    With ``relative`` the poses are re-expressed relative to camera 0 (which becomes exactly the
+    identity); without, they are in the frame the rays are expressed in (that of the first given camera).
+
+    Generated ray maps are noisy and can have broken patches, so each view is fitted by iteratively
+    reweighted least squares (Cauchy weights) over its whole ray bundle: directions give rotation and
+    intrinsics, moments the centre, neither biased by the noise.
+
+    Intrinsics follow the model's convention by default: square pixels, no skew, the principal point at
+    ``principal_point`` (the image centre), one focal length per view. Under noise a free principal point
+    trades off against the rotation (for a narrow field of view the two move the rays almost alike), so
+    fixing it makes rotations several times more accurate. ``principal_point=None`` fits a general K."""
     n, h, w, _ = rays.shape
     rays = rays.to(torch.float64).reshape(n, h * w, 6)
     F = torch.tensor(_F, dtype=rays.dtype, device=rays.device)
     raw_dirs, moments = rays[..., :3] * F, rays[..., 3:] * F
-    norms = raw_dirs.norm(dim=-1, keepdim=True)
-    dirs, moments = raw_dirs / norms, moments / norms
-    centres = _ray_centres(dirs, torch.linalg.cross(dirs, moments, dim=-1))
-    R, U = _rq(_fit_projection(dirs, _pixel_grid(h, w, rays)))
+    norms = raw_dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    dirs, moments = raw_dirs / norms, moments / norms  # Plücker coordinates are homogeneous
+    pixels = _pixel_grid(h, w, rays)
+
+    weights = torch.ones(n, h * w, dtype=rays.dtype, device=rays.device)
+    for _ in range(iterations if principal_point is None else min(iterations, 3)):  # else only a start
+        M = _fit_projection(dirs, pixels, weights)
+        residuals = _direction_residuals(dirs, M, pixels)
+        weights = _cauchy_weights(residuals)
+    M = _fit_projection(dirs, pixels, weights)
+    R, U = _rq(M)
     K = torch.linalg.inv(U)
     K = K / K[:, 2:3, 2:3]
+    if principal_point is not None:
+        focal = ((K[:, 0, 0] + K[:, 1, 1]) / 2).clamp(0.05, 50.0)
+        for _ in range(max(1, iterations // 2)):
+            R, focal = _fit_rotation_focal(dirs, pixels, weights, focal, principal_point)
+            K = torch.zeros_like(K)
+            K[:, 0, 0], K[:, 1, 1], K[:, 2, 2] = focal, focal, 1.0
+            K[:, 0, 2], K[:, 1, 2] = principal_point
+            M = R @ torch.linalg.inv(K)
+            weights = _cauchy_weights(_direction_residuals(dirs, M, pixels))
+    fitted = torch.nn.functional.normalize((M @ pixels.T).transpose(1, 2), dim=-1)
+    ray_weights = weights
+    centres = _ray_centres(fitted, moments, ray_weights)
+    for _ in range(iterations):
+        moment_residuals = (moments - torch.linalg.cross(centres.unsqueeze(1), fitted, dim=-1)).norm(dim=-1)
+        ray_weights = weights * _cauchy_weights(moment_residuals)
+        centres = _ray_centres(fitted, moments, ray_weights)
+
     C = torch.eye(4, dtype=rays.dtype, device=rays.device).repeat(n, 1, 1)
     C[:, :3, :3], C[:, :3, 3] = R, centres
     G = _diag(_G, rays)
-    return relative_c2ws(G @ C @ G).float(), K.float()
-
+    c2ws = G @ C @ G
+    return (relative_c2ws(c2ws) if relative else c2ws).float(), K.float()

@@ -1,6 +1,7 @@
-"""Input images: decoding with limits, the reference's aspect-ratio buckets, resize and centre crop.
+"""Input images: decoding with limits, RGB conversion and the reference's aspect-ratio buckets.
 
-Pillow and numpy only (no torch): the gateway uses this to check uploads before anything is queued.
+Pillow only (no torch): the gateway uses this to check uploads before anything is queued.
+The crop and resize that prepare an image for the VAE are in `model/preprocess.py` (torch).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import io
 import re
 import warnings
 
-import numpy as np
 from PIL import Image, ImageOps
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -36,7 +36,10 @@ class ImageDecodeError(ValueError):
 
 
 def closest_size(height: int, width: int) -> tuple[int, int]:
-    """(height, width) of the ASPECT_RATIO_512 bucket closest to the image's aspect ratio."""
+    """(height, width) of the ASPECT_RATIO_512 bucket whose key is nearest the image's h/w ratio.
+
+    As the reference: on a tie the earlier (smaller) key wins (`min` keeps the first minimum and the
+    table is in ascending order), e.g. h/w 0.75 -> key 0.72 -> (416, 576)."""
     ratio = height / width
     key = min(ASPECT_RATIO_512, key=lambda r: abs(r - ratio))
     return ASPECT_RATIO_512[key]
@@ -55,20 +58,20 @@ def decode_base64(text: str) -> bytes:
         raise ImageDecodeError("is not valid base64 (send the file's bytes base64-encoded, or a data: URI)") from None
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode and fully load an image, refusing other formats, oversized and truncated files."""
+def open_image_header(data: bytes, max_pixels: int) -> Image.Image:
+    """Open an image reading only its header: format and size are checked, no pixels are decoded yet.
+    A phone camera's MPO (a JPEG with extra pictures appended) counts as JPEG; its first picture is used."""
     if not data:
         raise ImageDecodeError("is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            if image.format not in ALLOWED_FORMATS:
+            if image.format not in ALLOWED_FORMATS + ("MPO",):
                 raise ImageDecodeError(f"is a {image.format} image; send PNG, JPEG or WebP")
             w, h = image.size
             if w * h > max_pixels:
                 raise ImageDecodeError(f"has {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}; downscale it")
-            image.load()
     except ImageDecodeError:
         raise
     except Exception as exc:  # Pillow raises many types for corrupt data
@@ -76,23 +79,44 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
+def load_upright(image: Image.Image) -> Image.Image:
+    """Decode the pixels of an image opened by `open_image_header`: the first picture of a multi-picture
+    file, turned upright as its EXIF Orientation tag says (a portrait phone photo stays portrait)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
+    except Exception as exc:  # Pillow raises many types for corrupt data
+        raise ImageDecodeError(f"could not be decoded as an image ({type(exc).__name__}); send PNG, JPEG or WebP") from None
+    return image
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode and fully load an image, refusing other formats, oversized and truncated files."""
+    return load_upright(open_image_header(data, max_pixels))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, compositing transparency onto white as the reference does for RGBA inputs."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    """RGB as the reference's inference path makes it: Pillow's plain `convert("RGB")`.
+
+    No compositing: RGBA and LA drop their alpha and keep each pixel's stored colour (a condition map
+    drawn on a transparent black background stays black), L and LA are copied to R, G and B, and a
+    palette image's transparent index keeps its palette colour."""
+    with warnings.catch_warnings():  # Pillow suggests RGBA for palette images with transparency
+        warnings.simplefilter("ignore", UserWarning)
+        return image.convert("RGB")
 
 
-def fit(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Centre-crop to the target aspect ratio, then resize to (width, height)."""
-    return ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
+    """Input bytes -> the RGB image that preprocessing starts from.
 
-
-def to_array(image: Image.Image) -> np.ndarray:
-    """uint8 HxWx3."""
-    return np.asarray(to_rgb(image), dtype=np.uint8)
+    The one place where an uploaded file becomes pixels, for the gateway's checks and the worker's
+    tensors alike: format and size limits (`open_image`), then `to_rgb`. Decode-time fixes (EXIF
+    orientation, multi-picture JPEGs) belong here. The reference applies no EXIF rotation."""
+    return to_rgb(open_image(data, max_pixels))
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -3,7 +3,8 @@
     transformer/   NextDiT config.json + safetensors
     vae/           diffusers AutoencoderKL (16 latent channels)
     text_encoder/  transformers T5EncoderModel
-    tokenizer/     T5 tokenizer (spiece.model + tokenizer_config.json, or tokenizer.json)
+    tokenizer/     T5 tokenizer (spiece.model + tokenizer_config.json, or tokenizer.json); a folder whose
+                   config does not name its class (the released one may not) is loaded as T5's
     scheduler/     FlowMatchEulerDiscreteScheduler config
 
 Every component is loaded strictly: a missing folder, a missing or unexpected tensor, or a shape that
@@ -66,11 +67,28 @@ def _load_vae(folder: Path, dtype: torch.dtype):
     return vae
 
 
+# transformers renamed `torch_dtype=` to `dtype=` in 4.56 (and later versions drop the old name); the
+# project supports both sides of that release (see pyproject's floor and tests/test_loading.py).
+DTYPE_KEYWORD_SINCE = (4, 56)
+
+
+def transformers_version() -> tuple[int, int]:
+    import transformers
+
+    major, minor = transformers.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def dtype_keyword(version: Optional[tuple[int, int]] = None) -> str:
+    """The keyword `from_pretrained` of the installed transformers takes the dtype by."""
+    return "dtype" if (version or transformers_version()) >= DTYPE_KEYWORD_SINCE else "torch_dtype"
+
+
 def _load_text_encoder(folder: Path, dtype: torch.dtype):
     from transformers import T5EncoderModel
 
     try:
-        model, info = T5EncoderModel.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        model, info = T5EncoderModel.from_pretrained(folder, **{dtype_keyword(): dtype}, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"cannot load the text encoder from {folder}: {exc}") from exc
     _check_info(folder, {k: v for k, v in info.items() if k != "unexpected_keys"})
@@ -79,9 +97,38 @@ def _load_text_encoder(folder: Path, dtype: torch.dtype):
     return model
 
 
+def load_tokenizer(folder: Path):
+    """The tokenizer of `folder`: the class its `tokenizer_config.json` names, through `AutoTokenizer`;
+    T5's tokenizer when the config names none (AutoTokenizer would need a model config to tell) or when
+    AutoTokenizer cannot load it."""
+    from transformers import AutoTokenizer, T5TokenizerFast
+
+    config_file = folder / "tokenizer_config.json"
+    try:
+        names_class = bool(json.loads(config_file.read_text()).get("tokenizer_class")) if config_file.is_file() else False
+    except (OSError, ValueError):
+        names_class = False
+    auto_error: Optional[Exception] = None
+    if names_class:
+        try:
+            return AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError, KeyError) as exc:
+            auto_error = exc
+    vocabularies = ("spiece.model", "tokenizer.json")
+    if not any((folder / name).is_file() for name in vocabularies):
+        detail = f" (AutoTokenizer: {auto_error})" if auto_error else ""
+        raise CheckpointError(f"cannot load the tokenizer from {folder}: it has neither {' nor '.join(vocabularies)}{detail}")
+    try:
+        tokenizer = T5TokenizerFast.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        detail = f"; AutoTokenizer: {auto_error}" if auto_error else ""
+        raise CheckpointError(f"cannot load the tokenizer from {folder} as T5's tokenizer: {exc}{detail}") from exc
+    log.info("%s names no tokenizer class AutoTokenizer can load; loaded it as T5's tokenizer", folder)
+    return tokenizer
+
+
 def load_components(path: str | Path, device: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> Components:
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from transformers import AutoTokenizer
 
     root = Path(path)
     if not root.is_dir():
@@ -98,10 +145,7 @@ def load_components(path: str | Path, device: Optional[str] = None, dtype: Optio
     transformer = NextDiT.from_pretrained(root / "transformer", torch_dtype=dtype)
     vae = _load_vae(root / "vae", dtype)
     text_encoder = _load_text_encoder(root / "text_encoder", dtype)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot load the tokenizer from {root / 'tokenizer'}: {exc}") from exc
+    tokenizer = load_tokenizer(root / "tokenizer")
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(root / "scheduler")
 
     latent_channels = vae.config.latent_channels

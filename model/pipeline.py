@@ -3,6 +3,8 @@
     plans -> condition latents (VAE) / ray maps (cameras) + noise + text -> FlowSampler -> latents
           -> VAE decode of generated image frames / camera recovery of camera frames -> TaskResult
 
+`image_tensor` (from `preprocess`) is the input preparation: image bytes and a size -> the (3, H, W)
+tensor in [-1, 1] that the VAE encodes, as the reference makes it.
 A plan that cannot be prepared (a broken image, say) fails alone; the others still run as one batch.
 """
 
@@ -17,10 +19,12 @@ import numpy as np
 import torch
 
 from . import outputs
-from .cameras import c2w_from_spherical, camera_frames, default_intrinsics, frame_to_rays, recover_cameras
-from .images import fit, open_image, to_array
+from .cameras import (
+    c2w_from_spherical, camera_frames, default_intrinsics, frame_to_rays, recover_cameras, relative_c2ws,
+)
 from .loading import Components, load_components
-from .sampler import FlowSampler, SampleRequest
+from .preprocess import image_tensor
+from .sampler import FlowSampler, SampleRequest, SampleResult
 from .tasks import FramePlan
 from .text import PromptEncoder
 
@@ -49,12 +53,6 @@ class TaskResult:
 
 class Canceled(Exception):
     """The job was canceled while it ran."""
-
-
-def _image_tensor(png: bytes, width: int, height: int) -> torch.Tensor:
-    """(3, H, W) in [-1, 1]."""
-    array = to_array(fit(open_image(png, max_pixels=width * height * 4), width, height))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def _camera_matrix(spec: dict) -> torch.Tensor:
@@ -118,7 +116,7 @@ class OneDiffusion:
             return None
         image_latents = None
         if plan.images:
-            pixels = torch.stack([_image_tensor(png, plan.width, plan.height) for png in plan.images])
+            pixels = torch.stack([image_tensor(data, plan.width, plan.height) for data in plan.images])
             image_latents = self.encode_images(pixels)
         ray_frames = None
         if plan.cameras:
@@ -194,7 +192,9 @@ class OneDiffusion:
             return {k for k, i in enumerate(index) if i in dropped}
 
         t1 = time.perf_counter()
-        sampled = self.sampler.sample(requests, on_step=on_step, canceled=canceled_requests if canceled else None)
+        sampled = self._sample_by_rope_group(
+            [plans[i] for i in index], requests, on_step, canceled_requests if canceled else None
+        )
         t_sample = time.perf_counter() - t1
 
         for k, (i, out) in enumerate(zip(index, sampled)):
@@ -215,6 +215,28 @@ class OneDiffusion:
                 "batch_size": len(requests),
             }
         return results
+
+    def _sample_by_rope_group(
+        self,
+        plans: Sequence[FramePlan],
+        requests: list[SampleRequest],
+        on_step: Optional[Callable[[int, int], None]],
+        canceled: Optional[Callable[[], set[int]]],
+    ) -> list[SampleResult]:
+        """One sampler batch per RoPE scaling group (`FramePlan.rope_group`): the denoiser applies one
+        scaling to its whole batch, so a request's scaling never comes from its companions. The worker
+        batches by `FramePlan.bucket`, which includes the group, so normally there is one group."""
+        groups: dict[tuple, list[int]] = {}
+        for k, plan in enumerate(plans):
+            groups.setdefault(plan.rope_group, []).append(k)
+        sampled: list[Optional[SampleResult]] = [None] * len(requests)
+        for key, members in groups.items():
+            kwargs = {"scale_factor": key[0], "scale_watershed": key[1]} if key else None
+            dropped = (lambda m=members: (lambda gone: {j for j, k in enumerate(m) if k in gone})(canceled())) if canceled else None
+            outs = self.sampler.sample([requests[k] for k in members], on_step=on_step, canceled=dropped, forward_kwargs=kwargs)
+            for k, out in zip(members, outs):
+                sampled[k] = out
+        return sampled  # type: ignore[return-value]
 
     # ---- outputs ---------------------------------------------------------------------------------------
     def finish(self, plan: FramePlan, latents: torch.Tensor, result: TaskResult) -> None:
@@ -251,7 +273,14 @@ class OneDiffusion:
         elif plan.postprocess == "poses":
             cams = [k for k, f in enumerate(plan.frames) if f.kind == "camera"]
             rays = frame_to_rays(latents[cams].float().cpu())
-            c2ws, intrinsics = recover_cameras(rays)
+            # ray maps are expressed in the first given camera's frame; with none given, in view 0's
+            c2ws, intrinsics = recover_cameras(rays, relative=not plan.cameras)
+            if plan.cameras:  # given cameras are reported exactly as given (relative to the first)
+                given = relative_c2ws(torch.stack([_camera_matrix(spec) for spec in plan.cameras])).float()
+                for v, k in enumerate(cams):
+                    if not plan.frames[k].generate:
+                        c2ws[v] = given[plan.frames[k].camera]
+                        intrinsics[v] = default_intrinsics(1, plan.focal_length, torch.float32)[0]
             result.data["cameras"] = [
                 {
                     "view": v,
@@ -264,4 +293,7 @@ class OneDiffusion:
                 }
                 for v, k in enumerate(cams)
             ]
-            result.data["convention"] = "OpenGL camera-to-world (x right, y up, looking along -z), relative to view 0"
+            result.data["convention"] = (
+                "OpenGL camera-to-world (x right, y up, looking along -z), relative to the first given camera "
+                "(view 0 for camera-pose-estimation; view 0 when no camera is given)"
+            )

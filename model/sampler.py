@@ -19,6 +19,8 @@ Semantics follow the reference sampler (SPEC section 2):
 from __future__ import annotations
 
 import copy
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -108,6 +110,39 @@ class StepClock:
         self.pending.clear()
 
 
+INTERRUPT_POLL_S = 0.5  # how often, at most, a step in progress asks whether its batch is still wanted
+
+
+class Interrupted(Exception):
+    """Every request of the batch was dropped while a step was in progress."""
+
+
+@contextmanager
+def interruptible(transformer: torch.nn.Module, all_dropped: Optional[Callable[[], bool]]):
+    """Between the denoiser's blocks, ask `all_dropped()` (at most every INTERRUPT_POLL_S) and abort the
+    step with Interrupted when nobody wants it any more: a cancel or a time limit then takes effect within
+    one block, not one whole step. Eager models only: a compiled graph is left whole (its steps are short)."""
+    blocks = getattr(transformer, "layers", None)
+    if all_dropped is None or blocks is None or isinstance(transformer, torch._dynamo.eval_frame.OptimizedModule):
+        yield
+        return
+    last = [time.monotonic()]
+
+    def ask(module, args):
+        if torch.compiler.is_compiling() or time.monotonic() - last[0] < INTERRUPT_POLL_S:
+            return
+        last[0] = time.monotonic()
+        if all_dropped():
+            raise Interrupted
+
+    handles = [block.register_forward_pre_hook(ask) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class FlowSampler:
     def __init__(self, transformer: torch.nn.Module, scheduler: FlowMatchEulerDiscreteScheduler):
         self.transformer = transformer
@@ -195,9 +230,15 @@ class FlowSampler:
 
         dropped: set[int] = set()
         clock = StepClock(device, (lambda s: on_step(s, n_steps)) if on_step else None)
+        all_dropped = (lambda: len(dropped | set(canceled())) >= batch) if canceled is not None else None
         for i in range(n_steps):
             model_in = latents.index_select(0, rows_t).to(dtype)
-            v = self.transformer(model_in, frame_t[i].index_select(0, rows_t), text, text_mask, **(forward_kwargs or {}))
+            try:
+                with interruptible(self.transformer, all_dropped):
+                    v = self.transformer(model_in, frame_t[i].index_select(0, rows_t), text, text_mask, **(forward_kwargs or {}))
+            except Interrupted:
+                dropped = set(range(batch))
+                break
             v = v.float()
             v_cond = v[n_uncond:]
             if n_uncond:

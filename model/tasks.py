@@ -9,6 +9,7 @@ request is checked completely before it is queued.
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal, Optional
@@ -16,7 +17,7 @@ from typing import Annotated, ClassVar, Literal, Optional
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .images import ImageDecodeError, closest_size, decode_base64, fit, open_image, png_bytes, to_rgb
+from .images import ImageDecodeError, closest_size, decode_base64, load_upright, open_image_header, png_bytes, to_rgb
 from .outputs import COLOURS
 
 NEGATIVE_PROMPT = (
@@ -26,8 +27,9 @@ NEGATIVE_PROMPT = (
     "floating limbs, disconnected limbs, mutation, mutated, ugly, disgusting, blurry, amputation"
 )
 DEFAULT_FOCAL_LENGTH = 1.3887
-DEFAULT_DISTANCE = 1.7
-INPAINT_GREY = (128, 128, 128)
+DEFAULT_DISTANCE = 1.5  # the reference's inference.py and Gradio demo use 1.5 for every view
+INPAINT_FILL = (0, 0, 0)  # the reference's inpainting example feeds the image with its region blacked out
+DEFAULT_STEPS = 50  # the reference's inference.py and most of its demo's examples
 
 
 class TaskInputError(ValueError):
@@ -49,6 +51,31 @@ class TaskLimits(BaseModel):
     max_views: int = 8
     max_prompt_chars: int = 4000
     max_steps: int = 200
+    max_request_pixels: int = 100_000_000  # all input images of one request together, decoded
+    max_job_cost: int = 4_000_000  # tokens per frame x frames x steps (see job_cost)
+
+
+TOKEN_PIXELS = 16  # one denoiser token covers 16x16 output pixels (VAE /8, patch 2)
+MAX_LIST_ITEMS = 64  # schema bound on any list of a request; settings bound frames and views further
+MAX_IMAGE_CHARS = 100 * 1024 * 1024  # schema bound on one base64 image; MAX_BODY_BYTES bounds it further
+
+
+def job_cost(width: int, height: int, frames: int, steps: int) -> int:
+    """What a job asks of the denoiser, in token-steps: tokens per frame x frames x steps."""
+    return (width // TOKEN_PIXELS) * (height // TOKEN_PIXELS) * frames * steps
+
+
+def _no_bool(value):
+    """JSON true/false are not numbers here (pydantic would read true as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+def _not_blank(value):
+    if isinstance(value, str) and value and not value.strip():
+        raise ValueError("must contain more than spaces")
+    return value
 
 
 # ---- the plan ---------------------------------------------------------------------------------------
@@ -75,7 +102,9 @@ class FramePlan:
     guidance_scale: float
     seed: int
     noise_scale: float = 1.0
-    images: list[bytes] = field(default_factory=list)  # condition images, PNG, already at (width, height)
+    scale_factor: float = 1.0  # RoPE scaling of the denoiser (1.0: none)
+    scale_watershed: float = 1.0
+    images: list[bytes] = field(default_factory=list)  # condition image files as given (any size); preprocess.image_tensor sizes them
     cameras: list[dict] = field(default_factory=list)  # CameraPose fields of each given camera, in frame order
     focal_length: float = DEFAULT_FOCAL_LENGTH
     postprocess: str = "images"  # images | depth | segmentation | detection
@@ -87,9 +116,20 @@ class FramePlan:
         return [int(f.generate) for f in self.frames]
 
     @property
+    def rope_group(self) -> tuple:
+        """Plans with the same group can share the denoiser's RoPE scaling: () without scaling. The
+        denoiser picks linear or NTK scaling from the batch's largest timestep, so scaled plans also need
+        the same schedule (noise scale and number of generated frames)."""
+        if self.scale_factor == 1.0 and self.scale_watershed == 1.0:
+            return ()
+        return (self.scale_factor, self.scale_watershed, self.noise_scale, sum(self.denoise_mask))
+
+    @property
     def bucket(self) -> str:
-        """Jobs with the same bucket have the same token shape and step count and can share a batch."""
-        return f"{self.height}x{self.width}x{len(self.frames)}x{self.num_inference_steps}"
+        """Jobs with the same bucket have the same token shape, step count and RoPE scaling and can share
+        a batch."""
+        base = f"{self.height}x{self.width}x{len(self.frames)}x{self.num_inference_steps}"
+        return base + ("xrope" + "_".join(f"{v:g}" for v in self.rope_group) if self.rope_group else "")
 
 
 # ---- request building blocks ------------------------------------------------------------------------
@@ -99,6 +139,7 @@ ImageInput = Annotated[
         description="An image as base64 or a data URI (PNG, JPEG or WebP).",
         examples=["data:image/png;base64,iVBORw0KGgo..."],
         min_length=1,
+        max_length=MAX_IMAGE_CHARS,
     ),
 ]
 
@@ -108,7 +149,9 @@ class ClassSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100, examples=["dragon"])
-    colour: Optional[str] = Field(None, description=f"one of: {', '.join(COLOURS)}; assigned in that order when omitted")
+    colour: Optional[str] = Field(
+        None, max_length=32, description=f"one of: {', '.join(COLOURS)}; assigned in that order when omitted"
+    )
 
     @field_validator("colour")
     @classmethod
@@ -120,6 +163,7 @@ class ClassSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
+        _not_blank(value)
         if any(c in value for c in "<>[]"):
             raise ValueError("class names cannot contain <, >, [ or ]")
         return value
@@ -133,7 +177,32 @@ class CameraPose(BaseModel):
     azimuth: Optional[float] = Field(None, ge=-360, le=360, examples=[30.0])
     elevation: Optional[float] = Field(None, ge=-90, le=90, examples=[0.0])
     distance: float = Field(DEFAULT_DISTANCE, gt=0, le=100)
-    c2w: Optional[list[list[float]]] = Field(None, description="4x4 camera-to-world matrix, rows first")
+    c2w: Optional[list[Annotated[list[float], Field(min_length=4, max_length=4)]]] = Field(
+        None, min_length=4, max_length=4,
+        description="4x4 camera-to-world matrix, rows first: a rotation and a translation (finite numbers)",
+    )
+
+    _numbers_not_bools = field_validator("azimuth", "elevation", "distance", mode="before")(_no_bool)
+
+    @field_validator("c2w", mode="before")
+    @classmethod
+    def _c2w_numbers(cls, value):
+        if isinstance(value, list):
+            for row in value:
+                for v in row if isinstance(row, list) else ():
+                    if isinstance(v, bool):
+                        raise ValueError("c2w holds numbers, not true or false")
+        return value
+
+    @field_validator("c2w")
+    @classmethod
+    def _c2w_finite(cls, value):
+        if value is not None:
+            for i, row in enumerate(value):
+                for j, v in enumerate(row):
+                    if not math.isfinite(v):
+                        raise ValueError(f"c2w[{i}][{j}] is {v}; every entry must be a finite number")
+        return value
 
     @model_validator(mode="after")
     def _one_form(self) -> "CameraPose":
@@ -151,6 +220,13 @@ class CameraPose(BaseModel):
                     dot = sum(rot[k][i] * rot[k][j] for k in range(3))
                     if abs(dot - (1.0 if i == j else 0.0)) > 1e-3:
                         raise ValueError("c2w's upper-left 3x3 block must be a rotation (orthonormal columns)")
+            det = (rot[0][0] * (rot[1][1] * rot[2][2] - rot[1][2] * rot[2][1])
+                   - rot[0][1] * (rot[1][0] * rot[2][2] - rot[1][2] * rot[2][0])
+                   + rot[0][2] * (rot[1][0] * rot[2][1] - rot[1][1] * rot[2][0]))
+            if det < 0:
+                raise ValueError("c2w's upper-left 3x3 block is a reflection (determinant -1); give a rotation")
+            if any(abs(row[3]) > 100 for row in self.c2w[:3]):
+                raise ValueError("c2w's translation must be within 100 units of the origin")
         elif self.azimuth is None or self.elevation is None:
             raise ValueError("give azimuth and elevation (and optionally distance), or a c2w matrix")
         return self
@@ -171,10 +247,23 @@ class TaskRequest(BaseModel):
     )
     width: Optional[int] = Field(None, ge=64, le=4096, multiple_of=16, description="Output width in pixels (multiple of 16)")
     height: Optional[int] = Field(None, ge=64, le=4096, multiple_of=16, description="Output height in pixels (multiple of 16)")
-    num_inference_steps: int = Field(50, ge=1, le=200)
+    num_inference_steps: int = Field(
+        DEFAULT_STEPS, ge=1, le=200, description="Denoising steps; the default 50 is the reference's (inference.py, demo)"
+    )
     guidance_scale: float = Field(4.0, ge=0.0, le=20.0, description="Classifier-free guidance; 1 or less turns it off")
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="Fixes the noise; random when omitted")
-    noise_scale: float = Field(1.0, gt=0.0, le=4.0, description="Scales the sequence length used to shift the schedule")
+    noise_scale: float = Field(
+        1.0, gt=0.0, le=4.0,
+        description="Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). "
+        "Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); "
+        "1.0, the default, is the reference's behaviour everywhere",
+    )
+
+    _numbers_not_bools = field_validator(
+        "width", "height", "num_inference_steps", "guidance_scale", "seed", "noise_scale", "focal_length",
+        mode="before", check_fields=False,
+    )(_no_bool)
+    _text_not_blank = field_validator("prompt", "item", "source_caption", check_fields=False)(_not_blank)
 
     # -- helpers for plan() --
     def _images(self) -> list[tuple[str, str]]:
@@ -196,14 +285,31 @@ class TaskRequest(BaseModel):
             raise TaskInputError("width", f"{w}x{h} has more than the limit of {limits.max_output_pixels} pixels; ask for a smaller size")
         return w, h
 
-    def _decode(self, limits: TaskLimits) -> list[Image.Image]:
-        decoded = []
+    def _decode(self, limits: TaskLimits) -> tuple[list[bytes], list[Image.Image]]:
+        """The input files' bytes and their RGB images, in `_images()` order. Every image's header first
+        (format, size, and the request's pixel budget), then the pixels."""
+        opened, total = [], 0
         for name, data in self._images():
             try:
-                decoded.append(to_rgb(open_image(decode_base64(data), limits.max_input_pixels)))
+                raw = decode_base64(data)
+                image = open_image_header(raw, limits.max_input_pixels)
             except ImageDecodeError as exc:
                 raise TaskInputError(name, f"the image {exc}") from None
-        return decoded
+            total += image.width * image.height
+            if total > limits.max_request_pixels:
+                raise TaskInputError(
+                    name, f"the images of this request have more than {limits.max_request_pixels} pixels in all; "
+                    "send smaller or fewer images",
+                )
+            opened.append((name, raw, image))
+        files, decoded = [], []
+        for name, raw, image in opened:
+            try:
+                decoded.append(to_rgb(load_upright(image)))
+            except ImageDecodeError as exc:
+                raise TaskInputError(name, f"the image {exc}") from None
+            files.append(raw)
+        return files, decoded
 
     def _negative(self) -> str:
         return NEGATIVE_PROMPT if self.negative_prompt is None else self.negative_prompt
@@ -215,8 +321,7 @@ class TaskRequest(BaseModel):
         return " ".join([self.task_token(), *[p.strip() for p in parts if p and p.strip()]])
 
     def _plan(self, limits: TaskLimits, frames: list[Frame], prompt: str, default_size=(512, 512), **extra) -> FramePlan:
-        decoded = self._decode(limits)
-        w, h = self._size(limits, decoded, default_size)
+        # counts and lengths first: they cost nothing, decoding images does
         if len(frames) > limits.max_frames:
             raise TaskInputError("frames", f"{len(frames)} frames is more than the limit of {limits.max_frames}")
         if self.num_inference_steps > limits.max_steps:
@@ -225,6 +330,11 @@ class TaskRequest(BaseModel):
             text = getattr(self, name, None)
             if text and len(text) > limits.max_prompt_chars:
                 raise TaskInputError(name, f"{len(text)} characters is more than the limit of {limits.max_prompt_chars}; shorten it")
+        if self.width is not None and self.height is not None:
+            self._check_cost(limits, self.width, self.height, len(frames))
+        files, decoded = self._decode(limits)
+        w, h = self._size(limits, decoded, default_size)
+        self._check_cost(limits, w, h, len(frames))
         plan = FramePlan(
             task=self.task_name,
             prompt=prompt,
@@ -236,14 +346,24 @@ class TaskRequest(BaseModel):
             guidance_scale=self.guidance_scale,
             seed=self.seed if self.seed is not None else secrets.randbelow(2**31),
             noise_scale=self.noise_scale,
-            images=[png_bytes(fit(img, w, h)) for img in self.prepare_images(decoded)],
+            images=self.condition_images(files, decoded),
             **extra,
         )
         return plan
 
-    def prepare_images(self, decoded: list[Image.Image]) -> list[Image.Image]:
-        """The condition images in frame order (a task may combine its inputs, e.g. inpainting)."""
-        return decoded
+    def _check_cost(self, limits: TaskLimits, width: int, height: int, frames: int) -> None:
+        cost = job_cost(width, height, frames, self.num_inference_steps)
+        if cost > limits.max_job_cost:
+            raise TaskInputError(
+                "num_inference_steps",
+                f"{width}x{height} x {frames} frames x {self.num_inference_steps} steps is {cost} token-steps, more than "
+                f"the limit of {limits.max_job_cost} (tokens are 16x16 pixels); ask for fewer steps, frames or pixels",
+            )
+
+    def condition_images(self, files: list[bytes], decoded: list[Image.Image]) -> list[bytes]:
+        """The condition image files in frame order: the inputs as given (the worker crops and resizes
+        them as the reference does); a task that combines its inputs (inpainting) returns a new file."""
+        return files
 
     def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
         raise NotImplementedError
@@ -438,11 +558,13 @@ class Inpainting(_Restoration):
     def _images(self):
         return [("image", self.image), ("mask", self.mask)]
 
-    def prepare_images(self, decoded: list[Image.Image]) -> list[Image.Image]:
+    def condition_images(self, files: list[bytes], decoded: list[Image.Image]) -> list[bytes]:
+        """The image with the region to fill painted black (as the reference's inpainting example), at the
+        image's own size; the mask is scaled to it."""
         image, mask = decoded
         region = mask.convert("L").resize(image.size, Image.Resampling.NEAREST).point(lambda v: 255 if v > 10 else 0)
-        grey = Image.new("RGB", image.size, INPAINT_GREY)
-        return [Image.composite(grey, image, region)]
+        fill = Image.new("RGB", image.size, INPAINT_FILL)
+        return [png_bytes(Image.composite(fill, image, region))]
 
 
 class ImageEditing(_Restoration):
@@ -451,7 +573,8 @@ class ImageEditing(_Restoration):
     task_name: ClassVar[str] = "image-editing"
     token: ClassVar[str] = "[[image_editing]]"
     prompt: str = Field(min_length=1, max_length=4000, description="The instruction", examples=["make it winter"])
-    guidance_scale: float = Field(3.2, ge=0.0, le=20.0)
+    guidance_scale: float = Field(3.2, ge=0.0, le=20.0, description="3.2, as the reference's editing example")
+    num_inference_steps: int = Field(60, ge=1, le=200, description="Denoising steps; 60, as the reference's editing example")
 
 
 class IdCustomization(TaskRequest):
@@ -460,9 +583,12 @@ class IdCustomization(TaskRequest):
     task_name: ClassVar[str] = "id-customization"
     token: ClassVar[str] = "[[faceid]]"
     images: list[ImageInput] = Field(min_length=1, max_length=3, description="1 to 3 reference photos of one person")
+    num_inference_steps: int = Field(
+        75, ge=1, le=200, description="Denoising steps; 75, as the reference's ID customization examples (inference.py, demo)"
+    )
     prompt: str = Field(min_length=1, max_length=4000, description="Caption of the image to make")
-    reference_captions: Optional[list[str]] = Field(
-        None, description="A caption per reference photo (30 to 75 words work best)"
+    reference_captions: Optional[list[Annotated[str, Field(max_length=4000)]]] = Field(
+        None, max_length=3, description="A caption per reference photo (30 to 75 words work best)"
     )
 
     def _images(self):
@@ -490,6 +616,7 @@ class SubjectDriven(TaskRequest):
     item: str = Field(min_length=1, max_length=200, description="What the subject is", examples=["dog"])
     prompt: str = Field(min_length=1, max_length=4000, description="Caption of the image to make")
     source_caption: Optional[str] = Field(None, max_length=4000, description="Caption of the source photo")
+    num_inference_steps: int = Field(70, ge=1, le=200, description="Denoising steps; 70, as the reference's subject-driven example")
 
     def _images(self):
         return [("image", self.image)]
@@ -500,12 +627,25 @@ class SubjectDriven(TaskRequest):
         return self._plan(limits, frames, prompt)
 
 
+# RoPE scaling, as the reference's demo exposes it for multiview (fields of the multiview and generate requests)
+_SCALE_FACTOR = Field(
+    1.0, ge=1.0, le=4.0, description="RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. "
+    "The reference's demo suggests 1.1 to 1.5 for more than three views",
+)
+_SCALE_WATERSHED = Field(
+    1.0, ge=0.0, le=1000.0, description="Timestep (0-1000) below which the scaling is linear, above it NTK; "
+    "1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor",
+)
+
+
 class _Multiview(TaskRequest):
     """Frames interleave [image_0, camera_0, image_1, camera_1, ...]; images and cameras must be square."""
 
     token: ClassVar[str] = "[[multiview]]"
-    num_inference_steps: int = Field(60, ge=1, le=200)
+    num_inference_steps: int = Field(60, ge=1, le=200, description="Denoising steps; 60, as the reference's multiview examples")
     focal_length: float = Field(DEFAULT_FOCAL_LENGTH, gt=0.1, le=10.0, description="Normalised focal length of every view")
+    scale_factor: float = _SCALE_FACTOR
+    scale_watershed: float = _SCALE_WATERSHED
 
     def _size(self, limits, decoded, default):
         w, h = super()._size(limits, decoded, default)
@@ -533,7 +673,8 @@ class _Multiview(TaskRequest):
                 poses.append(camera.model_dump())
         postprocess = "poses" if any(c is None for c in cameras) else "images"
         return self._plan(
-            limits, frames, self._prompt(prompt), cameras=poses, focal_length=self.focal_length, postprocess=postprocess
+            limits, frames, self._prompt(prompt), cameras=poses, focal_length=self.focal_length, postprocess=postprocess,
+            scale_factor=self.scale_factor, scale_watershed=self.scale_watershed,
         )
 
 
@@ -544,7 +685,8 @@ class ImageToMultiview(_Multiview):
     image: ImageInput
     prompt: Optional[str] = Field(None, max_length=4000, description="Optional caption (avoid describing the face)")
     cameras: list[CameraPose] = Field(
-        default_factory=lambda: list(DEFAULT_CAMERAS), min_length=2, description="One camera per view, input view first"
+        default_factory=lambda: list(DEFAULT_CAMERAS), min_length=2, max_length=MAX_LIST_ITEMS,
+        description="One camera per view, input view first",
     )
 
     def _images(self):
@@ -558,19 +700,23 @@ class ImageToMultiview(_Multiview):
 class TextToMultiview(_Multiview):
     task_name: ClassVar[str] = "text-to-multiview"
     prompt: str = Field(min_length=1, max_length=4000)
-    cameras: list[CameraPose] = Field(default_factory=lambda: list(DEFAULT_CAMERAS), min_length=1)
+    cameras: list[CameraPose] = Field(default_factory=lambda: list(DEFAULT_CAMERAS), min_length=1, max_length=MAX_LIST_ITEMS)
 
     def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
         self._views(limits, len(self.cameras), "cameras")
         return self._multiview_plan(limits, 0, list(self.cameras), self.prompt)
 
 
+IDENTITY_CAMERA = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+
+
 class CameraPoseEstimation(_Multiview):
     """Camera poses of 2 or more photos of one scene: 4x4 camera-to-world matrices (OpenGL convention)
-    relative to the first photo, with normalised intrinsics."""
+    relative to the first photo, with normalised intrinsics. As in the reference, the first photo's camera
+    is given (the identity, the frame of reference) and the model generates the others' ray maps."""
 
     task_name: ClassVar[str] = "camera-pose-estimation"
-    images: list[ImageInput] = Field(min_length=2, description="2 or more photos of one object or scene")
+    images: list[ImageInput] = Field(min_length=2, max_length=MAX_LIST_ITEMS, description="2 or more photos of one object or scene")
     prompt: Optional[str] = Field(None, max_length=4000)
 
     def _images(self):
@@ -578,7 +724,8 @@ class CameraPoseEstimation(_Multiview):
 
     def plan(self, limits: TaskLimits = TaskLimits()) -> FramePlan:
         self._views(limits, len(self.images), "images")
-        return self._multiview_plan(limits, len(self.images), [None] * len(self.images), self.prompt)
+        cameras = [CameraPose(c2w=IDENTITY_CAMERA)] + [None] * (len(self.images) - 1)
+        return self._multiview_plan(limits, len(self.images), cameras, self.prompt)
 
 
 class RawFrame(BaseModel):
@@ -596,8 +743,10 @@ class Generate(TaskRequest):
 
     task_name: ClassVar[str] = "generate"
     prompt: str = Field(min_length=1, max_length=4000, examples=["[[text2image]] a red bicycle"])
-    frames: list[RawFrame] = Field(min_length=1, examples=[[{"kind": "image", "generate": True}]])
+    frames: list[RawFrame] = Field(min_length=1, max_length=MAX_LIST_ITEMS, examples=[[{"kind": "image", "generate": True}]])
     focal_length: float = Field(DEFAULT_FOCAL_LENGTH, gt=0.1, le=10.0)
+    scale_factor: float = _SCALE_FACTOR
+    scale_watershed: float = _SCALE_WATERSHED
 
     def _images(self):
         return [(f"frames[{i}].image", f.image) for i, f in enumerate(self.frames) if f.kind == "image" and not f.generate]
@@ -631,6 +780,7 @@ class Generate(TaskRequest):
                     poses.append(raw.camera.model_dump())
         has_camera = any(f.kind == "camera" for f in frames)
         plan = self._plan(limits, frames, self.prompt.strip(), cameras=poses, focal_length=self.focal_length,
+                          scale_factor=self.scale_factor, scale_watershed=self.scale_watershed,
                           postprocess="poses" if any(f.kind == "camera" and f.generate for f in frames) else "images")
         if has_camera and plan.width != plan.height:
             raise TaskInputError("width", "frames with cameras need square images: set width equal to height")

@@ -41,7 +41,7 @@ def _softcap_attention_fwd(
     H, REP, L_Q, L_K,
     qk_scale, cap_log2,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    FAST_TANH: tl.constexpr,
+    FAST_TANH: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -66,17 +66,27 @@ def _softcap_attention_fwd(
         col_ok = cols < L_K
         k = tl.load(k_base + cols[None, :] * stride_kl + offs_d[:, None] * stride_kd,
                     mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-        x = tl.dot(q, k) * qk_scale  # = logit / cap
+        x = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # = logit / cap
         # base-2 logit shifted by its bound: cap*(tanh(x) - 1) * log2(e), in [-2cap*log2e, 0]
         s = (_tanh(x, FAST_TANH) - 1.0) * cap_log2
         p = tl.where(col_ok[None, :], tl.exp2(s), 0.0)
         row_sum += tl.sum(p, axis=1)
         v = tl.load(v_base + cols[:, None] * stride_vl + offs_d[None, :] * stride_vd,
                     mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        acc += tl.dot(p.to(v.dtype), v)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     out = acc / row_sum[:, None]
     o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :] * stride_od
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m[:, None] < L_Q) & d_ok[None, :])
+
+
+def output_like(q: torch.Tensor) -> torch.Tensor:
+    """The output buffer, in one layout whatever q's strides: (B, L, H, D) in memory, seen as (B, H, L, D).
+
+    It is the layout the model wants next (heads merged back into the hidden size is then a free view),
+    and it must not depend on q's strides, so that the fake kernel below, which torch.compile traces with,
+    gives exactly the strides of the real one."""
+    b, h, length, d = q.shape
+    return q.new_empty((b, length, h, d)).transpose(1, 2)
 
 
 def attention_triton(
@@ -89,7 +99,7 @@ def attention_triton(
     hkv, lk = k.shape[1], k.shape[2]
     if h % hkv:
         raise ValueError(f"{h} query heads cannot share {hkv} key/value heads")
-    out = torch.empty_like(q)
+    out = output_like(q)
     grid = (triton.cdiv(lq, block_m), b * h)
     _softcap_attention_fwd[grid](
         q, k, v, out,
@@ -98,16 +108,19 @@ def attention_triton(
         1.0 / math.sqrt(d) / cap, cap * LOG2E,
         HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_M=block_m, BLOCK_N=block_n,
         FAST_TANH=fast_tanh,
+        # float32 inputs (tests, the interpreter) get exact float32 products; bf16 ones are exact either way
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
     return out
 
 
 @torch.library.custom_op("onediffusion::softcap_attention", mutates_args=())
 def softcap_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap: float, fast_tanh: bool) -> torch.Tensor:
-    """The kernel as one opaque op, so torch.compile calls it as it is inside a compiled model."""
-    return attention_triton(q.contiguous(), k.contiguous(), v.contiguous(), cap, fast_tanh)
+    """The kernel as one opaque op, so torch.compile calls it as it is inside a compiled model. The kernel
+    takes any strides (the model passes transposed views of (B, L, H, D)); no copies are made."""
+    return attention_triton(q, k, v, cap, fast_tanh)
 
 
 @softcap_attention_op.register_fake
 def _(q, k, v, cap, fast_tanh):
-    return torch.empty_like(q)
+    return output_like(q)

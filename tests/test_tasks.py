@@ -46,7 +46,7 @@ CASES = [
     ("text-to-multiview", {"prompt": "a chair", "cameras": [{"azimuth": 0, "elevation": 0}, {"azimuth": 90, "elevation": 10}]},
      "[[multiview]]", [("image", 1), ("camera", 0), ("image", 1), ("camera", 0)]),
     ("camera-pose-estimation", {"images": [SQUARE, SQUARE, SQUARE]}, "[[multiview]]",
-     [("image", 0), ("camera", 1), ("image", 0), ("camera", 1), ("image", 0), ("camera", 1)]),
+     [("image", 0), ("camera", 0), ("image", 0), ("camera", 1), ("image", 0), ("camera", 1)]),
 ]
 
 
@@ -62,8 +62,8 @@ def test_frame_layout_mask_and_token(task, payload, token, frames):
     assert plan.denoise_mask == [m for _, m in frames]
     n_given_images = sum(1 for k, m in frames if k == "image" and m == 0)
     assert len(plan.images) == n_given_images
-    for png in plan.images:
-        assert Image.open(io.BytesIO(png)).size == (plan.width, plan.height)
+    for data in plan.images:  # the inputs at their own size: the worker crops and resizes them
+        assert Image.open(io.BytesIO(data)).size in ((96, 64), (64, 64))
 
 
 def test_prompts_follow_the_guide():
@@ -90,16 +90,54 @@ def test_defaults_follow_the_guide():
     multiview = T.ImageToMultiview(image=b64_image(90, 60)).plan()
     assert (multiview.width, multiview.height, multiview.num_inference_steps) == (512, 512, 60)
     assert len(multiview.cameras) == 4 and multiview.cameras[1]["azimuth"] == 30
+    assert multiview.cameras[1]["distance"] == 1.5  # the reference's inference.py and demo
 
 
-def test_inpainting_greys_the_masked_pixels():
+# default steps of the reference's examples (gradio_demo.py, inference.py); 50 elsewhere
+REFERENCE_STEPS = {"id-customization": 75, "subject-driven": 70, "image-editing": 60, "image-to-multiview": 60,
+                   "text-to-multiview": 60, "camera-pose-estimation": 60}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_default_steps_are_the_reference_examples(task):
+    field = TASKS[task].model_fields["num_inference_steps"]
+    assert field.default == REFERENCE_STEPS.get(task, 50)
+    assert "reference" in field.description  # says where the default comes from
+
+
+def test_noise_scale_is_documented_as_beyond_the_reference():
+    assert "beyond the reference" in T.TaskRequest.model_fields["noise_scale"].description
+
+
+def test_rope_scaling_is_per_request_and_splits_batches():
+    base = {"prompt": "a chair", "width": 64, "height": 64}
+    plain = T.TextToMultiview(**base).plan()
+    scaled = T.TextToMultiview(**base, scale_factor=1.3, scale_watershed=300).plan()
+    assert (plain.scale_factor, plain.scale_watershed, plain.rope_group) == (1.0, 1.0, ())
+    assert (scaled.scale_factor, scaled.scale_watershed) == (1.3, 300)
+    assert scaled.bucket != plain.bucket and scaled.bucket.startswith(plain.bucket)
+    raw = T.Generate(prompt="[[multiview]] x", frames=[{"generate": True}], width=64, height=64, scale_factor=1.2).plan()
+    assert raw.scale_factor == 1.2
+    with pytest.raises(ValidationError, match="scale_factor"):
+        T.TextToMultiview(**base, scale_factor=0.5)
+
+
+def test_camera_pose_estimation_gives_camera_0():
+    """As the reference: camera 0 is the identity (the frame of reference) and is given; the others are
+    generated."""
+    plan = T.CameraPoseEstimation(images=[SQUARE, SQUARE, SQUARE]).plan()
+    assert plan.cameras == [{"azimuth": None, "elevation": None, "distance": T.DEFAULT_DISTANCE, "c2w": T.IDENTITY_CAMERA}]
+    assert plan.frames[1].camera == 0 and plan.postprocess == "poses"
+
+
+def test_inpainting_blacks_out_the_masked_pixels():
     image = Image.new("RGB", (64, 64), (10, 200, 30))
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))
     enc = lambda im: base64.b64encode(_png(im)).decode()  # noqa: E731
     plan = T.Inpainting(image=enc(image), mask=enc(mask), width=64, height=64).plan()
     masked = Image.open(io.BytesIO(plan.images[0])).convert("RGB")
-    assert masked.getpixel((5, 30)) == (128, 128, 128)
+    assert masked.getpixel((5, 30)) == (0, 0, 0)  # as the reference's inpainting example
     assert masked.getpixel((50, 30)) == (10, 200, 30)
 
 

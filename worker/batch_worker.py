@@ -28,6 +28,7 @@ from app.jobs import JobService
 from app.settings import Settings
 
 from .execution import Executor, WorkItem
+from .model_host import worker_info
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,9 @@ class Heartbeat(threading.Thread):
         with worker.connection.pipeline() as pipe:
             pipe.zadd(worker.keys.workers, {worker.name: time.time()})
             pipe.expire(worker.keys.workers, ttl * 10)
+            if worker.info:
+                pipe.hset(worker.keys.worker_info(worker.name), mapping=worker.info)
+                pipe.expire(worker.keys.worker_info(worker.name), ttl * 10)
             if running:  # RQ's own worker heartbeat only once it is registered and working
                 worker.heartbeat(ttl + 60, pipeline=pipe)
             for job, execution in running:
@@ -127,6 +131,7 @@ class BatchWorker(SimpleWorker):
             log_job_description=True,
         )
         self.executor = executor
+        self.info = worker_info(getattr(executor, "model", None))  # precision (and the like) for /readyz and /metrics
         self.keys = keys_for(settings.queue_prefix)
         self.service = JobService(connection, settings)
         self._claim = connection.register_script(_CLAIM)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 
 from redis.exceptions import RedisError
+from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker
 
 from app.connection import connect, queues
@@ -91,15 +93,45 @@ def run_gpu_worker(settings: Settings | None = None) -> None:
     supervise(numbered(settings, "gpu", build), logging_level=os.environ.get("RQ_LOG_LEVEL", "WARNING"))
 
 
+class ThreadWorker(SimpleWorker):
+    """A SimpleWorker that can run in a thread other than the main one: no signal handlers (the main
+    worker of the process takes SIGTERM) and a timer, not SIGALRM, for job timeouts."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self) -> None:
+        pass
+
+
+def _run_in_thread(make_worker, **work_kwargs) -> None:
+    """A helper worker's loop: start it again after a Redis outage; dies with the process."""
+    while True:
+        try:
+            _make_when_redis_answers(make_worker).work(**work_kwargs)
+        except Exception:
+            log.exception("webhook worker thread ended on an error")
+        time.sleep(1)
+
+
 def run_webhook_deliverer(settings: Settings | None = None) -> None:
+    """WEBHOOK_CONCURRENCY RQ workers in one process, so one slow receiver does not hold every delivery:
+    the main thread's worker (signals, scheduler for retries) and the others in threads."""
     settings = settings or get_settings()
     setup_logging("webhooks")
+    level = os.environ.get("RQ_LOG_LEVEL", "WARNING")
 
-    def build(redis, name):
-        _, webhooks = queues(redis, settings)
-        return SimpleWorker(
-            [webhooks], connection=redis, name=name,
-            worker_ttl=max(10, settings.maintenance_interval_s + 5), maintenance_interval=settings.maintenance_interval_s,
-        )
+    def builder(cls):
+        def build(redis, name):
+            _, webhooks = queues(redis, settings)
+            return cls(
+                [webhooks], connection=redis, name=name,
+                worker_ttl=max(10, settings.maintenance_interval_s + 5), maintenance_interval=settings.maintenance_interval_s,
+            )
 
-    supervise(numbered(settings, "webhooks", build), with_scheduler=True, logging_level=os.environ.get("RQ_LOG_LEVEL", "WARNING"))
+        return build
+
+    for index in range(1, settings.webhook_concurrency):
+        make = numbered(settings, f"webhooks{index}", builder(ThreadWorker))
+        threading.Thread(target=_run_in_thread, args=(make,), kwargs={"logging_level": level}, daemon=True,
+                         name=f"webhooks-{index}").start()
+    supervise(numbered(settings, "webhooks", builder(SimpleWorker)), with_scheduler=True, logging_level=level)

@@ -10,10 +10,12 @@ from pathlib import Path
 import torch
 
 from app.settings import Settings
-from model.attention import select_backend
 from model.demo_checkpoint import make_demo_checkpoint
 from model.pipeline import OneDiffusion
+from model.precision import apply_precision
 from model.tasks import FramePlan, Frame
+
+from .fast_path import choose_fast_path
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,9 @@ def checkpoint_path(settings: Settings) -> Path:
         log.warning("ONEDIFFUSION_MODEL is not set: making the tiny demo checkpoint in %s (outputs are noise)", path)
         make_demo_checkpoint(path)
     return path
+
+
+PROBE_SHAPE = {True: (256, 256, 1), False: (64, 64, 1)}  # (height, width, frames) when no bucket is warmed; by CUDA or not
 
 
 def warm_plans(spec: str) -> list[FramePlan]:
@@ -46,11 +51,26 @@ def load_model(settings: Settings) -> OneDiffusion:
     device = model.device
     log.info("model loaded", extra={"path": str(path), "device": str(device), "demo": model.components.is_demo,
                                     "seconds": round(time.monotonic() - started, 2)})
-    select_backend(device, model.components.dtype)  # checked here, outside any compiled graph
-    if device.type == "cuda" and settings.compile:
-        model.sampler.transformer = torch.compile(model.components.transformer, dynamic=False)
-    for plan in warm_plans(settings.warm_buckets):
+    model.precision = apply_precision(model.components.transformer, settings.precision, device)  # before compiling
+    plans = warm_plans(settings.warm_buckets)
+    shapes = [(p.height, p.width, len(p.frames)) for p in plans] or [PROBE_SHAPE[device.type == "cuda"]]
+    model.fast_path, model.sampler.transformer = choose_fast_path(
+        model.components.transformer, shapes, forced=settings.onediffusion_attention,
+        compile=settings.compile and (device.type == "cuda" or settings.compile_on_cpu),
+        tolerance=settings.fast_path_tolerance,
+    )
+    log.info("fast path", extra=model.fast_path.as_info())
+    for plan in plans:
         t0 = time.monotonic()
         model.run([plan])
         log.info("warmed bucket", extra={"bucket": plan.bucket, "seconds": round(time.monotonic() - t0, 2)})
     return model
+
+
+def worker_info(model: "OneDiffusion | None") -> dict[str, str]:
+    """String fields of the worker's readiness entry (shown by /readyz, counted in /metrics)."""
+    info = {}
+    for part in (getattr(model, "precision", None), getattr(model, "fast_path", None)):
+        if part is not None:
+            info.update(part.as_info())
+    return info

@@ -1,17 +1,26 @@
 """Webhook delivery: an RQ job on its own queue, run by the deliverer process (not the GPU loop).
 
 A failed call (network error, timeout, non-2xx) raises, and RQ's `Retry` schedules the next attempt
-with exponential backoff; the job's result in Redis is untouched either way. Redirects are not followed."""
+with exponential backoff; the job's result in Redis is untouched either way. Redirects are not followed.
+Each attempt has one deadline for all of it (WEBHOOK_TIMEOUT_S: connect, send, headers and body), the
+deliverer runs several deliveries at once (WEBHOOK_CONCURRENCY) and at most WEBHOOK_PER_HOST of them to
+one host: a delivery to a host that has that many in flight is put back for a second, not waited for,
+so a receiver that stalls holds only its own slots."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 import time
+from collections import Counter
+from contextlib import contextmanager
+from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from rq import get_current_job
+from rq import Queue, Retry, get_current_job
 
 from app.jobs import JobService
 from app.settings import get_settings
@@ -23,6 +32,45 @@ log = logging.getLogger(__name__)
 
 class DeliveryFailed(RuntimeError):
     pass
+
+
+class HostSlots:
+    """Deliveries in flight per destination host, in this deliverer process."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.busy: Counter = Counter()
+
+    @contextmanager
+    def hold(self, host: str, limit: int):
+        """Yields True with a slot held, or False at once when `host` already has `limit` in flight."""
+        with self.lock:
+            taken = self.busy[host] < limit
+            if taken:
+                self.busy[host] += 1
+        try:
+            yield taken
+        finally:
+            if taken:
+                with self.lock:
+                    self.busy[host] -= 1
+
+
+HOST_SLOTS = HostSlots()
+POSTPONE_S = 1
+
+
+def _postpone(owner: str, owner_id: str, delivery_id: str, body: str) -> str:
+    """Queue this delivery again in a second, keeping its retries (the host was busy, nothing failed)."""
+    job = get_current_job()
+    queue = Queue(job.origin, connection=job.connection)
+    retry = Retry(max=job.retries_left, interval=job.retry_intervals or 0) if job.retries_left else None
+    again = queue.enqueue_in(
+        timedelta(seconds=POSTPONE_S), "worker.webhooks.deliver", owner, owner_id, delivery_id, body,
+        job_id=f"{job.id.split('-p')[0]}-p{time.time_ns()}", retry=retry, result_ttl=job.result_ttl,
+        failure_ttl=job.failure_ttl, description=job.description,
+    )
+    return again.id
 
 
 def deliver(owner: str, owner_id: str, delivery_id: str, body: str) -> dict:
@@ -49,11 +97,16 @@ def deliver(owner: str, owner_id: str, delivery_id: str, body: str) -> dict:
     except UnsafeWebhook as exc:  # permanent: retrying cannot make the address safe
         log.warning("webhook refused: %s", exc, extra=extra)
         return {"refused": str(exc)}
-    try:
-        status = _post_pinned(hook["url"], host, address, body.encode(), headers, settings)
-    except httpx.HTTPError as exc:
-        log.warning("webhook call failed: %s", type(exc).__name__, extra=extra)
-        raise DeliveryFailed(f"{type(exc).__name__} calling the webhook") from None
+    with HOST_SLOTS.hold(host, settings.webhook_per_host) as held:
+        if not held:
+            later = _postpone(owner, owner_id, delivery_id, body)
+            log.info("webhook host busy; delivery put back", extra={**extra, "host": host, "job": later})
+            return {"postponed": later}
+        try:
+            status = _post_pinned(hook["url"], host, address, body.encode(), headers, settings)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            log.warning("webhook call failed: %s", type(exc).__name__, extra=extra)
+            raise DeliveryFailed(f"{type(exc).__name__} calling the webhook") from None
     if not 200 <= status < 300:
         log.warning("webhook answered %s", status, extra=extra)
         raise DeliveryFailed(f"the webhook answered {status}")
@@ -63,23 +116,28 @@ def deliver(owner: str, owner_id: str, delivery_id: str, body: str) -> dict:
 
 def _post_pinned(url: str, host: str, address: str, body: bytes, headers: dict, settings) -> int:
     """POST to the address that was checked (not a fresh DNS answer), with the URL's Host and TLS name;
-    no redirects, a bounded timeout, and at most `webhook_max_response_bytes` of the answer read."""
+    no redirects, one deadline for the whole attempt (a receiver that trickles its answer byte by byte
+    cannot hold it longer), and at most `webhook_max_response_bytes` of the answer read."""
+    return asyncio.run(asyncio.wait_for(_post(url, host, address, body, headers, settings), settings.webhook_timeout_s))
+
+
+async def _post(url: str, host: str, address: str, body: bytes, headers: dict, settings) -> int:
     parts = urlsplit(url)
     literal = f"[{address}]" if ":" in address else address
     netloc = f"{literal}:{parts.port}" if parts.port else literal
     pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
     headers = {**headers, "Host": parts.netloc}
-    with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False) as client:
+    async with httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False) as client:
         request = client.build_request("POST", pinned, content=body, headers=headers)
         if parts.scheme == "https":
             request.extensions["sni_hostname"] = host
-        response = client.send(request, stream=True)
+        response = await client.send(request, stream=True)
         try:
             read = 0
-            for chunk in response.iter_bytes():
+            async for chunk in response.aiter_bytes():
                 read += len(chunk)
                 if read >= settings.webhook_max_response_bytes:
                     break
         finally:
-            response.close()
+            await response.aclose()
         return response.status_code

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
+from ..body import idempotency_key, read_json_object
 from ..exceptions import ApiError
 from ..schemas import BatchRequest, BatchView, ErrorBody, task_part
 from ..security import Caller, require_caller
@@ -17,13 +20,32 @@ router = APIRouter(
 )
 
 
-@router.post("", response_model=BatchView, status_code=202, summary="Submit many tasks at once")
-def submit_batch(request: Request, body: BatchRequest, caller: Caller = Depends(require_caller)) -> BatchView:
-    settings = request.app.state.settings
-    if len(body.items) > settings.max_batch_items:
-        raise ApiError(422, "invalid_request", f"items: at most {settings.max_batch_items} items per batch; split it")
+@router.post(
+    "", response_model=BatchView, status_code=202, summary="Submit many tasks at once",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}}}}},
+)
+async def submit_batch(request: Request, caller: Caller = Depends(require_caller)) -> JSONResponse:
+    """The key is checked before the body is read, and the item count before the items are validated.
+    An `Idempotency-Key` header makes a retry return the first batch (header `Idempotent-Replayed: true`)."""
+    service, settings = request.app.state.jobs, request.app.state.settings
+    idem = idempotency_key(request)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("application/json", ""):
+        raise ApiError(415, "unsupported_media_type", "send the batch as application/json")
+    await run_in_threadpool(service.admit, caller.tenant, caller.key_id, 1)
+    data = await read_json_object(request)
+    raw_items = data.get("items")
+    if isinstance(raw_items, list) and len(raw_items) > settings.max_batch_items:
+        raise ApiError(422, "invalid_request", f"items: at most {settings.max_batch_items} items per batch; split it",
+                       fields=[{"field": "items", "message": f"at most {settings.max_batch_items} items per batch"}])
+    body = await run_in_threadpool(BatchRequest.model_validate, data)
     items = [(item.task, task_part(item, item.task), item.output_format) for item in body.items]
-    return request.app.state.jobs.submit_batch(items, body.webhook, caller.tenant, caller.key_id)
+    view, replayed = await run_in_threadpool(
+        service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True
+    )
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)
 
 
 @router.get("/{batch_id}", response_model=BatchView, summary="Batch status with its jobs")

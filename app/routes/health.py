@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from rq.registry import StartedJobRegistry
@@ -14,7 +16,10 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Ready when Redis answers and a worker with a loaded model is alive")
+@router.get(
+    "/readyz", summary="Ready when Redis answers and a worker with a loaded model is alive",
+    description="Says how many workers are ready; their names (host and process) only on a local demo (AUTH_DISABLED).",
+)
 def readyz(request: Request):
     service = request.app.state.jobs
     try:
@@ -24,16 +29,34 @@ def readyz(request: Request):
         return JSONResponse({"status": "unavailable", "reason": "Redis does not answer"}, status_code=503)
     if not workers:
         return JSONResponse({"status": "unavailable", "reason": "no worker with a loaded model"}, status_code=503)
-    return {"status": "ready", "workers": workers}
+    info = service.worker_info(workers)
+    answer = {"status": "ready", "worker_count": len(workers), "worker_modes": worker_modes(info)}
+    if request.app.state.settings.auth_disabled:  # host names and PIDs are nobody else's business
+        answer["workers"] = workers
+        answer["worker_info"] = info
+    return answer
+
+
+def worker_modes(info: dict[str, dict[str, str]]) -> dict[str, int]:
+    """How many workers run each mode (precision, attention backend, compile), without naming them: an
+    operator sees a degraded worker from outside."""
+    return dict(Counter(" ".join(f"{k}={v}" for k, v in sorted(fields.items()) if not k.endswith("reason"))
+                        for fields in info.values()))
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 def metrics(request: Request) -> PlainTextResponse:
     service = request.app.state.jobs
+    ready = service.ready_workers()
     gauges = [
         ("queue_depth", "Jobs waiting in the inference queue", {}, service.queue.count),
         ("jobs_running", "Jobs being run by workers", {}, StartedJobRegistry(queue=service.queue).count),
-        ("workers_ready", "Workers with a loaded model and a recent heartbeat", {}, len(service.ready_workers())),
+        ("workers_ready", "Workers with a loaded model and a recent heartbeat", {}, len(ready)),
         ("webhooks_pending", "Webhook deliveries waiting to be sent", {}, service.webhook_queue.count),
+    ]
+    precisions = Counter(info.get("precision", "unknown") for info in service.worker_info(ready).values())
+    gauges += [
+        ("workers_ready_by_precision", "Ready workers by the precision their denoiser runs in (PRECISION)", {"precision": p}, n)
+        for p, n in sorted(precisions.items())
     ]
     return PlainTextResponse(service.metrics.render(gauges), media_type="text/plain; version=0.0.4")

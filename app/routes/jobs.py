@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import time
+
+import anyio
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
-from ..exceptions import JobNotFound
 from ..schemas import TERMINAL, ErrorBody, JobView
 from ..security import Caller, require_caller
+from ..streams import SLOT_REFRESH_S, JobWatcher, StreamSlots
 
 router = APIRouter(
     prefix="/v1/jobs", tags=["jobs"],
@@ -19,6 +22,7 @@ router = APIRouter(
                404: {"model": ErrorBody, "description": "No such job (or not yours)"},
                503: {"model": ErrorBody, "description": "The job store is unreachable"}},
 )
+KEEP_ALIVE_S = 15
 JobId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The id returned when the job was submitted")
 
 
@@ -46,33 +50,51 @@ def _sse(event: str, data: dict) -> str:
 async def job_events(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)):
     service = request.app.state.jobs
     first = await run_in_threadpool(service.view, job_id, None, caller.tenant)  # 404 before the stream starts
+    state = request.app.state
+    if getattr(state, "stream_slots", None) is None:
+        settings = state.settings
+        state.stream_slots = StreamSlots(service.redis, service.keys.prefix, settings.max_streams_per_key,
+                                         settings.max_streams_per_tenant)
+        state.job_watcher = JobWatcher(service)
+    slots, watcher = state.stream_slots, state.job_watcher
+    slot = await run_in_threadpool(slots.take, caller.key_id, caller.tenant)  # 429 past the bounds
 
     async def stream():
-        view, last_status, last_step, idle = first, None, None, 0.0
-        while True:
-            if view.status != last_status:
-                if view.status == "queued":
-                    yield _sse("queued", {"id": view.id, "queue_position": view.queue_position})
-                elif view.status == "running" or (last_status in (None, "queued") and view.status in TERMINAL):
-                    yield _sse("started", {"id": view.id, "started_at": view.started_at})
-                last_status = view.status
-            step = view.progress.step if view.progress else None
-            if step is not None and step != last_step:
-                yield _sse("progress", view.progress.model_dump())
-                last_step = step
-            if view.status in TERMINAL:
-                yield _sse("finished", view.model_dump(mode="json"))
-                return
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(0.25)
-            idle += 0.25
-            if idle >= 15:
-                idle = 0.0
-                yield ": keep-alive\n\n"
-            try:
-                view = await run_in_threadpool(service.view, job_id, None, caller.tenant)
-            except JobNotFound:
-                return
+        view, last_status, last_step = first, None, None
+        renewed = time.monotonic()
+        try:
+            async with watcher.watch(job_id, first) as watch:
+                version = watch.version
+                while True:
+                    if view.status != last_status:
+                        if view.status == "queued":
+                            yield _sse("queued", {"id": view.id, "queue_position": view.queue_position})
+                        elif view.status == "running" or (last_status in (None, "queued") and view.status in TERMINAL):
+                            yield _sse("started", {"id": view.id, "started_at": view.started_at})
+                        last_status = view.status
+                    step = view.progress.step if view.progress else None
+                    if step is not None and step != last_step:
+                        yield _sse("progress", view.progress.model_dump())
+                        last_step = step
+                    if view.status in TERMINAL:
+                        yield _sse("finished", view.model_dump(mode="json"))
+                        return
+                    if await request.is_disconnected():
+                        return
+                    if not await watch.wait(version, KEEP_ALIVE_S):
+                        yield ": keep-alive\n\n"
+                    if time.monotonic() - renewed >= SLOT_REFRESH_S:
+                        renewed = time.monotonic()
+                        await run_in_threadpool(slots.renew, slot, caller.key_id, caller.tenant)
+                    version = watch.version
+                    if watch.view is None:  # the job expired
+                        return
+                    view = watch.view.model_copy()
+        finally:
+            with anyio.CancelScope(shield=True):  # runs when the client went away (the stream was cancelled) too
+                await run_in_threadpool(slots.give_back, slot, caller.key_id, caller.tenant)
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    events = stream()
+    # after a disconnect Starlette runs the background task: close the generator if it is still open
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                             background=BackgroundTask(events.aclose))

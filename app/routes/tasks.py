@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from model.tasks import TASKS
 
-from ..body import parse_request
+from ..body import idempotency_key, parse_request
 from ..schemas import REQUEST_MODELS, TERMINAL, ErrorBody, JobView, task_part
 from ..security import Caller, require_caller
 
@@ -36,8 +36,13 @@ async def wait_for(service, job_id: str, seconds: int, tenant: str) -> JobView:
     return view
 
 
-def job_response(view: JobView, wait: Optional[int]) -> JSONResponse:
+REPLAY_HEADER = "Idempotent-Replayed"
+
+
+def job_response(view: JobView, wait: Optional[int], replayed: bool = False) -> JSONResponse:
     headers = {"Location": view.urls["self"]}
+    if replayed:
+        headers[REPLAY_HEADER] = "true"
     if wait is not None:
         headers["Preference-Applied"] = f"wait={wait}"
     status = 200 if view.status in TERMINAL else 202
@@ -50,15 +55,18 @@ def _endpoint(task: str):
     async def submit(request: Request, caller: Caller = Depends(require_caller)) -> JSONResponse:
         service = request.app.state.jobs
         settings = request.app.state.settings
-        body = await parse_request(request, model)
+        # cheapest first: the key (a dependency), headers, rate and quota, then the body, then its images
+        idem = idempotency_key(request)
         wait = prefer_wait(request, settings.max_wait_s)
-        view = await run_in_threadpool(
-            service.submit, task, task_part(body, task), caller.tenant, caller.key_id, body.webhook, body.output_format,
-            request.headers.get("idempotency-key"),
+        await run_in_threadpool(service.admit, caller.tenant, caller.key_id, 1)
+        body = await parse_request(request, model)
+        view, replayed = await run_in_threadpool(
+            service.submit_once, task, task_part(body, task), caller.tenant, caller.key_id, body.webhook,
+            body.output_format, idem, True,
         )
         if wait:
             view = await wait_for(service, view.id, wait, caller.tenant)
-        return job_response(view, wait)
+        return job_response(view, wait, replayed)
 
     submit.__name__ = "submit_" + task.replace("-", "_")
     return submit, model

@@ -140,7 +140,10 @@ class Service:
             response = self.client.get("/readyz")
         except httpx.HTTPError:
             return 0
-        return len(response.json().get("workers", [])) if response.status_code == 200 else 0
+        if response.status_code != 200:
+            return 0
+        body = response.json()
+        return body.get("worker_count", len(body.get("workers", [])))
 
     def wait_ready(self, count: int = 1, timeout: float = 90) -> None:
         wait_until(lambda: self.ready_workers() >= count, timeout, interval=0.3, what=f"{count} ready worker(s)")
@@ -232,3 +235,46 @@ class WebhookReceiver:
     def events(self) -> list[str]:
         with self.lock:
             return [c["json"]["event"] for c in self.calls]
+
+
+class StalledReceiver:
+    """A webhook receiver that accepts each POST and then trickles a header line a second for a minute
+    (a per-read timeout never fires); `connections` counts the attempts it saw."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.connections = 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(16)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stall"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _trickle(conn) -> None:
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(60):
+                conn.sendall(b"X-Slow: 1\r\n")
+                time.sleep(1)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()

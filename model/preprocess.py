@@ -1,0 +1,60 @@
+"""Input images to VAE-ready tensors, as the reference prepares them for inference.
+
+    bytes -> decode_rgb (Pillow `convert("RGB")`, alpha dropped) -> float32 / 255
+          -> centre crop to the target aspect on whole pixels -> bilinear resize (no antialiasing)
+          -> (x - 0.5) / 0.5
+
+The size, when a request gives none, is `images.closest_size` of the first image (the ASPECT_RATIO_512
+bucket nearest its h/w, ties to the earlier key), and every image of the request gets that size.
+Checked against the reference's own outputs in tests/fixtures/preprocess_ref (exact in float32).
+
+Knowingly not reproduced: after stacking a call's images, the reference normalises a second time
+(`2x - 1`) when the whole batch has no value below 0 (roughly: no pixel darker than 128), which squashes
+bright images towards -1. That is a bug in its image processor, not something the model was trained
+to expect, so a bright image here keeps its colours.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .images import decode_rgb
+
+# Decoding limit in the worker: the gateway has already refused anything larger than the service's
+# own (smaller) limit, so this only guards against a payload that skipped it.
+MAX_DECODE_PIXELS = 40_000_000
+
+
+def crop_box(height: int, width: int, target_height: int, target_width: int) -> tuple[int, int, int, int]:
+    """(top, left, rows, cols) of the centre crop to the target's aspect ratio.
+
+    As the reference: a wider image keeps every row and `height * tw / th` columns, a taller one every
+    column and `width * th / tw` rows; the start is half the excess; start and size are each truncated
+    toward zero (so the crop may sit a pixel off centre and be a pixel short)."""
+    aspect = target_width / target_height
+    if width / height > aspect:
+        rows, cols = float(height), height * aspect
+    else:
+        rows, cols = width / aspect, float(width)
+    return int((height - rows) / 2), int((width - cols) / 2), int(rows), int(cols)
+
+
+def pixels_tensor(rgb: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """(3, h, w) uint8 -> centre crop, float32 in [0, 1], bilinear resize to (3, height, width), [-1, 1].
+
+    The reference converts to float before cropping; cropping first gives the same numbers with less
+    memory for a large photo."""
+    top, left, rows, cols = crop_box(rgb.shape[1], rgb.shape[2], height, width)
+    cropped = rgb[:, top : top + rows, left : left + cols].float() / 255.0
+    # bilinear, align_corners=False, no antialiasing: downscaling skips pixels, as in the reference
+    resized = F.interpolate(cropped[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    return (resized - 0.5) / 0.5
+
+
+def image_tensor(data: bytes, width: int, height: int, max_pixels: int = MAX_DECODE_PIXELS) -> torch.Tensor:
+    """Image file bytes and a target size -> the (3, height, width) float32 tensor in [-1, 1] that the
+    VAE encodes."""
+    image = decode_rgb(data, max_pixels)
+    rgb = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return pixels_tensor(rgb.view(image.height, image.width, 3).permute(2, 0, 1), width, height)

@@ -1,0 +1,87 @@
+"""Issue 12's checks that need no service: the SSRF guard's tunnelled addresses, the schema's bounds,
+and the warning about a Redis that keeps nothing on disk (against a real redis-server)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from app.webhook_guard import UnsafeWebhook, resolve_checked
+from tests.service.harness import RedisServer, free_port, wait_until
+
+
+@pytest.mark.parametrize("url,words", [
+    ("http://[2002:a9fe:a9fe::1]/", "cloud metadata"),  # 6to4 of 169.254.169.254
+    ("http://[2002:7f00:1::]/", "loopback"),  # 6to4 of 127.0.0.1
+    ("http://[2002:0a00:0001::]/", "private"),  # 6to4 of 10.0.0.1
+    ("http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/", "private"),  # Teredo, client 10.0.0.1
+    ("http://[64:ff9b::a9fe:a9fe]/", "cloud metadata"),  # NAT64
+])
+def test_tunnelled_private_addresses_are_refused(url, words):
+    with pytest.raises(UnsafeWebhook) as refused:
+        resolve_checked(url, [])
+    assert words in str(refused.value)
+
+
+def test_tunnelled_public_addresses_pass():
+    assert resolve_checked("http://[2002:0808:0808::1]/hook", [])[1] == "2002:808:808::1"
+
+
+def _bounded(schema: dict, defs: dict, path: str, problems: list) -> None:
+    if "$ref" in schema:
+        name = schema["$ref"].split("/")[-1]
+        if name in defs and name not in _bounded.seen:
+            _bounded.seen.add(name)
+            _bounded(defs[name], defs, name, problems)
+        return
+    for key in ("anyOf", "oneOf", "allOf"):
+        for option in schema.get(key, []):
+            _bounded(option, defs, path, problems)
+    kind = schema.get("type")
+    if kind == "string" and "enum" not in schema and "const" not in schema and "maxLength" not in schema:
+        problems.append(f"{path}: string without maxLength")
+    if kind == "array":
+        if "maxItems" not in schema:
+            problems.append(f"{path}: array without maxItems")
+        _bounded(schema.get("items", {}), defs, path + "[]", problems)
+    for name, sub in schema.get("properties", {}).items():
+        _bounded(sub, defs, f"{path}.{name}", problems)
+
+
+def test_every_string_and_list_of_every_request_is_bounded_in_the_schema():
+    from app.schemas import REQUEST_MODELS, BatchRequest
+
+    problems: list[str] = []
+    for model in (*REQUEST_MODELS.values(), BatchRequest):
+        schema = model.model_json_schema()
+        _bounded.seen = set()
+        _bounded(schema, schema.get("$defs", {}), model.__name__, problems)
+    assert not problems, problems
+
+
+def test_redis_without_persistence_is_warned_about(tmp_path):
+    from app.local_redis import ensure_redis, find_redis_server
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    bare = subprocess.Popen([find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+                             "--appendonly", "no", "--save", ""], stdout=subprocess.DEVNULL)
+    try:
+        from app.local_redis import answers
+
+        wait_until(lambda: answers(url), 10, what="redis")
+        said: list[str] = []
+        assert ensure_redis(url, tmp_path / "unused", log=said.append) is None
+        assert any("persistence off" in line for line in said), said
+    finally:
+        bare.terminate()
+        bare.wait(10)
+    persistent = RedisServer(tmp_path / "aof")
+    persistent.start()
+    try:
+        said = []
+        ensure_redis(persistent.url, tmp_path / "unused", log=said.append)
+        assert said == []
+    finally:
+        persistent.stop()
