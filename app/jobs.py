@@ -374,6 +374,18 @@ class JobService:
             self.job_ended(job_id)  # a running job's worker calls this when it stops
         return self.view(job_id)
 
+    # ---- delete ------------------------------------------------------------------------------------------------
+    def delete(self, job_id: str, tenant: Optional[str] = None) -> None:
+        """Remove an ended job's record (its outputs are the caller's to remove from the result store);
+        409 while it is queued or running: cancel it first."""
+        job = self.fetch(job_id)
+        view = self.view(job_id, job, tenant=tenant)  # ownership
+        if view.status not in TERMINAL:
+            raise ApiError(409, "conflict", f"the job is {view.status}; cancel it first (POST {view.urls['cancel']})")
+        job.delete(delete_dependents=False)
+        self.redis.delete(self.keys.progress(job_id), self.keys.cancel(job_id))
+        log.info("job deleted", extra={"job_id": job_id, "tenant": tenant})
+
     # ---- end of a job (called by workers, and here for jobs canceled while queued) ---------------------------
     def job_ended(self, job_id: str) -> None:
         """Count the job and queue its webhook calls (its own, its batch item's and the batch's last)."""
@@ -433,7 +445,10 @@ class JobService:
 
     def webhook_of(self, owner: str, owner_id: str) -> Optional[dict]:
         if owner == "job":
-            return self.fetch(owner_id).meta.get("webhook")
+            try:
+                return self.fetch(owner_id).meta.get("webhook")
+            except JobNotFound:  # deleted by its owner meanwhile: nothing left to tell
+                return None
         record = self.redis.hgetall(self.keys.batch(owner_id))
         return json.loads(record.get(b"webhook", b"null")) if record else None
 

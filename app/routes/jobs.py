@@ -9,7 +9,7 @@ import anyio
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from ..schemas import TERMINAL, ErrorBody, JobView
@@ -35,6 +35,17 @@ def get_job(request: Request, job_id: str = JobId, caller: Caller = Depends(requ
              description="A queued job is dropped; a running job stops at its next step. 409 if it already ended.")
 def cancel_job(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> JobView:
     return request.app.state.jobs.cancel(job_id, tenant=caller.tenant)
+
+
+@router.delete(
+    "/{job_id}", status_code=204, response_class=Response, summary="Delete an ended job and its outputs",
+    description="Removes the job's record and its output files. 409 while it is queued or running (cancel it first).",
+    responses={409: {"model": ErrorBody, "description": "The job has not ended"}},
+)
+def delete_job(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> Response:
+    request.app.state.jobs.delete(job_id, tenant=caller.tenant)
+    request.app.state.store.delete(job_id)
+    return Response(status_code=204)
 
 
 def _sse(event: str, data: dict) -> str:

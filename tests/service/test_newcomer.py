@@ -45,3 +45,11 @@ def test_cors_is_opt_in_and_limited_to_the_allowlist(make_service):
     assert "x-request-id" in got.headers["access-control-expose-headers"].lower()
     other = open_.client.get("/healthz", headers={"Origin": "https://evil.example.net"})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_delete_refuses_a_job_that_has_not_ended(make_service):
+    service = make_service(workers=0, deliverer=False)
+    job = service.submit("text-to-image", CASES["text-to-image"][0]).json()
+    refused = service.client.delete(f"/v1/jobs/{job['id']}")
+    assert refused.status_code == 409 and "cancel it first" in refused.json()["error"]["message"]
+    assert service.job(job["id"])["status"] == "queued"

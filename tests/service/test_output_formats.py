@@ -82,3 +82,15 @@ def test_head_and_conditional_get_on_files(shared_service):
         assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == full.headers["etag"]
         assert httpx.get(variant, headers={"If-None-Match": '"other"'}).status_code == 200
     assert httpx.head(url.replace("image.png", "nope.png")).status_code == 404
+
+
+def test_delete_job_removes_record_and_outputs(shared_service):
+    job = shared_service.submit("text-to-image", CASES["text-to-image"][0], headers={"Prefer": "wait=60"}).json()
+    url = job["outputs"][0]["url"]
+    folder = shared_service.tmp / "results" / job["id"]
+    assert folder.is_dir() and httpx.get(url).status_code == 200
+    deleted = shared_service.client.delete(f"/v1/jobs/{job['id']}")
+    assert deleted.status_code == 204, deleted.text
+    assert shared_service.client.get(f"/v1/jobs/{job['id']}").status_code == 404
+    assert httpx.get(url).status_code == 404 and not folder.exists()
+    assert shared_service.client.delete(f"/v1/jobs/{job['id']}").status_code == 404
