@@ -25,6 +25,7 @@ from rq.job import Callback, Job, JobStatus as RQStatus
 
 from model.tasks import FramePlan, TaskInputError, TaskRequest
 
+from . import listing
 from .auth import UrlSigner
 from .connection import Keys, keys_for, queues
 from .exceptions import ApiError, CannotCancel, JobNotFound
@@ -198,6 +199,7 @@ class JobService:
                 if idem:
                     pipe.set(idem, json.dumps({"id": job_id, "fingerprint": fp}), ex=self.settings.results_ttl_s)
                 self.quotas.added(tenant, [job_id], pipe)
+                listing.add(pipe, self.keys.prefix, "jobs", tenant, [job_id], self.settings.results_ttl_s)
                 self.queue.enqueue_many([data], pipeline=pipe)
                 pipe.execute()
         self.metrics.inc("jobs_submitted_total", {"task": task})
@@ -252,6 +254,8 @@ class JobService:
                 pipe.hset(self.keys.batch(batch_id), mapping=record)
                 pipe.expire(self.keys.batch(batch_id), self.settings.results_ttl_s)
                 self.quotas.added(tenant, job_ids, pipe)
+                listing.add(pipe, self.keys.prefix, "jobs", tenant, job_ids, self.settings.results_ttl_s)
+                listing.add(pipe, self.keys.prefix, "batches", tenant, [batch_id], self.settings.results_ttl_s)
                 Group.create(self.redis, name=batch_id).enqueue_many(self.queue, datas, pipeline=pipe)
         for task, *_ in prepared:
             self.metrics.inc("jobs_submitted_total", {"task": task})
@@ -354,6 +358,42 @@ class JobService:
             urls={"self": self.url(f"/v1/batches/{batch_id}")},
         )
 
+    # ---- listing -----------------------------------------------------------------------------------------------
+    def list_jobs(self, tenant: str, limit: int, cursor: Optional[str], status: Optional[str] = None,
+                  task: Optional[str] = None) -> tuple[list[JobView], Optional[str]]:
+        def load(job_id: str) -> Optional[JobView]:
+            try:
+                return self.view(job_id, tenant=tenant)
+            except JobNotFound:
+                return None
+
+        def keep(view: JobView) -> bool:
+            return (status is None or view.status == status) and (task is None or view.task == task)
+
+        return listing.page(self.redis, self.keys.prefix, "jobs", tenant, limit, cursor, load, keep)
+
+    def list_batches(self, tenant: str, limit: int, cursor: Optional[str],
+                     status: Optional[str] = None) -> tuple[list[BatchView], Optional[str]]:
+        def load(batch_id: str) -> Optional[BatchView]:
+            try:
+                return self.batch_view(batch_id, tenant=tenant)
+            except JobNotFound:
+                return None
+
+        return listing.page(self.redis, self.keys.prefix, "batches", tenant, limit, cursor, load,
+                            lambda view: status is None or view.status == status)
+
+    def cancel_batch(self, batch_id: str, tenant: Optional[str] = None) -> BatchView:
+        """Cancel every job of the batch that has not ended (ended ones keep their results)."""
+        view = self.batch_view(batch_id, tenant=tenant)  # ownership
+        for job in view.jobs:
+            if job.status not in TERMINAL:
+                try:
+                    self.cancel(job.id, reason="batch canceled by the client")
+                except (CannotCancel, JobNotFound):  # ended or expired meanwhile
+                    pass
+        return self.batch_view(batch_id)
+
     # ---- cancel ------------------------------------------------------------------------------------------------
     def cancel(self, job_id: str, tenant: Optional[str] = None, reason: str = "canceled by the client") -> JobView:
         job = self.fetch(job_id)
@@ -383,6 +423,7 @@ class JobService:
         if view.status not in TERMINAL:
             raise ApiError(409, "conflict", f"the job is {view.status}; cancel it first (POST {view.urls['cancel']})")
         job.delete(delete_dependents=False)
+        listing.remove(self.redis, self.keys.prefix, "jobs", (job.meta or {}).get("tenant", ""), job_id)
         self.redis.delete(self.keys.progress(job_id), self.keys.cancel(job_id))
         log.info("job deleted", extra={"job_id": job_id, "tenant": tenant})
 

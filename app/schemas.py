@@ -143,3 +143,15 @@ class BatchView(BaseModel):
 
 class ErrorBody(BaseModel):
     error: dict[str, Any] = Field(examples=[{"type": "invalid_request", "message": "width: Input should be a multiple of 16"}])
+
+
+class JobList(BaseModel):
+    """One page of the caller's jobs, newest first."""
+    data: list[JobView]
+    next_cursor: Optional[str] = Field(None, description="Pass as `cursor` for the next page; null on the last page")
+
+
+class BatchList(BaseModel):
+    """One page of the caller's batches, newest first."""
+    data: list[BatchView]
+    next_cursor: Optional[str] = Field(None, description="Pass as `cursor` for the next page; null on the last page")

@@ -7,12 +7,14 @@ import time
 
 import anyio
 
-from fastapi import APIRouter, Depends, Path, Request
+from typing import Optional
+
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from ..schemas import TERMINAL, ErrorBody, JobView
+from ..schemas import TERMINAL, ErrorBody, JobList, JobStatus, JobView
 from ..security import Caller, require_caller
 from ..streams import SLOT_REFRESH_S, JobWatcher, StreamSlots
 
@@ -24,6 +26,21 @@ router = APIRouter(
 )
 KEEP_ALIVE_S = 15
 JobId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The id returned when the job was submitted")
+
+
+Cursor = Query(None, max_length=200, description="`next_cursor` of the previous page")
+Limit = Query(20, ge=1, le=100, description="Most items on the page")
+
+
+@router.get("", response_model=JobList, summary="Your jobs, newest first",
+            responses={422: {"model": ErrorBody, "description": "Bad filter, limit or cursor"}})
+def list_jobs(
+    request: Request, caller: Caller = Depends(require_caller), limit: int = Limit, cursor: Optional[str] = Cursor,
+    status: Optional[JobStatus] = Query(None, description="Only jobs in this status"),
+    task: Optional[str] = Query(None, pattern=r"^[a-z0-9-]{1,40}$", description="Only jobs of this task"),
+) -> JobList:
+    data, next_cursor = request.app.state.jobs.list_jobs(caller.tenant, limit, cursor, status, task)
+    return JobList(data=data, next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobView, summary="Job status, progress, outputs and error")
