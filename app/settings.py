@@ -6,11 +6,11 @@ settings table is generated from this class (`onediffusion settings`).
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from typing import Literal, Optional
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class SettingsError(ValueError):
@@ -27,7 +27,12 @@ class SettingsError(ValueError):
         super().__init__("bad setting: " + "; ".join(problems))
 
 
-class Settings(BaseModel):
+class Settings(BaseSettings):
+    """Read by pydantic-settings from the environment and a `.env` file in the working directory (the
+    environment wins); empty values count as unset."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", env_ignore_empty=True, extra="ignore")
+
     # ---- connections and storage
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the queue, jobs and results")
     onediffusion_model: Optional[str] = Field(
@@ -118,12 +123,25 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Optional[dict] = None) -> "Settings":
-        env = os.environ if environ is None else environ
-        values = {name: env[name.upper()] for name in cls.model_fields if name.upper() in env and env[name.upper()] != ""}
+        """The environment (and `.env`); `environ` given: that mapping alone (tests, checks of deploy files)."""
         try:
+            if environ is None:
+                return cls()
+            values = {name: environ[name.upper()] for name in cls.model_fields
+                      if name.upper() in environ and environ[name.upper()] != ""}
             return cls.model_validate(values)
         except ValidationError as exc:
             raise SettingsError(exc) from None
+
+    def current(self) -> list[tuple[str, str]]:
+        """(VARIABLE, value) of every setting as this process sees it; secrets shown as set or not."""
+        rows = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if "secret" in name and value:
+                value = "[set]"
+            rows.append((name.upper(), "" if value is None else str(value)))
+        return rows
 
     def task_limits(self):
         from model.tasks import TaskLimits

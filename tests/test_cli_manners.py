@@ -83,3 +83,18 @@ def test_run_shows_a_progress_bar_and_says_where_files_go(tmp_path, demo_checkpo
     assert "3/3" in result.stderr and "step" in result.stderr  # tqdm's bar
     assert f"outputs in {out.resolve()}" in result.stderr
     assert (out / "result.json").is_file() and not (tmp_path / "var").exists()
+
+
+def test_dotenv_file_and_current_values(tmp_path):
+    (tmp_path / ".env").write_text("PORT=8799\nURL_SIGNING_SECRET=not-to-be-shown\nMAX_STEPS=50\n")
+    result = cli("settings", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = set(result.stdout.splitlines())
+    assert {"PORT=8799", "PUBLIC_URL=http://127.0.0.1:8799", "MAX_STEPS=50", "URL_SIGNING_SECRET=[set]"} <= lines
+    assert "not-to-be-shown" not in result.stdout
+    assert "PORT=9100" in cli("settings", cwd=tmp_path, PORT="9100").stdout.splitlines()  # the environment wins
+    (tmp_path / ".env").write_text("MAX_STEPS=many\n")
+    line = one_line_error(cli("settings", cwd=tmp_path))
+    assert "MAX_STEPS='many'" in line
+    table = cli("settings", "--table", cwd=tmp_path).stdout
+    assert table.startswith("| variable | default | meaning |") and "| `PORT` | `8000` |" in table
