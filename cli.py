@@ -7,7 +7,7 @@
     onediffusion run TASK --image a.png  one task from files on disk, without the service
     onediffusion make-demo-checkpoint DIR
     onediffusion keys create --tenant T  an API key (shown once); keys list; keys revoke KEY_ID
-    onediffusion settings                the settings table (environment variables)
+    onediffusion settings [--table]      the settings in effect (or the table of all of them)
 """
 
 from __future__ import annotations
@@ -109,9 +109,13 @@ def cmd_keys(args) -> None:
 
 
 def cmd_settings(args) -> None:
-    from app.settings import Settings
+    from app.settings import Settings, get_settings
 
-    print(Settings().markdown_table())
+    if args.table:
+        print(Settings.model_construct().markdown_table())
+        return
+    for name, value in get_settings().current():
+        print(f"{name}={value}")
 
 
 def cmd_up(args) -> None:
@@ -281,7 +285,9 @@ def main(argv=None) -> None:
     demo = sub.add_parser("make-demo-checkpoint", help="write the tiny random-weight checkpoint")
     demo.add_argument("dir")
     demo.set_defaults(func=cmd_make_demo)
-    sub.add_parser("settings", help="print the settings table").set_defaults(func=cmd_settings)
+    settings_cmd = sub.add_parser("settings", help="the settings as this process sees them (environment and .env)")
+    settings_cmd.add_argument("--table", action="store_true", help="the README's table of every setting, its default and meaning")
+    settings_cmd.set_defaults(func=cmd_settings)
     keys = sub.add_parser("keys", help="API keys: create, list, revoke")
     keys.add_argument("action", choices=["create", "list", "revoke"])
     keys.add_argument("key_id", nargs="?", help="for revoke")

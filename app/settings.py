@@ -1,7 +1,7 @@
 """Every setting of the service, read from the environment in one place.
 
 Each field's environment variable is its name in upper case (`redis_url` <- `REDIS_URL`); the README's
-settings table is generated from this class (`onediffusion settings`).
+settings table is generated from this class (`onediffusion settings --table`).
 """
 
 from __future__ import annotations

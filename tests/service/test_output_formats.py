@@ -94,3 +94,28 @@ def test_delete_job_removes_record_and_outputs(shared_service):
     assert shared_service.client.get(f"/v1/jobs/{job['id']}").status_code == 404
     assert httpx.get(url).status_code == 404 and not folder.exists()
     assert shared_service.client.delete(f"/v1/jobs/{job['id']}").status_code == 404
+
+
+def _events(url: str, headers: dict) -> list[tuple[str, str]]:
+    """(id, event) of each event of a stream that ends by itself."""
+    with httpx.stream("GET", url, headers=headers, timeout=60) as stream:
+        assert stream.status_code == 200
+        text = "".join(stream.iter_text())
+    found = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "event" in fields:
+            found.append((fields.get("id"), fields["event"]))
+    return found
+
+
+def test_events_have_ids_and_resume_after_last_event_id(shared_service):
+    job = shared_service.submit("text-to-image", CASES["text-to-image"][0], headers={"Prefer": "wait=60"}).json()
+    assert job["status"] == "succeeded"
+    url, steps = job["urls"]["events"], job["progress"]["total"]
+    everything = _events(url, {})
+    assert everything == [("started", "started"), (f"progress-{steps}", "progress"), ("finished", "finished")]
+    assert _events(url, {"Last-Event-ID": "started"}) == everything[1:]
+    assert _events(url, {"Last-Event-ID": f"progress-{steps}"}) == [("finished", "finished")]
+    assert _events(url, {"Last-Event-ID": "finished"}) == []
+    assert _events(url, {"Last-Event-ID": "garbage"}) == everything  # unknown id: from the beginning
