@@ -18,6 +18,7 @@ from . import errors
 from .access_log import AccessLog
 from .body import BodyLimit
 from .docs import mount_docs
+from .openapi_doc import operation_id, refine
 from .connection import connect
 from .auth import KeyStore
 from .jobs import JobService
@@ -41,7 +42,8 @@ PLAYGROUND_DIR = Path(__file__).parent / "static" / "playground"
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or get_settings()
     setup_logging("api")
-    app = FastAPI(title="OneDiffusion service", version="0.1.0", description=DESCRIPTION, docs_url=None, redoc_url=None)
+    app = FastAPI(title="OneDiffusion service", version="0.1.0", description=DESCRIPTION, docs_url=None, redoc_url=None,
+                  generate_unique_id_function=operation_id)
     app.state.settings = settings
     app.state.redis = connect(settings)
     app.state.jobs = JobService(app.state.redis, settings)
@@ -71,8 +73,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(definition.pop("$defs", {}))
             components[model.__name__] = definition
-        app.openapi_schema = schema
-        return schema
+        app.openapi_schema = refine(schema, settings)
+        return app.openapi_schema
 
     app.openapi = openapi
     return app

@@ -141,8 +141,22 @@ class BatchView(BaseModel):
     urls: dict[str, str] = Field(default_factory=dict)
 
 
+class ErrorField(BaseModel):
+    field: str = Field(description="Dotted path of the field to change, e.g. `width` or `items.0.prompt`")
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="invalid_request, unauthorized, not_found, conflict, rate_limited, ...")
+    message: str = Field(description="What went wrong and what to change")
+    fields: Optional[list[ErrorField]] = Field(None, description="Per-field problems of an invalid request")
+
+
 class ErrorBody(BaseModel):
-    error: dict[str, Any] = Field(examples=[{"type": "invalid_request", "message": "width: Input should be a multiple of 16"}])
+    """Every error the API answers has this shape (path and query problems included)."""
+
+    error: ErrorDetail = Field(examples=[{"type": "invalid_request", "message": "width: Input should be a multiple of 16",
+                                          "fields": [{"field": "width", "message": "Input should be a multiple of 16"}]}])
 
 
 class JobList(BaseModel):
