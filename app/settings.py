@@ -106,6 +106,10 @@ class Settings(BaseSettings):
         "", description="Hosts, IPs or CIDRs webhooks may call although private (e.g. '10.0.0.0/8,hooks.internal')"
     )
     webhook_max_response_bytes: int = Field(65536, description="Most bytes read from a webhook receiver's answer")
+    image_url_max_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Largest input image fetched from a URL (http(s) URLs in image fields)"
+    )
+    image_url_timeout_s: float = Field(10.0, gt=0, description="Deadline for fetching one input image from a URL, all of it")
     cors_allow_origins: str = Field(
         "", description="Browser origins allowed to call the API (CORS), e.g. 'https://app.example.com,http://localhost:3000'; empty = none"
     )

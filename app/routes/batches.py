@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from ..body import idempotency_key, read_json_object
 from ..exceptions import ApiError
+from ..image_urls import fetch_image_urls
 from ..schemas import BatchList, BatchRequest, BatchView, ErrorBody, task_part
 from ..security import Caller, require_caller
 
@@ -42,6 +43,7 @@ async def submit_batch(request: Request, caller: Caller = Depends(require_caller
         raise ApiError(422, "invalid_request", f"items: at most {settings.max_batch_items} items per batch; split it",
                        fields=[{"field": "items", "message": f"at most {settings.max_batch_items} items per batch"}])
     body = await run_in_threadpool(BatchRequest.model_validate, data)
+    body = await run_in_threadpool(fetch_image_urls, body, settings)  # images given by URL, through the guard
     items = [(item.task, task_part(item, item.task), item.output_format) for item in body.items]
     view, replayed = await run_in_threadpool(
         service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True

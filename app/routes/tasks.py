@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from model.tasks import TASKS
 
 from ..body import idempotency_key, parse_request
+from ..image_urls import fetch_image_urls
 from ..schemas import REQUEST_MODELS, TERMINAL, ErrorBody, JobView, task_part
 from ..security import Caller, require_caller
 
@@ -60,6 +61,7 @@ def _endpoint(task: str):
         wait = prefer_wait(request, settings.max_wait_s)
         await run_in_threadpool(service.admit, caller.tenant, caller.key_id, 1)
         body = await parse_request(request, model)
+        body = await run_in_threadpool(fetch_image_urls, body, settings)  # images given by URL, through the guard
         view, replayed = await run_in_threadpool(
             service.submit_once, task, task_part(body, task), caller.tenant, caller.key_id, body.webhook,
             body.output_format, idem, True,
