@@ -44,6 +44,11 @@ class ServiceOptions(BaseModel):
 
     webhook: Optional[WebhookSpec] = None
     output_format: OutputFormat = Field("png", description="Format of the output URLs (files can be fetched in any)")
+    num_outputs: int = Field(
+        1, ge=1, le=4, description="How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs "
+        "(202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); "
+        "jobs of one shape run as one sampler batch",
+    )
 
 
 def task_request_model(task_cls: type[TaskRequest]) -> type[BaseModel]:

@@ -9,6 +9,7 @@ import io
 import json
 
 import httpx
+import numpy as np
 from PIL import Image
 
 from tests.test_pipeline import CASES
@@ -119,3 +120,23 @@ def test_events_have_ids_and_resume_after_last_event_id(shared_service):
     assert _events(url, {"Last-Event-ID": f"progress-{steps}"}) == [("finished", "finished")]
     assert _events(url, {"Last-Event-ID": "finished"}) == []
     assert _events(url, {"Last-Event-ID": "garbage"}) == everything  # unknown id: from the beginning
+
+
+def test_num_outputs_makes_a_batch_of_seeds(shared_service):
+    payload = {**CASES["text-to-image"][0], "seed": 7, "num_outputs": 2}
+    answer = shared_service.submit("text-to-image", payload)
+    assert answer.status_code == 202, answer.text
+    batch = answer.json()
+    assert answer.headers["location"] == batch["urls"]["self"] and len(batch["jobs"]) == 2
+    jobs = [shared_service.wait_job(job["id"]) for job in batch["jobs"]]
+    assert [job["status"] for job in jobs] == ["succeeded", "succeeded"]
+    assert [job["input"]["seed"] for job in jobs] == [7, 8]
+    pixels = [np.asarray(Image.open(io.BytesIO(httpx.get(job["outputs"][0]["url"]).content)), dtype=np.int16)
+              for job in jobs]
+    assert np.abs(pixels[0] - pixels[1]).mean() > 5  # different seeds, different images
+    alone = shared_service.submit("text-to-image", {**CASES["text-to-image"][0], "seed": 8},
+                                  headers={"Prefer": "wait=60"}).json()
+    again = np.asarray(Image.open(io.BytesIO(httpx.get(alone["outputs"][0]["url"]).content)), dtype=np.int16)
+    assert np.abs(again - pixels[1]).max() <= 2  # the second is seed 8 (alone or batched: rounding apart)
+    too_many = shared_service.submit("text-to-image", {**payload, "num_outputs": 5})
+    assert too_many.status_code == 422 and "num_outputs" in too_many.text
