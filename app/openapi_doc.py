@@ -72,6 +72,9 @@ def refine(schema: dict, settings: Settings) -> dict:
             if "422" not in op.get("responses", {}) and (op.get("parameters") or op.get("requestBody")):
                 op.setdefault("responses", {})["422"] = {"description": "Invalid request", "content": {
                     "application/json": {"schema": ERROR_REF}}}
+            if method == "head":  # answers carry headers only
+                for response in op.get("responses", {}).values():
+                    response.pop("content", None)
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
     _limits(components, settings)

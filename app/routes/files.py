@@ -83,4 +83,6 @@ def get_file(
 router.add_api_route(
     "/{job_id}/{name}", get_file, methods=["HEAD"], response_class=Response, summary="An output's headers",
     description="As GET without the body: size, type, ETag.", operation_id="head_file",
+    responses={401: {"description": "No key and no valid signature"}, 404: {"description": "No such file (or not yours)"},
+               422: {"description": "A format this output cannot take"}},
 )
