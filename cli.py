@@ -7,7 +7,7 @@
     onediffusion run TASK --image a.png  one task from files on disk, without the service
     onediffusion make-demo-checkpoint DIR
     onediffusion keys create --tenant T  an API key (shown once); keys list; keys revoke KEY_ID
-    onediffusion settings                the settings table (environment variables)
+    onediffusion settings [--table]      the settings in effect (or the table of all of them)
 """
 
 from __future__ import annotations
@@ -44,9 +44,18 @@ def cmd_serve(args) -> None:
     from app.settings import get_settings
 
     settings = get_settings()
+    # The app reads its settings from the environment: --host/--port become HOST/PORT, so the URLs it
+    # derives (PUBLIC_URL unset) point where it really listens.
+    if args.host:
+        os.environ["HOST"] = args.host
+    if args.port:
+        os.environ["PORT"] = str(args.port)
+    from app.logs import setup_logging
+
+    setup_logging("api")  # uvicorn's own lines go through it too (log_config=None: no handlers of its own)
     uvicorn.run(
         "app.main:create_app", factory=True, host=args.host or settings.host, port=args.port or settings.port,
-        log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False,
+        log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False, log_config=None,
     )
 
 
@@ -85,8 +94,9 @@ def cmd_keys(args) -> None:
         print(f"key id {record.key_id} for tenant {record.tenant!r}; the key (shown only now, store it safely):")
         print(key)
     elif args.action == "list":
+        records = store.list()
         print(f"{'key id':14} {'tenant':20} {'name':20} {'created (UTC)':20} revoked")
-        for r in store.list():
+        for r in records:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created_at))
             revoked = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.revoked_at)) if r.revoked_at else "-"
             print(f"{r.key_id:14} {r.tenant:20} {r.name:20} {created:20} {revoked}")
@@ -99,9 +109,13 @@ def cmd_keys(args) -> None:
 
 
 def cmd_settings(args) -> None:
-    from app.settings import Settings
+    from app.settings import Settings, get_settings
 
-    print(Settings().markdown_table())
+    if args.table:
+        print(Settings.model_construct().markdown_table())
+        return
+    for name, value in get_settings().current():
+        print(f"{name}={value}")
 
 
 def cmd_up(args) -> None:
@@ -126,7 +140,7 @@ def cmd_up(args) -> None:
     children = [subprocess.Popen(exe + [name], env=env) for name in ("serve", "worker", "webhooks")]
     print(f"OneDiffusion API on {settings.public_url} (docs at {settings.public_url}/docs); Ctrl-C stops", flush=True)
 
-    def stop(*_):
+    def stop(*_, code: int = 0):
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -139,25 +153,53 @@ def cmd_up(args) -> None:
         if redis_process is not None:
             redis_process.terminate()
             redis_process.wait(timeout=10)
-        sys.exit(0)
+        sys.exit(code)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     while True:
         for child in children:
             if child.poll() is not None:
-                print(f"error: a service process exited with code {child.returncode}; stopping", file=sys.stderr)
-                stop()
+                name = ("serve", "worker", "webhooks")[children.index(child)]
+                print(f"error: `onediffusion {name}` exited with code {child.returncode} (see its log above); "
+                      "stopping everything", file=sys.stderr, flush=True)
+                stop(code=child.returncode or 1)
         time.sleep(1)
 
 
 # ---- run one task from files --------------------------------------------------------------------------
 def _b64(path: str) -> str:
-    return base64.b64encode(Path(path).read_bytes()).decode()
+    try:
+        return base64.b64encode(Path(path).read_bytes()).decode()
+    except FileNotFoundError:
+        raise SystemExit(f"error: no such file: {path}") from None
+    except OSError as exc:
+        raise SystemExit(f"error: cannot read {path}: {exc.strerror}") from None
+
+
+def _read_json(path: str) -> dict:
+    try:
+        value = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"error: no such file: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"error: --json {path} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"error: --json {path} must hold a JSON object with the request's fields")
+    return value
+
+
+def validation_message(exc) -> str:
+    """A pydantic error as one line: each field, what is wrong with it (the CLI names the field to change)."""
+    problems = []
+    for item in exc.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "request"
+        problems.append(f"{field}: {item['msg']}")
+    return "; ".join(problems)
 
 
 def build_payload(task_cls, args) -> dict:
-    payload: dict = json.loads(Path(args.json).read_text()) if args.json else {}
+    payload: dict = _read_json(args.json) if args.json else {}
     images = [_b64(p) for p in args.image or []]
     fields = task_cls.model_fields
     if images:
@@ -195,26 +237,33 @@ def cmd_run(args) -> None:
     task_cls = TASKS[args.task]
     try:
         plan = task_cls.model_validate(build_payload(task_cls, args)).plan()
-    except (ValidationError, TaskInputError) as exc:
-        raise SystemExit(f"error: {exc}")
+    except ValidationError as exc:
+        raise SystemExit(f"error: {args.task}: {validation_message(exc)} (see `onediffusion run {args.task} --help`)") from None
+    except TaskInputError as exc:
+        raise SystemExit(f"error: {args.task}: {exc}") from None
 
     from model.pipeline import OneDiffusion, TaskResult
 
     from app.settings import get_settings
     from worker.model_host import checkpoint_path
 
-    checkpoint = args.checkpoint or str(checkpoint_path(get_settings()))
     if not args.checkpoint and not get_settings().onediffusion_model:
         print(DEMO_BANNER, file=sys.stderr)
+        print(f"demo checkpoint: {Path(get_settings().demo_checkpoint_dir).resolve()} (DEMO_CHECKPOINT_DIR; made on first use)",
+              file=sys.stderr)
+    checkpoint = args.checkpoint or str(checkpoint_path(get_settings()))
     model = OneDiffusion.load(checkpoint, device=args.device)
     print(f"{plan.task}: {plan.width}x{plan.height}, {len(plan.frames)} frames, mask {plan.denoise_mask}, "
           f"{plan.num_inference_steps} steps, seed {plan.seed}", file=sys.stderr)
-    (result,) = model.run([plan], on_step=lambda s, n: print(f"\rstep {s}/{n}", end="", file=sys.stderr, flush=True))
-    print(file=sys.stderr)
+    from tqdm import tqdm
+
+    with tqdm(total=plan.num_inference_steps, desc=plan.task, unit="step", file=sys.stderr) as bar:
+        (result,) = model.run([plan], on_step=lambda s, n: bar.update(s - bar.n))
     if not isinstance(result, TaskResult):
         raise SystemExit(f"error: the task failed: {result}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    print(f"outputs in {out.resolve()}", file=sys.stderr)
     for file in result.files:
         (out / file.name).write_bytes(file.data)
     summary = {"task": plan.task, "prompt": plan.prompt, "seed": plan.seed, "files": [f.name for f in result.files],
@@ -236,15 +285,23 @@ def main(argv=None) -> None:
     demo = sub.add_parser("make-demo-checkpoint", help="write the tiny random-weight checkpoint")
     demo.add_argument("dir")
     demo.set_defaults(func=cmd_make_demo)
-    sub.add_parser("settings", help="print the settings table").set_defaults(func=cmd_settings)
+    settings_cmd = sub.add_parser("settings", help="the settings as this process sees them (environment and .env)")
+    settings_cmd.add_argument("--table", action="store_true", help="the README's table of every setting, its default and meaning")
+    settings_cmd.set_defaults(func=cmd_settings)
     keys = sub.add_parser("keys", help="API keys: create, list, revoke")
     keys.add_argument("action", choices=["create", "list", "revoke"])
     keys.add_argument("key_id", nargs="?", help="for revoke")
     keys.add_argument("--tenant", help="for create: the tenant the key acts for")
     keys.add_argument("--name", help="for create: a label")
     keys.set_defaults(func=cmd_keys)
-    run = sub.add_parser("run", help="run one task from files on disk")
-    run.add_argument("task")
+    from model.tasks import TASKS
+
+    run = sub.add_parser(
+        "run", help="run one task from files on disk", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="tasks:\n" + "\n".join(f"  {name:28} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}"
+                                      for name, cls in TASKS.items()),
+    )
+    run.add_argument("task", metavar="TASK", help="one of the tasks listed below")
     run.add_argument("--image", action="append", help="input image (repeat for tasks that take several)")
     run.add_argument("--mask", help="inpainting mask")
     run.add_argument("--prompt")
@@ -261,7 +318,34 @@ def main(argv=None) -> None:
     run.add_argument("--device", help="cpu, cuda, cuda:1 ...")
     run.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except BrokenPipeError:
+        # `onediffusion settings | head`: the reader left; say nothing more (and let Python's exit flush
+        # go nowhere instead of raising again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        sys.exit(f"error: {message}")
+
+
+def user_error(exc: BaseException):
+    """One line for the failures a user causes or can fix (a bad setting, Redis down); None for bugs."""
+    from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
+
+    from app.settings import SettingsError
+
+    if isinstance(exc, SettingsError):
+        return str(exc)
+    if isinstance(exc, (RedisConnectionError, RedisTimeout)):
+        url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        return f"cannot reach Redis at REDIS_URL={url} ({exc}); start it, or point REDIS_URL at one"
+    return None
 
 
 if __name__ == "__main__":

@@ -116,4 +116,5 @@ class UrlSigner:
     def valid(self, job_id: str, name: str, expires: Optional[int], sig: Optional[str]) -> bool:
         if expires is None or sig is None or expires < time.time():
             return False
-        return hmac.compare_digest(self.signature(job_id, name, expires), sig)
+        # bytes: compare_digest refuses str with non-ASCII characters (a forged `sig=%C2%90` is just wrong)
+        return hmac.compare_digest(self.signature(job_id, name, expires).encode(), sig.encode("utf-8", "replace"))

@@ -25,13 +25,16 @@ from rq.job import Callback, Job, JobStatus as RQStatus
 
 from model.tasks import FramePlan, TaskInputError, TaskRequest
 
+from . import listing
 from .auth import UrlSigner
 from .connection import Keys, keys_for, queues
 from .exceptions import ApiError, CannotCancel, JobNotFound
 from .metrics import Metrics
 from .quotas import Quotas
 from .schemas import TERMINAL, BatchView, ErrorView, JobView, OutputView, Progress, WebhookSpec
+from .provenance import input_echo
 from .settings import Settings
+from .storage import FORMATS, converted_name
 from .webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
 
 log = logging.getLogger(__name__)
@@ -94,7 +97,7 @@ class JobService:
 
     def _job_data(self, task: str, request: TaskRequest, plan: FramePlan, meta: dict, job_id: str):
         payload = request.model_dump(mode="json", exclude={"webhook", "output_format", "task"})
-        meta = {"task": task, "bucket": plan.bucket, "created_at": _now_iso(), **meta}
+        meta = {"task": task, "bucket": plan.bucket, "created_at": _now_iso(), "input": input_echo(request), **meta}
         return Queue.prepare_data(
             JOB_FUNC,
             args=(task, payload),
@@ -196,6 +199,7 @@ class JobService:
                 if idem:
                     pipe.set(idem, json.dumps({"id": job_id, "fingerprint": fp}), ex=self.settings.results_ttl_s)
                 self.quotas.added(tenant, [job_id], pipe)
+                listing.add(pipe, self.keys.prefix, "jobs", tenant, [job_id], self.settings.results_ttl_s)
                 self.queue.enqueue_many([data], pipeline=pipe)
                 pipe.execute()
         self.metrics.inc("jobs_submitted_total", {"task": task})
@@ -250,6 +254,8 @@ class JobService:
                 pipe.hset(self.keys.batch(batch_id), mapping=record)
                 pipe.expire(self.keys.batch(batch_id), self.settings.results_ttl_s)
                 self.quotas.added(tenant, job_ids, pipe)
+                listing.add(pipe, self.keys.prefix, "jobs", tenant, job_ids, self.settings.results_ttl_s)
+                listing.add(pipe, self.keys.prefix, "batches", tenant, [batch_id], self.settings.results_ttl_s)
                 Group.create(self.redis, name=batch_id).enqueue_many(self.queue, datas, pipeline=pipe)
         for task, *_ in prepared:
             self.metrics.inc("jobs_submitted_total", {"task": task})
@@ -289,6 +295,7 @@ class JobService:
                 "events": self.url(f"/v1/jobs/{job.id}/events"),
             },
         )
+        view.input = meta.get("input") or {}
         progress = self.redis.hgetall(self.keys.progress(job.id))
         if progress:
             step, total = int(progress[b"step"]), int(progress[b"total"])
@@ -299,16 +306,15 @@ class JobService:
         if status == "succeeded":
             result = job.return_value() or {}
             fmt = meta.get("output_format", "png")
-            suffix = "" if fmt == "png" else f"?format={fmt}"
             view.outputs = []
             for f in result.get("outputs", []):
+                # Named and labelled by the format they are served in: `image.jpeg`, image/jpeg. 16-bit depth
+                # stays PNG (8-bit formats would change its values' meaning).
+                if fmt != "png" and f["kind"] != "depth16" and f["name"].endswith(".png"):
+                    f = {**f, "name": converted_name(f["name"], fmt), "media_type": FORMATS[fmt][1]}
                 path = f"/v1/files/{job.id}/{f['name']}"
-                fmt_query = suffix if f["kind"] != "depth16" else ""
                 signed = self.signer.query(job.id, f["name"], self.settings.signed_url_ttl_s)
-                joiner = "&" if fmt_query else "?"
-                view.outputs.append(
-                    OutputView(url=self.url(path) + fmt_query, signed_url=self.url(path) + fmt_query + joiner + signed, **f)
-                )
+                view.outputs.append(OutputView(url=self.url(path), signed_url=self.url(path) + "?" + signed, **f))
             view.data = result.get("data", {})
             view.warnings = result.get("warnings", view.warnings)
             view.timings = result.get("timings", {})
@@ -352,6 +358,42 @@ class JobService:
             urls={"self": self.url(f"/v1/batches/{batch_id}")},
         )
 
+    # ---- listing -----------------------------------------------------------------------------------------------
+    def list_jobs(self, tenant: str, limit: int, cursor: Optional[str], status: Optional[str] = None,
+                  task: Optional[str] = None) -> tuple[list[JobView], Optional[str]]:
+        def load(job_id: str) -> Optional[JobView]:
+            try:
+                return self.view(job_id, tenant=tenant)
+            except JobNotFound:
+                return None
+
+        def keep(view: JobView) -> bool:
+            return (status is None or view.status == status) and (task is None or view.task == task)
+
+        return listing.page(self.redis, self.keys.prefix, "jobs", tenant, limit, cursor, load, keep)
+
+    def list_batches(self, tenant: str, limit: int, cursor: Optional[str],
+                     status: Optional[str] = None) -> tuple[list[BatchView], Optional[str]]:
+        def load(batch_id: str) -> Optional[BatchView]:
+            try:
+                return self.batch_view(batch_id, tenant=tenant)
+            except JobNotFound:
+                return None
+
+        return listing.page(self.redis, self.keys.prefix, "batches", tenant, limit, cursor, load,
+                            lambda view: status is None or view.status == status)
+
+    def cancel_batch(self, batch_id: str, tenant: Optional[str] = None) -> BatchView:
+        """Cancel every job of the batch that has not ended (ended ones keep their results)."""
+        view = self.batch_view(batch_id, tenant=tenant)  # ownership
+        for job in view.jobs:
+            if job.status not in TERMINAL:
+                try:
+                    self.cancel(job.id, reason="batch canceled by the client")
+                except (CannotCancel, JobNotFound):  # ended or expired meanwhile
+                    pass
+        return self.batch_view(batch_id)
+
     # ---- cancel ------------------------------------------------------------------------------------------------
     def cancel(self, job_id: str, tenant: Optional[str] = None, reason: str = "canceled by the client") -> JobView:
         job = self.fetch(job_id)
@@ -371,6 +413,19 @@ class JobService:
         if status == "queued":
             self.job_ended(job_id)  # a running job's worker calls this when it stops
         return self.view(job_id)
+
+    # ---- delete ------------------------------------------------------------------------------------------------
+    def delete(self, job_id: str, tenant: Optional[str] = None) -> None:
+        """Remove an ended job's record (its outputs are the caller's to remove from the result store);
+        409 while it is queued or running: cancel it first."""
+        job = self.fetch(job_id)
+        view = self.view(job_id, job, tenant=tenant)  # ownership
+        if view.status not in TERMINAL:
+            raise ApiError(409, "conflict", f"the job is {view.status}; cancel it first (POST {view.urls['cancel']})")
+        job.delete(delete_dependents=False)
+        listing.remove(self.redis, self.keys.prefix, "jobs", (job.meta or {}).get("tenant", ""), job_id)
+        self.redis.delete(self.keys.progress(job_id), self.keys.cancel(job_id))
+        log.info("job deleted", extra={"job_id": job_id, "tenant": tenant})
 
     # ---- end of a job (called by workers, and here for jobs canceled while queued) ---------------------------
     def job_ended(self, job_id: str) -> None:
@@ -440,7 +495,10 @@ class JobService:
 
     def webhook_of(self, owner: str, owner_id: str) -> Optional[dict]:
         if owner == "job":
-            return self.fetch(owner_id).meta.get("webhook")
+            try:
+                return self.fetch(owner_id).meta.get("webhook")
+            except JobNotFound:  # deleted by its owner meanwhile: nothing left to tell
+                return None
         record = self.redis.hgetall(self.keys.batch(owner_id))
         return json.loads(record.get(b"webhook", b"null")) if record else None
 

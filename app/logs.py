@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _SECRET_KEYS = ("secret", "authorization", "api_key", "token")
+# RQ logs a failed job's arguments (`arguments`, `kwargs`): for a webhook delivery that is the whole body,
+# signed URLs included. They are dropped; the job id says which job it was.
+_DROPPED_KEYS = {"arguments", "kwargs", "args"}
+_SIGNED_QUERY = re.compile(r"([?&]sig=)[^&\s\"']+")
+
+
+def redact(text: str) -> str:
+    """Signed URLs lose their signature: `...?expires=1&sig=abc` -> `...?expires=1&sig=[redacted]`."""
+    return _SIGNED_QUERY.sub(r"\1[redacted]", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,14 +33,14 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "process": self.process,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and not key.startswith("_") and key not in _DROPPED_KEYS:
                 entry[key] = "[redacted]" if any(s in key.lower() for s in _SECRET_KEYS) else value
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+            entry["exc"] = redact(self.formatException(record.exc_info))
+        return redact(json.dumps(entry, default=str))
 
 
 def setup_logging(process: str) -> None:

@@ -9,12 +9,16 @@ from typing import Optional
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from . import errors
+from .access_log import AccessLog
 from .body import BodyLimit
+from .docs import mount_docs
+from .openapi_doc import operation_id, refine
 from .connection import connect
 from .auth import KeyStore
 from .jobs import JobService
@@ -38,7 +42,8 @@ PLAYGROUND_DIR = Path(__file__).parent / "static" / "playground"
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or get_settings()
     setup_logging("api")
-    app = FastAPI(title="OneDiffusion service", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(title="OneDiffusion service", version="0.1.0", description=DESCRIPTION, docs_url=None, redoc_url=None,
+                  generate_unique_id_function=operation_id)
     app.state.settings = settings
     app.state.redis = connect(settings)
     app.state.jobs = JobService(app.state.redis, settings)
@@ -46,6 +51,15 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.keystore = KeyStore(app.state.redis, app.state.jobs.keys)
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(AccessLog)  # outermost: every request gets its line and id, refused ones too
+    mount_docs(app)  # /docs and /redoc with their assets served here, not from a CDN
+    origins = [o.strip().rstrip("/") for o in settings.cors_allow_origins.split(",") if o.strip()]
+    if origins:  # opt-in: only the listed origins; API keys travel in Authorization, so no cookies
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=["GET", "HEAD", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "X-Request-ID", "If-None-Match"],
+            expose_headers=["Location", "Retry-After", "ETag", "X-Request-ID", "Preference-Applied"], max_age=600,
+        )
     for module in (tasks, jobs, batches, files, health):
         app.include_router(module.router)
     mount_playground(app)
@@ -59,8 +73,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(definition.pop("$defs", {}))
             components[model.__name__] = definition
-        app.openapi_schema = schema
-        return schema
+        app.openapi_schema = refine(schema, settings)
+        return app.openapi_schema
 
     app.openapi = openapi
     return app

@@ -44,6 +44,11 @@ class ServiceOptions(BaseModel):
 
     webhook: Optional[WebhookSpec] = None
     output_format: OutputFormat = Field("png", description="Format of the output URLs (files can be fetched in any)")
+    num_outputs: int = Field(
+        1, ge=1, le=4, description="How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs "
+        "(202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); "
+        "jobs of one shape run as one sampler batch",
+    )
 
 
 def task_request_model(task_cls: type[TaskRequest]) -> type[BaseModel]:
@@ -125,6 +130,11 @@ class JobView(BaseModel):
     attempts: int = 0
     batch_id: Optional[str] = None
     urls: dict[str, str] = Field(default_factory=dict)
+    input: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The input as validated, with the seed it ran with; images as size and SHA-256, not bytes "
+        "(send these fields again with the same images to get the same outputs)",
+    )
 
 
 class BatchView(BaseModel):
@@ -136,5 +146,31 @@ class BatchView(BaseModel):
     urls: dict[str, str] = Field(default_factory=dict)
 
 
+class ErrorField(BaseModel):
+    field: str = Field(description="Dotted path of the field to change, e.g. `width` or `items.0.prompt`")
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="invalid_request, unauthorized, not_found, conflict, rate_limited, ...")
+    message: str = Field(description="What went wrong and what to change")
+    fields: Optional[list[ErrorField]] = Field(None, description="Per-field problems of an invalid request")
+
+
 class ErrorBody(BaseModel):
-    error: dict[str, Any] = Field(examples=[{"type": "invalid_request", "message": "width: Input should be a multiple of 16"}])
+    """Every error the API answers has this shape (path and query problems included)."""
+
+    error: ErrorDetail = Field(examples=[{"type": "invalid_request", "message": "width: Input should be a multiple of 16",
+                                          "fields": [{"field": "width", "message": "Input should be a multiple of 16"}]}])
+
+
+class JobList(BaseModel):
+    """One page of the caller's jobs, newest first."""
+    data: list[JobView]
+    next_cursor: Optional[str] = Field(None, description="Pass as `cursor` for the next page; null on the last page")
+
+
+class BatchList(BaseModel):
+    """One page of the caller's batches, newest first."""
+    data: list[BatchView]
+    next_cursor: Optional[str] = Field(None, description="Pass as `cursor` for the next page; null on the last page")

@@ -1,19 +1,38 @@
 """Every setting of the service, read from the environment in one place.
 
 Each field's environment variable is its name in upper case (`redis_url` <- `REDIS_URL`); the README's
-settings table is generated from this class (`onediffusion settings`).
+settings table is generated from this class (`onediffusion settings --table`).
 """
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from typing import Literal, Optional
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Settings(BaseModel):
+class SettingsError(ValueError):
+    """A setting's environment variable holds a bad value; the message names the variable, e.g.
+    `PORT='abc': Input should be a valid integer, unable to parse string as an integer`."""
+
+    def __init__(self, error: ValidationError):
+        problems = []
+        for item in error.errors():
+            name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+            shown = item["loc"] and not isinstance(item["input"], dict) and "secret" not in name.lower()
+            given = f"={item['input']!r}" if shown else ""
+            problems.append(f"{name}{given}: {item['msg']}")
+        super().__init__("bad setting: " + "; ".join(problems))
+
+
+class Settings(BaseSettings):
+    """Read by pydantic-settings from the environment and a `.env` file in the working directory (the
+    environment wins); empty values count as unset."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", env_ignore_empty=True, extra="ignore")
+
     # ---- connections and storage
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the queue, jobs and results")
     onediffusion_model: Optional[str] = Field(
@@ -22,7 +41,9 @@ class Settings(BaseModel):
     demo_checkpoint_dir: str = Field("var/demo-checkpoint", description="Where the demo checkpoint is made when needed")
     results_dir: str = Field("var/results", description="Folder that stores job outputs")
     results_ttl_s: int = Field(7 * 24 * 3600, description="How long outputs and job records are kept")
-    public_url: str = Field("http://127.0.0.1:8000", description="Base URL that output URLs and webhooks point to")
+    public_url: Optional[str] = Field(
+        None, description="Base URL that output URLs and webhooks point to; unset = http://HOST:PORT (set it behind a proxy)"
+    )
     queue_prefix: str = Field("onediffusion", description="Prefix of the RQ queue names (inference and webhooks)")
 
     # ---- worker
@@ -85,6 +106,13 @@ class Settings(BaseModel):
         "", description="Hosts, IPs or CIDRs webhooks may call although private (e.g. '10.0.0.0/8,hooks.internal')"
     )
     webhook_max_response_bytes: int = Field(65536, description="Most bytes read from a webhook receiver's answer")
+    image_url_max_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Largest input image fetched from a URL (http(s) URLs in image fields)"
+    )
+    image_url_timeout_s: float = Field(10.0, gt=0, description="Deadline for fetching one input image from a URL, all of it")
+    cors_allow_origins: str = Field(
+        "", description="Browser origins allowed to call the API (CORS), e.g. 'https://app.example.com,http://localhost:3000'; empty = none"
+    )
 
     # ---- API server
     host: str = Field("127.0.0.1", description="Address the API listens on")
@@ -99,9 +127,25 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Optional[dict] = None) -> "Settings":
-        env = os.environ if environ is None else environ
-        values = {name: env[name.upper()] for name in cls.model_fields if name.upper() in env and env[name.upper()] != ""}
-        return cls.model_validate(values)
+        """The environment (and `.env`); `environ` given: that mapping alone (tests, checks of deploy files)."""
+        try:
+            if environ is None:
+                return cls()
+            values = {name: environ[name.upper()] for name in cls.model_fields
+                      if name.upper() in environ and environ[name.upper()] != ""}
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(exc) from None
+
+    def current(self) -> list[tuple[str, str]]:
+        """(VARIABLE, value) of every setting as this process sees it; secrets shown as set or not."""
+        rows = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if "secret" in name and value:
+                value = "[set]"
+            rows.append((name.upper(), "" if value is None else str(value)))
+        return rows
 
     def task_limits(self):
         from model.tasks import TaskLimits
@@ -124,6 +168,16 @@ class Settings(BaseModel):
             default = "" if info.default is None else f"`{info.default}`"
             rows.append(f"| `{name.upper()}` | {default} | {info.description} |")
         return "\n".join(rows)
+
+    @model_validator(mode="after")
+    def _derive_public_url(self) -> "Settings":
+        """Unset PUBLIC_URL follows HOST and PORT, so `PORT=8731` gives URLs on :8731 (a wildcard host is
+        reached as 127.0.0.1 from this machine)."""
+        if not self.public_url:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+            host = f"[{host}]" if ":" in host else host
+            self.public_url = f"http://{host}:{self.port}"
+        return self
 
 
 @lru_cache(maxsize=1)

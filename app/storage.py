@@ -13,6 +13,26 @@ from PIL import Image
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 FORMATS = {"png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp"), "jpeg": ("JPEG", "image/jpeg")}
+EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpeg", "jpg": "jpeg"}  # file name suffix -> format
+
+
+class LossyConversion(ValueError):
+    """The conversion would change what the pixels mean (16-bit depth values squeezed into 8 bits)."""
+
+
+def converted_name(name: str, fmt: str) -> str:
+    """The name an output has in format `fmt`: `image.png` as jpeg is `image.jpeg`."""
+    stem = name.rsplit(".", 1)[0]
+    return name if fmt == "png" else f"{stem}.{fmt}"
+
+
+def source_of(name: str) -> tuple[str, str]:
+    """(stored PNG name, format) that a requested name stands for: `image.jpeg` -> (`image.png`, `jpeg`)."""
+    stem, dot, suffix = name.rpartition(".")
+    fmt = EXTENSIONS.get(suffix.lower()) if dot else None
+    if fmt is None or fmt == "png":
+        return name, "png"
+    return f"{stem}.png", fmt
 
 
 class ResultStore:
@@ -64,8 +84,13 @@ def convert(data: bytes, fmt: str) -> tuple[bytes, str]:
     if fmt == "png":
         return data, media_type
     image = Image.open(io.BytesIO(data))
+    if image.mode in ("I;16", "I;16B", "I", "F"):
+        raise LossyConversion(
+            f"this output holds 16-bit values (depth); {fmt} keeps 8 bits per channel and would change what they "
+            "mean: fetch it as png, or fetch the depth preview image for a picture"
+        )
     if image.mode not in ("RGB", "L"):
-        image = image.convert("RGB") if image.mode != "I;16" else image.point(lambda v: v / 257).convert("L")
+        image = image.convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, format=pil_format, quality=95)
     return buffer.getvalue(), media_type

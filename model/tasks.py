@@ -136,7 +136,7 @@ class FramePlan:
 ImageInput = Annotated[
     str,
     Field(
-        description="An image as base64 or a data URI (PNG, JPEG or WebP).",
+        description="An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.",
         examples=["data:image/png;base64,iVBORw0KGgo..."],
         min_length=1,
         max_length=MAX_IMAGE_CHARS,

@@ -8,9 +8,8 @@ import logging
 
 import pytest
 import torch
-from pydantic import ValidationError
 
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 from model import precision
 from model.nextdit import NextDiT
 
@@ -43,7 +42,7 @@ def plain_weights(model: torch.nn.Module) -> bool:
 def test_precision_setting():
     assert Settings.from_env({}).precision == "bf16"
     assert Settings.from_env({"PRECISION": "FP8"}).precision == "fp8"
-    with pytest.raises(ValidationError, match="PRECISION must be 'bf16' or 'fp8', got 'fp16'"):
+    with pytest.raises(SettingsError, match="PRECISION must be 'bf16' or 'fp8', got 'fp16'"):
         Settings.from_env({"PRECISION": "fp16"})
 
 

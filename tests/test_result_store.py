@@ -60,15 +60,17 @@ def test_formats(tmp_path):
     assert media == "image/jpeg" and jpeg[:2] == b"\xff\xd8"
 
 
-def test_sixteen_bit_depth_converts_to_8_bit_formats():
-    import io
-
+def test_sixteen_bit_depth_refuses_8_bit_formats():
+    """webp/jpeg would squeeze 16-bit depth values into 8 bits and change their meaning: refused (the
+    route answers 422); PNG keeps them."""
     import numpy as np
-    from PIL import Image
+    import pytest
 
+    from app.storage import LossyConversion
     from model.outputs import encode_png16
 
-    depth = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
-    jpeg, _ = convert(encode_png16(depth), "jpeg")
-    image = Image.open(io.BytesIO(jpeg))
-    assert image.mode == "L" and abs(int(np.asarray(image)[-1, -1]) - int(depth[-1, -1]) // 257) <= 2
+    png16 = encode_png16((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))
+    for fmt in ("jpeg", "webp"):
+        with pytest.raises(LossyConversion, match="16-bit"):
+            convert(png16, fmt)
+    assert convert(png16, "png") == (png16, "image/png")

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 
 from pydantic import ValidationError
 
+from app.provenance import input_echo, parameter_texts, with_text_chunks
 from app.settings import Settings
 from app.storage import ResultStore
 from model.pipeline import Canceled, OneDiffusion, TaskResult
@@ -44,10 +45,12 @@ class Executor:
     def plan(self, item: WorkItem) -> FramePlan:
         return TASKS[item.task].model_validate(item.payload).plan(self.settings.task_limits())
 
-    def save(self, job_id: str, result: TaskResult) -> dict:
+    def save(self, job_id: str, result: TaskResult, texts: Optional[dict[str, str]] = None) -> dict:
+        """Store the files (PNGs with `texts` as text chunks: the parameters that made them)."""
         outputs = []
         for file in result.files:
-            self.store.save(job_id, file.name, file.data)
+            data = with_text_chunks(file.data, texts) if texts and file.media_type == "image/png" else file.data
+            self.store.save(job_id, file.name, data)
             outputs.append(
                 {"name": file.name, "kind": file.kind, "media_type": file.media_type, "width": file.width, "height": file.height}
             )
@@ -95,13 +98,20 @@ class Executor:
                 results.extend(self._run_isolated([plan], on_step, one))
             return results
 
+    def _texts(self, item: WorkItem) -> Optional[dict[str, str]]:
+        try:
+            return parameter_texts(item.task, input_echo(TASKS[item.task].model_validate(item.payload)))
+        except Exception:  # provenance is a courtesy: never fail a finished job over it
+            log.warning("could not describe the parameters of job %s", item.job_id)
+            return None
+
     def _outcome(self, item: WorkItem, result) -> Outcome:
         if isinstance(result, Canceled):
             return Outcome(canceled=True)
         if isinstance(result, BaseException):
             return Outcome(error={"type": "model_error", "message": f"{type(result).__name__}: {result}"})
         try:
-            return Outcome(result=self.save(item.job_id, result))
+            return Outcome(result=self.save(item.job_id, result, self._texts(item)))
         except OSError as exc:
             log.exception("could not store outputs", extra={"job_id": item.job_id})
             return Outcome(error={"type": "storage_error", "message": f"could not store the outputs: {exc.strerror}"})

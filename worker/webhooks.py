@@ -24,7 +24,7 @@ from rq import Queue, Retry, get_current_job
 
 from app.jobs import JobService
 from app.settings import get_settings
-from app.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from app.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, standard_headers
 from app.webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ def _deliver(service: JobService, settings, owner: str, owner_id: str, delivery_
         EVENT_HEADER: json.loads(body).get("event", ""),
         DELIVERY_HEADER: delivery_id,
         TIMESTAMP_HEADER: timestamp,
+        **standard_headers(hook.get("secret"), delivery_id, timestamp, body),
     }
     if hook.get("secret"):
         headers[SIGNATURE_HEADER] = sign(hook["secret"], timestamp, body)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path, Request
+from typing import Literal, Optional
+
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from ..body import idempotency_key, read_json_object
 from ..exceptions import ApiError
-from ..schemas import BatchRequest, BatchView, ErrorBody, task_part
+from ..image_urls import fetch_image_urls
+from ..schemas import BatchList, BatchRequest, BatchView, ErrorBody, task_part
 from ..security import Caller, require_caller
 
 router = APIRouter(
@@ -40,6 +43,7 @@ async def submit_batch(request: Request, caller: Caller = Depends(require_caller
         raise ApiError(422, "invalid_request", f"items: at most {settings.max_batch_items} items per batch; split it",
                        fields=[{"field": "items", "message": f"at most {settings.max_batch_items} items per batch"}])
     body = await run_in_threadpool(BatchRequest.model_validate, data)
+    body = await run_in_threadpool(fetch_image_urls, body, settings)  # images given by URL, through the guard
     items = [(item.task, task_part(item, item.task), item.output_format) for item in body.items]
     view, replayed = await run_in_threadpool(
         service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True
@@ -53,3 +57,24 @@ def get_batch(
     request: Request, batch_id: str = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$"), caller: Caller = Depends(require_caller)
 ) -> BatchView:
     return request.app.state.jobs.batch_view(batch_id, tenant=caller.tenant)
+
+
+BatchId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The id returned when the batch was submitted")
+
+
+@router.get("", response_model=BatchList, summary="Your batches, newest first")
+def list_batches(
+    request: Request, caller: Caller = Depends(require_caller),
+    limit: int = Query(20, ge=1, le=100, description="Most items on the page"),
+    cursor: Optional[str] = Query(None, max_length=200, description="`next_cursor` of the previous page"),
+    status: Optional[Literal["running", "completed"]] = Query(None, description="Only batches in this status"),
+) -> BatchList:
+    data, next_cursor = request.app.state.jobs.list_batches(caller.tenant, limit, cursor, status)
+    return BatchList(data=data, next_cursor=next_cursor)
+
+
+@router.post("/{batch_id}/cancel", response_model=BatchView, summary="Cancel a batch",
+             description="Cancels every job of the batch that has not ended; ended jobs keep their results.",
+             responses={404: {"model": ErrorBody, "description": "No such batch (or not yours)"}})
+def cancel_batch(request: Request, batch_id: str = BatchId, caller: Caller = Depends(require_caller)) -> BatchView:
+    return request.app.state.jobs.cancel_batch(batch_id, tenant=caller.tenant)

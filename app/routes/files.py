@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, Response
 from ..exceptions import ApiError, JobNotFound
 from ..schemas import ErrorBody
 from ..security import Caller, optional_caller
-from ..storage import convert
+from ..storage import LossyConversion, convert, source_of
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 NOT_FOUND = "no such file (outputs expire with their job)"
@@ -20,21 +20,29 @@ NOT_FOUND = "no such file (outputs expire with their job)"
 @router.get(
     "/{job_id}/{name}",
     summary="Download an output",
-    description="With the API key of the job's tenant, or with the `expires` and `sig` of a signed URL.",
+    description="With the API key of the job's tenant, or with the `expires` and `sig` of a signed URL. "
+    "The name's suffix picks the format (`image.jpeg`, `image.webp` of a stored `image.png`), as does `format`; "
+    "16-bit outputs (depth) are served as PNG only (422 otherwise).",
     response_class=Response,
     responses={
         200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
                           "image/webp": {"schema": {"type": "string", "format": "binary"}},
-                          "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                          "image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+              "headers": {"ETag": {"schema": {"type": "string"}, "description": "Send as If-None-Match to get 304"},
+                          "Cache-Control": {"schema": {"type": "string"}}}},
+        304: {"description": "Not modified (If-None-Match matched the ETag)"},
         401: {"model": ErrorBody, "description": "No key and no valid signature"},
         404: {"model": ErrorBody, "description": "No such file (or not yours)"},
+        422: {"model": ErrorBody, "description": "A format this output cannot take without losing its meaning"},
     },
 )
 def get_file(
     request: Request,
     job_id: str = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$"),
     name: str = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
-    format: Literal["png", "webp", "jpeg"] = Query("png", description="Re-encode the stored PNG"),
+    format: Optional[Literal["png", "webp", "jpeg"]] = Query(
+        None, description="Re-encode the stored PNG (default: the format the name's suffix says, else png)"
+    ),
     expires: Optional[int] = Query(None, description="Expiry of a signed URL (unix seconds)"),
     sig: Optional[str] = Query(None, max_length=128, description="Signature of a signed URL"),
     caller: Optional[Caller] = Depends(optional_caller),
@@ -49,10 +57,32 @@ def get_file(
         except JobNotFound:
             raise ApiError(404, "not_found", NOT_FOUND) from None
     path = request.app.state.store.path(job_id, name)
+    fmt = format or "png"
+    if path is None:  # `image.jpeg`: the stored `image.png` in another format
+        stored, by_suffix = source_of(name)
+        path = request.app.state.store.path(job_id, stored) if stored != name else None
+        fmt = format or by_suffix
     if path is None:
         raise ApiError(404, "not_found", NOT_FOUND)
-    headers = {"Cache-Control": "private, max-age=3600"}
-    if format == "png":
+    # Outputs never change once stored: an ETag of the file's identity and the format serves conditional GETs.
+    stat = path.stat()
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}-{fmt}"'
+    headers = {"Cache-Control": "private, max-age=3600", "ETag": etag}
+    if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")] or \
+            request.headers.get("if-none-match", "").strip() == "*":
+        return Response(status_code=304, headers=headers)
+    if fmt == "png":
         return FileResponse(path, media_type="image/png", headers=headers)
-    data, media_type = convert(path.read_bytes(), format)
+    try:
+        data, media_type = convert(path.read_bytes(), fmt)
+    except LossyConversion as exc:
+        raise ApiError(422, "invalid_request", f"format: {exc}") from None
     return Response(data, media_type=media_type, headers=headers)
+
+
+router.add_api_route(
+    "/{job_id}/{name}", get_file, methods=["HEAD"], response_class=Response, summary="An output's headers",
+    description="As GET without the body: size, type, ETag.", operation_id="head_file",
+    responses={401: {"description": "No key and no valid signature"}, 404: {"description": "No such file (or not yours)"},
+               422: {"description": "A format this output cannot take"}},
+)

@@ -7,12 +7,14 @@ import time
 
 import anyio
 
-from fastapi import APIRouter, Depends, Path, Request
+from typing import Optional
+
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from ..schemas import TERMINAL, ErrorBody, JobView
+from ..schemas import TERMINAL, ErrorBody, JobList, JobStatus, JobView
 from ..security import Caller, require_caller
 from ..streams import SLOT_REFRESH_S, JobWatcher, StreamSlots
 
@@ -26,6 +28,21 @@ KEEP_ALIVE_S = 15
 JobId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The id returned when the job was submitted")
 
 
+Cursor = Query(None, max_length=200, description="`next_cursor` of the previous page")
+Limit = Query(20, ge=1, le=100, description="Most items on the page")
+
+
+@router.get("", response_model=JobList, summary="Your jobs, newest first",
+            responses={422: {"model": ErrorBody, "description": "Bad filter, limit or cursor"}})
+def list_jobs(
+    request: Request, caller: Caller = Depends(require_caller), limit: int = Limit, cursor: Optional[str] = Cursor,
+    status: Optional[JobStatus] = Query(None, description="Only jobs in this status"),
+    task: Optional[str] = Query(None, pattern=r"^[a-z0-9-]{1,40}$", description="Only jobs of this task"),
+) -> JobList:
+    data, next_cursor = request.app.state.jobs.list_jobs(caller.tenant, limit, cursor, status, task)
+    return JobList(data=data, next_cursor=next_cursor)
+
+
 @router.get("/{job_id}", response_model=JobView, summary="Job status, progress, outputs and error")
 def get_job(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> JobView:
     return request.app.state.jobs.view(job_id, tenant=caller.tenant)
@@ -37,14 +54,40 @@ def cancel_job(request: Request, job_id: str = JobId, caller: Caller = Depends(r
     return request.app.state.jobs.cancel(job_id, tenant=caller.tenant)
 
 
-def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+@router.delete(
+    "/{job_id}", status_code=204, response_class=Response, summary="Delete an ended job and its outputs",
+    description="Removes the job's record and its output files. 409 while it is queued or running (cancel it first).",
+    responses={409: {"model": ErrorBody, "description": "The job has not ended"}},
+)
+def delete_job(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> Response:
+    request.app.state.jobs.delete(job_id, tenant=caller.tenant)
+    request.app.state.store.delete(job_id)
+    return Response(status_code=204)
+
+
+def _sse(event: str, data: dict, event_id: Optional[str] = None) -> str:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def event_rank(event_id: Optional[str]) -> tuple[int, int]:
+    """Order of a job's event ids (`queued`, `started`, `progress-<step>`, `finished`); an unknown or missing
+    `Last-Event-ID` ranks before all, so the stream starts from the beginning."""
+    if not event_id:
+        return (-1, 0)
+    name, _, step = event_id.strip().partition("-")
+    ranks = {"queued": 0, "started": 1, "progress": 2, "finished": 3}
+    if name not in ranks or (name == "progress") != step.isdigit() or len(step) > 9:
+        return (-1, 0)
+    return (ranks[name], int(step) if step else 0)
 
 
 @router.get(
     "/{job_id}/events",
     summary="Server-sent events: queued, started, progress, finished",
     response_class=StreamingResponse,
+    description="Each event has an `id` (`queued`, `started`, `progress-<step>`, `finished`); a client that "
+    "reconnects with `Last-Event-ID` gets only the events after that one (EventSource does this by itself).",
     responses={200: {"content": {"text/event-stream": {}}, "description": "event: queued | started | progress | finished, data: JSON"}},
 )
 async def job_events(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)):
@@ -59,6 +102,11 @@ async def job_events(request: Request, job_id: str = JobId, caller: Caller = Dep
     slots, watcher = state.stream_slots, state.job_watcher
     slot = await run_in_threadpool(slots.take, caller.key_id, caller.tenant)  # 429 past the bounds
 
+    resume = event_rank(request.headers.get("last-event-id"))  # a reconnecting EventSource skips what it had
+
+    def fresh(event_id: str) -> bool:
+        return event_rank(event_id) > resume
+
     async def stream():
         view, last_status, last_step = first, None, None
         renewed = time.monotonic()
@@ -68,16 +116,20 @@ async def job_events(request: Request, job_id: str = JobId, caller: Caller = Dep
                 while True:
                     if view.status != last_status:
                         if view.status == "queued":
-                            yield _sse("queued", {"id": view.id, "queue_position": view.queue_position})
+                            if fresh("queued"):
+                                yield _sse("queued", {"id": view.id, "queue_position": view.queue_position}, "queued")
                         elif view.status == "running" or (last_status in (None, "queued") and view.status in TERMINAL):
-                            yield _sse("started", {"id": view.id, "started_at": view.started_at})
+                            if fresh("started"):
+                                yield _sse("started", {"id": view.id, "started_at": view.started_at}, "started")
                         last_status = view.status
                     step = view.progress.step if view.progress else None
                     if step is not None and step != last_step:
-                        yield _sse("progress", view.progress.model_dump())
+                        if fresh(f"progress-{step}"):
+                            yield _sse("progress", view.progress.model_dump(), f"progress-{step}")
                         last_step = step
                     if view.status in TERMINAL:
-                        yield _sse("finished", view.model_dump(mode="json"))
+                        if fresh("finished"):
+                            yield _sse("finished", view.model_dump(mode="json"), "finished")
                         return
                     if await request.is_disconnected():
                         return

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Optional
+import secrets
+from typing import Optional, Union
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -13,7 +14,8 @@ from fastapi.responses import JSONResponse
 from model.tasks import TASKS
 
 from ..body import idempotency_key, parse_request
-from ..schemas import REQUEST_MODELS, TERMINAL, ErrorBody, JobView, task_part
+from ..image_urls import fetch_image_urls
+from ..schemas import REQUEST_MODELS, TERMINAL, BatchView, ErrorBody, JobView, task_part
 from ..security import Caller, require_caller
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
@@ -49,6 +51,19 @@ def job_response(view: JobView, wait: Optional[int], replayed: bool = False) -> 
     return JSONResponse(view.model_dump(mode="json"), status_code=status, headers=headers)
 
 
+async def _submit_outputs(service, task: str, body, caller: Caller, idem: Optional[str]) -> JSONResponse:
+    """`num_outputs` > 1: a batch of that many jobs differing only by seed (seed, seed+1, ...)."""
+    first = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    part = task_part(body, task)
+    items = [(task, part.model_copy(update={"seed": (first + i) % 2**63}), body.output_format)
+             for i in range(body.num_outputs)]
+    view, replayed = await run_in_threadpool(
+        service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True
+    )
+    headers = {"Location": view.urls["self"], **({REPLAY_HEADER: "true"} if replayed else {})}
+    return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)
+
+
 def _endpoint(task: str):
     model = REQUEST_MODELS[task]
 
@@ -60,6 +75,9 @@ def _endpoint(task: str):
         wait = prefer_wait(request, settings.max_wait_s)
         await run_in_threadpool(service.admit, caller.tenant, caller.key_id, 1)
         body = await parse_request(request, model)
+        body = await run_in_threadpool(fetch_image_urls, body, settings)  # images given by URL, through the guard
+        if body.num_outputs > 1:
+            return await _submit_outputs(service, task, body, caller, idem)
         view, replayed = await run_in_threadpool(
             service.submit_once, task, task_part(body, task), caller.tenant, caller.key_id, body.webhook,
             body.output_format, idem, True,
@@ -100,7 +118,7 @@ for _task in TASKS:
         status_code=202,
         summary=f"Run {_task}",
         description=_docs(_model),
-        response_model=JobView,
+        response_model=Union[JobView, BatchView],  # a batch when num_outputs > 1
         responses=SUBMIT_RESPONSES,
         openapi_extra={
             "requestBody": {

@@ -127,7 +127,7 @@ def test_output_formats(shared_service):
     payload = {**CASES["text-to-image"][0], "output_format": "webp"}
     job = shared_service.submit("text-to-image", payload, headers={"Prefer": "wait=60"}).json()
     url = job["outputs"][0]["url"]
-    assert url.endswith("?format=webp")
+    assert url.endswith("/image.webp")
     assert httpx.get(url).headers["content-type"] == "image/webp"
     jpeg = httpx.get(url.split("?")[0], params={"format": "jpeg"})
     assert jpeg.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(jpeg.content)).format == "JPEG"
