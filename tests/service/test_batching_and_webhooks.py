@@ -68,10 +68,11 @@ def test_batch_webhooks(make_service, receiver):
     time.sleep(0.5)
     events = receiver.events()
     assert events.count("batch.item.succeeded") == 3 and events.count("batch.completed") == 1
-    assert events[-1] == "batch.completed"
+    # Deliveries run concurrently (a slow receiver must not hold up others), so arrival order is not
+    # guaranteed: batch.completed itself carries the final counts.
     for call in receiver.calls:
         check_signature(call)
-    final = receiver.calls[-1]["json"]["batch"]
+    final = next(c["json"]["batch"] for c in receiver.calls if c["json"]["event"] == "batch.completed")
     assert final["status"] == "completed" and final["counts"]["succeeded"] == 3
     items = {c["json"]["job"]["id"] for c in receiver.calls if c["json"]["event"].startswith("batch.item")}
     assert items == {j["id"] for j in batch["jobs"]}

@@ -24,6 +24,7 @@ class TaskMethods:
         self,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -42,13 +43,14 @@ class TaskMethods:
 
         Args:
             prompt: Prompt
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -57,7 +59,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'text-to-image', dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'text-to-image', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def depth_to_image(
@@ -65,6 +67,7 @@ class TaskMethods:
         image: ImageLike,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -84,13 +87,14 @@ class TaskMethods:
         Args:
             image: The condition map
             prompt: Prompt
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -99,7 +103,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'depth-to-image', dict(image=image, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'depth-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def canny_to_image(
@@ -107,6 +111,7 @@ class TaskMethods:
         image: ImageLike,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -126,13 +131,14 @@ class TaskMethods:
         Args:
             image: The condition map
             prompt: Prompt
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -141,7 +147,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'canny-to-image', dict(image=image, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'canny-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def hed_to_image(
@@ -149,6 +155,7 @@ class TaskMethods:
         image: ImageLike,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -168,13 +175,14 @@ class TaskMethods:
         Args:
             image: The condition map
             prompt: Prompt
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -183,7 +191,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'hed-to-image', dict(image=image, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'hed-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def pose_to_image(
@@ -191,6 +199,7 @@ class TaskMethods:
         image: ImageLike,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -210,13 +219,14 @@ class TaskMethods:
         Args:
             image: The condition map
             prompt: Prompt
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -225,7 +235,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'pose-to-image', dict(image=image, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'pose-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def semantic_map_to_image(
@@ -234,6 +244,7 @@ class TaskMethods:
         prompt: str,
         classes: Sequence[Union[str, ClassSpec, dict]],
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -254,13 +265,14 @@ class TaskMethods:
             image: The condition map
             prompt: Prompt
             classes: Classes (at least 1 items, at most 20 items)
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -269,7 +281,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'semantic-map-to-image', dict(image=image, prompt=prompt, classes=classes, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'semantic-map-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def boxes_to_image(
@@ -278,6 +290,7 @@ class TaskMethods:
         prompt: str,
         classes: Sequence[Union[str, ClassSpec, dict]],
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -298,13 +311,14 @@ class TaskMethods:
             image: The condition map
             prompt: Prompt
             classes: Classes (at least 1 items, at most 20 items)
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -313,13 +327,14 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'boxes-to-image', dict(image=image, prompt=prompt, classes=classes, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'boxes-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def depth_estimation(
         self,
         image: ImageLike,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -338,14 +353,15 @@ class TaskMethods:
         """`POST /v1/depth-estimation`: Depth as a 16-bit PNG (bright = near) plus a colourised preview.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -355,13 +371,14 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'depth-estimation', dict(image=image, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'depth-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def edge_estimation(
         self,
         image: ImageLike,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -381,14 +398,15 @@ class TaskMethods:
         """`POST /v1/edge-estimation`: Run edge-estimation.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             edge_type: Canny edges or soft HED edges
             webhook: Webhook(url, secret): called (signed) when the job ends
@@ -399,13 +417,14 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'edge-estimation', dict(image=image, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, edge_type=edge_type, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'edge-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, edge_type=edge_type, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def pose_estimation(
         self,
         image: ImageLike,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -424,14 +443,15 @@ class TaskMethods:
         """`POST /v1/pose-estimation`: Run pose-estimation.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -441,7 +461,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'pose-estimation', dict(image=image, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'pose-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def segmentation(
@@ -449,6 +469,7 @@ class TaskMethods:
         image: ImageLike,
         classes: Sequence[Union[str, ClassSpec, dict]],
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -467,15 +488,16 @@ class TaskMethods:
         """`POST /v1/segmentation`: A colour map plus one mask per class.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             classes: Classes (at least 1 items, at most 20 items)
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -485,7 +507,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'segmentation', dict(image=image, classes=classes, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'segmentation', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def detection(
@@ -493,6 +515,7 @@ class TaskMethods:
         image: ImageLike,
         classes: Sequence[Union[str, ClassSpec, dict]],
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -511,15 +534,16 @@ class TaskMethods:
         """`POST /v1/detection`: A map with boxes drawn in class colours plus the boxes as pixel coordinates per class.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             classes: Classes (at least 1 items, at most 20 items)
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -529,13 +553,14 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'detection', dict(image=image, classes=classes, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'detection', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def deblurring(
         self,
         image: ImageLike,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -554,14 +579,15 @@ class TaskMethods:
         """`POST /v1/deblurring`: Run deblurring.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -571,7 +597,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'deblurring', dict(image=image, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'deblurring', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def inpainting(
@@ -579,6 +605,7 @@ class TaskMethods:
         image: ImageLike,
         mask: ImageLike,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -597,15 +624,16 @@ class TaskMethods:
         """`POST /v1/inpainting`: Fill the region marked in `mask` (white or any non-black pixel = fill).
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             mask: Same aspect as the image; non-black pixels mark the region to fill
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -615,7 +643,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'inpainting', dict(image=image, mask=mask, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'inpainting', dict(image=image, mask=mask, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def image_editing(
@@ -623,10 +651,11 @@ class TaskMethods:
         image: ImageLike,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = 60,
         guidance_scale: float = 3.2,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
@@ -640,15 +669,16 @@ class TaskMethods:
         """`POST /v1/image-editing`: Edit an image following an instruction. Guidance 3 to 3.5 avoids over-saturation.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             prompt: The instruction
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
-            guidance_scale: Guidance Scale (>= 0.0, <= 20.0)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; 60, as the reference's editing example (>= 1, <= 200)
+            guidance_scale: 3.2, as the reference's editing example (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -657,7 +687,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'image-editing', dict(image=image, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'image-editing', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def id_customization(
@@ -665,10 +695,11 @@ class TaskMethods:
         images: Sequence[ImageLike],
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = 75,
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
@@ -685,14 +716,15 @@ class TaskMethods:
         Args:
             images: 1 to 3 reference photos of one person (at least 1 items, at most 3 items)
             prompt: Caption of the image to make
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; 75, as the reference's ID customization examples (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
-            reference_captions: A caption per reference photo (30 to 75 words work best)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            reference_captions: A caption per reference photo (30 to 75 words work best) (at most 3 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -701,7 +733,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'id-customization', dict(images=images, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, reference_captions=reference_captions, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'id-customization', dict(images=images, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, reference_captions=reference_captions, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def subject_driven(
@@ -710,10 +742,11 @@ class TaskMethods:
         item: str,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = 70,
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
@@ -728,16 +761,17 @@ class TaskMethods:
         """`POST /v1/subject-driven`: A new image of the subject of a photo. Frames [target, source], mask [1, 0].
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             item: What the subject is
             prompt: Caption of the image to make
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; 70, as the reference's subject-driven example (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             source_caption: Caption of the source photo
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -747,13 +781,14 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'subject-driven', dict(image=image, item=item, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, source_caption=source_caption, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'subject-driven', dict(image=image, item=item, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, source_caption=source_caption, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def image_to_multiview(
         self,
         image: ImageLike,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -762,6 +797,8 @@ class TaskMethods:
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
         focal_length: float = 1.3887,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         cameras: Sequence[Union[Camera, dict]] = None,
         webhook: Union[Webhook, dict, None] = None,
@@ -774,17 +811,20 @@ class TaskMethods:
         """`POST /v1/image-to-multiview`: New views of the object in an image. `cameras[0]` is the input image's camera.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; 60, as the reference's multiview examples (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption (avoid describing the face)
-            cameras: One camera per view, input view first (at least 2 items)
+            cameras: One camera per view, input view first (at least 2 items, at most 64 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -793,13 +833,14 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'image-to-multiview', dict(image=image, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, prompt=prompt, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'image-to-multiview', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def text_to_multiview(
         self,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -808,6 +849,8 @@ class TaskMethods:
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
         focal_length: float = 1.3887,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         cameras: Sequence[Union[Camera, dict]] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -820,15 +863,18 @@ class TaskMethods:
 
         Args:
             prompt: Prompt
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; 60, as the reference's multiview examples (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
-            cameras: Cameras (at least 1 items)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
+            cameras: Cameras (at least 1 items, at most 64 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -837,13 +883,14 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'text-to-multiview', dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'text-to-multiview', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def camera_pose_estimation(
         self,
         images: Sequence[ImageLike],
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -852,6 +899,8 @@ class TaskMethods:
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
         focal_length: float = 1.3887,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -860,18 +909,21 @@ class TaskMethods:
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
     ) -> Job:
-        """`POST /v1/camera-pose-estimation`: Camera poses of 2 or more photos of one scene: 4x4 camera-to-world matrices (OpenGL convention) relative to the first photo, with normalised intrinsics.
+        """`POST /v1/camera-pose-estimation`: Camera poses of 2 or more photos of one scene: 4x4 camera-to-world matrices (OpenGL convention) relative to the first photo, with normalised intrinsics. As in the reference, the first photo's camera is given (the identity, the frame of reference) and the model generates the others' ray maps.
 
         Args:
-            images: 2 or more photos of one object or scene (at least 2 items)
+            images: 2 or more photos of one object or scene (at least 2 items, at most 64 items)
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; 60, as the reference's multiview examples (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Prompt
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -881,7 +933,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'camera-pose-estimation', dict(images=images, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'camera-pose-estimation', dict(images=images, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def generate(
@@ -889,6 +941,7 @@ class TaskMethods:
         prompt: str,
         frames: Sequence[Union[Frame, dict]],
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -897,6 +950,8 @@ class TaskMethods:
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
         focal_length: float = 1.3887,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -908,15 +963,18 @@ class TaskMethods:
 
         Args:
             prompt: Prompt
-            frames: Frames (at least 1 items)
+            frames: Frames (at least 1 items, at most 64 items)
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             focal_length: Focal Length (> 0.1, <= 10.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -925,7 +983,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'generate', dict(prompt=prompt, frames=frames, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'generate', dict(prompt=prompt, frames=frames, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
 
@@ -936,6 +994,7 @@ class AsyncTaskMethods:
         self,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -954,13 +1013,14 @@ class AsyncTaskMethods:
 
         Args:
             prompt: Prompt
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -969,7 +1029,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'text-to-image', dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'text-to-image', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def depth_to_image(
@@ -977,6 +1037,7 @@ class AsyncTaskMethods:
         image: ImageLike,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -996,13 +1057,14 @@ class AsyncTaskMethods:
         Args:
             image: The condition map
             prompt: Prompt
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1011,7 +1073,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'depth-to-image', dict(image=image, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'depth-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def canny_to_image(
@@ -1019,6 +1081,7 @@ class AsyncTaskMethods:
         image: ImageLike,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1038,13 +1101,14 @@ class AsyncTaskMethods:
         Args:
             image: The condition map
             prompt: Prompt
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1053,7 +1117,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'canny-to-image', dict(image=image, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'canny-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def hed_to_image(
@@ -1061,6 +1125,7 @@ class AsyncTaskMethods:
         image: ImageLike,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1080,13 +1145,14 @@ class AsyncTaskMethods:
         Args:
             image: The condition map
             prompt: Prompt
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1095,7 +1161,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'hed-to-image', dict(image=image, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'hed-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def pose_to_image(
@@ -1103,6 +1169,7 @@ class AsyncTaskMethods:
         image: ImageLike,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1122,13 +1189,14 @@ class AsyncTaskMethods:
         Args:
             image: The condition map
             prompt: Prompt
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1137,7 +1205,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'pose-to-image', dict(image=image, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'pose-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def semantic_map_to_image(
@@ -1146,6 +1214,7 @@ class AsyncTaskMethods:
         prompt: str,
         classes: Sequence[Union[str, ClassSpec, dict]],
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1166,13 +1235,14 @@ class AsyncTaskMethods:
             image: The condition map
             prompt: Prompt
             classes: Classes (at least 1 items, at most 20 items)
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1181,7 +1251,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'semantic-map-to-image', dict(image=image, prompt=prompt, classes=classes, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'semantic-map-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def boxes_to_image(
@@ -1190,6 +1260,7 @@ class AsyncTaskMethods:
         prompt: str,
         classes: Sequence[Union[str, ClassSpec, dict]],
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1210,13 +1281,14 @@ class AsyncTaskMethods:
             image: The condition map
             prompt: Prompt
             classes: Classes (at least 1 items, at most 20 items)
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1225,13 +1297,14 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'boxes-to-image', dict(image=image, prompt=prompt, classes=classes, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'boxes-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def depth_estimation(
         self,
         image: ImageLike,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1250,14 +1323,15 @@ class AsyncTaskMethods:
         """`POST /v1/depth-estimation`: Depth as a 16-bit PNG (bright = near) plus a colourised preview.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1267,13 +1341,14 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'depth-estimation', dict(image=image, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'depth-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def edge_estimation(
         self,
         image: ImageLike,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1293,14 +1368,15 @@ class AsyncTaskMethods:
         """`POST /v1/edge-estimation`: Run edge-estimation.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             edge_type: Canny edges or soft HED edges
             webhook: Webhook(url, secret): called (signed) when the job ends
@@ -1311,13 +1387,14 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'edge-estimation', dict(image=image, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, edge_type=edge_type, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'edge-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, edge_type=edge_type, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def pose_estimation(
         self,
         image: ImageLike,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1336,14 +1413,15 @@ class AsyncTaskMethods:
         """`POST /v1/pose-estimation`: Run pose-estimation.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1353,7 +1431,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'pose-estimation', dict(image=image, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'pose-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def segmentation(
@@ -1361,6 +1439,7 @@ class AsyncTaskMethods:
         image: ImageLike,
         classes: Sequence[Union[str, ClassSpec, dict]],
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1379,15 +1458,16 @@ class AsyncTaskMethods:
         """`POST /v1/segmentation`: A colour map plus one mask per class.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             classes: Classes (at least 1 items, at most 20 items)
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1397,7 +1477,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'segmentation', dict(image=image, classes=classes, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'segmentation', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def detection(
@@ -1405,6 +1485,7 @@ class AsyncTaskMethods:
         image: ImageLike,
         classes: Sequence[Union[str, ClassSpec, dict]],
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1423,15 +1504,16 @@ class AsyncTaskMethods:
         """`POST /v1/detection`: A map with boxes drawn in class colours plus the boxes as pixel coordinates per class.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             classes: Classes (at least 1 items, at most 20 items)
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1441,13 +1523,14 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'detection', dict(image=image, classes=classes, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'detection', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def deblurring(
         self,
         image: ImageLike,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1466,14 +1549,15 @@ class AsyncTaskMethods:
         """`POST /v1/deblurring`: Run deblurring.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1483,7 +1567,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'deblurring', dict(image=image, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'deblurring', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def inpainting(
@@ -1491,6 +1575,7 @@ class AsyncTaskMethods:
         image: ImageLike,
         mask: ImageLike,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1509,15 +1594,16 @@ class AsyncTaskMethods:
         """`POST /v1/inpainting`: Fill the region marked in `mask` (white or any non-black pixel = fill).
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             mask: Same aspect as the image; non-black pixels mark the region to fill
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1527,7 +1613,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'inpainting', dict(image=image, mask=mask, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'inpainting', dict(image=image, mask=mask, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def image_editing(
@@ -1535,10 +1621,11 @@ class AsyncTaskMethods:
         image: ImageLike,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = 60,
         guidance_scale: float = 3.2,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
@@ -1552,15 +1639,16 @@ class AsyncTaskMethods:
         """`POST /v1/image-editing`: Edit an image following an instruction. Guidance 3 to 3.5 avoids over-saturation.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             prompt: The instruction
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
-            guidance_scale: Guidance Scale (>= 0.0, <= 20.0)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; 60, as the reference's editing example (>= 1, <= 200)
+            guidance_scale: 3.2, as the reference's editing example (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1569,7 +1657,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'image-editing', dict(image=image, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'image-editing', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def id_customization(
@@ -1577,10 +1665,11 @@ class AsyncTaskMethods:
         images: Sequence[ImageLike],
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = 75,
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
@@ -1597,14 +1686,15 @@ class AsyncTaskMethods:
         Args:
             images: 1 to 3 reference photos of one person (at least 1 items, at most 3 items)
             prompt: Caption of the image to make
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; 75, as the reference's ID customization examples (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
-            reference_captions: A caption per reference photo (30 to 75 words work best)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            reference_captions: A caption per reference photo (30 to 75 words work best) (at most 3 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1613,7 +1703,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'id-customization', dict(images=images, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, reference_captions=reference_captions, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'id-customization', dict(images=images, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, reference_captions=reference_captions, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def subject_driven(
@@ -1622,10 +1712,11 @@ class AsyncTaskMethods:
         item: str,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = 70,
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
@@ -1640,16 +1731,17 @@ class AsyncTaskMethods:
         """`POST /v1/subject-driven`: A new image of the subject of a photo. Frames [target, source], mask [1, 0].
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             item: What the subject is
             prompt: Caption of the image to make
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; 70, as the reference's subject-driven example (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             source_caption: Caption of the source photo
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1659,13 +1751,14 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'subject-driven', dict(image=image, item=item, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, source_caption=source_caption, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'subject-driven', dict(image=image, item=item, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, source_caption=source_caption, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def image_to_multiview(
         self,
         image: ImageLike,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1674,6 +1767,8 @@ class AsyncTaskMethods:
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
         focal_length: float = 1.3887,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         cameras: Sequence[Union[Camera, dict]] = None,
         webhook: Union[Webhook, dict, None] = None,
@@ -1686,17 +1781,20 @@ class AsyncTaskMethods:
         """`POST /v1/image-to-multiview`: New views of the object in an image. `cameras[0]` is the input image's camera.
 
         Args:
-            image: An image as base64 or a data URI (PNG, JPEG or WebP).
+            image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; 60, as the reference's multiview examples (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption (avoid describing the face)
-            cameras: One camera per view, input view first (at least 2 items)
+            cameras: One camera per view, input view first (at least 2 items, at most 64 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1705,13 +1803,14 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'image-to-multiview', dict(image=image, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, prompt=prompt, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'image-to-multiview', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def text_to_multiview(
         self,
         prompt: str,
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1720,6 +1819,8 @@ class AsyncTaskMethods:
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
         focal_length: float = 1.3887,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         cameras: Sequence[Union[Camera, dict]] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -1732,15 +1833,18 @@ class AsyncTaskMethods:
 
         Args:
             prompt: Prompt
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; 60, as the reference's multiview examples (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
-            cameras: Cameras (at least 1 items)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
+            cameras: Cameras (at least 1 items, at most 64 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1749,13 +1853,14 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'text-to-multiview', dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'text-to-multiview', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def camera_pose_estimation(
         self,
         images: Sequence[ImageLike],
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1764,6 +1869,8 @@ class AsyncTaskMethods:
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
         focal_length: float = 1.3887,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -1772,18 +1879,21 @@ class AsyncTaskMethods:
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
     ) -> AsyncJob:
-        """`POST /v1/camera-pose-estimation`: Camera poses of 2 or more photos of one scene: 4x4 camera-to-world matrices (OpenGL convention) relative to the first photo, with normalised intrinsics.
+        """`POST /v1/camera-pose-estimation`: Camera poses of 2 or more photos of one scene: 4x4 camera-to-world matrices (OpenGL convention) relative to the first photo, with normalised intrinsics. As in the reference, the first photo's camera is given (the identity, the frame of reference) and the model generates the others' ray maps.
 
         Args:
-            images: 2 or more photos of one object or scene (at least 2 items)
+            images: 2 or more photos of one object or scene (at least 2 items, at most 64 items)
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; 60, as the reference's multiview examples (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Prompt
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1793,7 +1903,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'camera-pose-estimation', dict(images=images, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'camera-pose-estimation', dict(images=images, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def generate(
@@ -1801,6 +1911,7 @@ class AsyncTaskMethods:
         prompt: str,
         frames: Sequence[Union[Frame, dict]],
         *,
+        num_outputs: int = 1,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
         height: Optional[int] = None,
@@ -1809,6 +1920,8 @@ class AsyncTaskMethods:
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
         focal_length: float = 1.3887,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -1820,15 +1933,18 @@ class AsyncTaskMethods:
 
         Args:
             prompt: Prompt
-            frames: Frames (at least 1 items)
+            frames: Frames (at least 1 items, at most 64 items)
+            num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
             negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
-            width: Output width in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            height: Output height in pixels (multiple of 16) (>= 64, <= 4096, multiple of 16)
-            num_inference_steps: Num Inference Steps (>= 1, <= 200)
+            width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
+            num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
-            noise_scale: Scales the sequence length used to shift the schedule (> 0.0, <= 4.0)
+            noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
             focal_length: Focal Length (> 0.1, <= 10.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1837,5 +1953,5 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'generate', dict(prompt=prompt, frames=frames, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'generate', dict(prompt=prompt, frames=frames, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
