@@ -135,6 +135,12 @@ class JobService:
         self.quotas.check_queue(self.queue.count, new_jobs)
         self.quotas.check_active(tenant, new_jobs)
 
+    def is_replay(self, tenant: str, key: Optional[str]) -> bool:
+        """Whether an Idempotency-Key already names a job or batch of this tenant: its replay creates no
+        work, so it is not held to the rate, quota and queue bounds (the fingerprint is checked later)."""
+        names = [self._idempotent(kind, tenant, key) for kind in ("job", "batch")] if key else []
+        return bool(names) and bool(self.redis.exists(*names))
+
     def _idempotent(self, kind: str, tenant: str, key: Optional[str]) -> Optional[str]:
         return self.keys.idempotency(f"{tenant}:{kind}:{key}") if key else None
 

@@ -73,7 +73,8 @@ def _endpoint(task: str):
         # cheapest first: the key (a dependency), headers, rate and quota, then the body, then its images
         idem = idempotency_key(request)
         wait = prefer_wait(request, settings.max_wait_s)
-        await run_in_threadpool(service.admit, caller.tenant, caller.key_id, 1)
+        if not await run_in_threadpool(service.is_replay, caller.tenant, idem):
+            await run_in_threadpool(service.admit, caller.tenant, caller.key_id, 1)
         body = await parse_request(request, model)
         body = await run_in_threadpool(fetch_image_urls, body, settings)  # images given by URL, through the guard
         if body.num_outputs > 1:
