@@ -13,7 +13,6 @@ import argparse
 import base64
 import io
 import json
-import socket
 import statistics
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from tests.service.harness import RedisServer, Service, WebhookReceiver, free_port, wait_until
+from tests.service.harness import RedisServer, Service, StalledReceiver, WebhookReceiver, free_port, wait_until
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -143,45 +142,6 @@ def probe_cancel(tmp: Path, redis: str, checkpoint: Path) -> dict:
                 "cancel_to_next_job_start_s": round(time.monotonic() - canceled_at, 2)}
     finally:
         service.stop()
-
-
-class StalledReceiver:
-    """Accepts the POST, then trickles a header byte every second for a minute."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
-        self.sock.listen(16)
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/stall"
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.trickle, args=(conn,), daemon=True).start()
-
-    def trickle(self, conn):
-        try:
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\n")
-            for _ in range(60):
-                conn.sendall(b"X-Slow: 1\r\n")
-                time.sleep(1)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self.sock.close()
 
 
 def probe_webhooks(tmp: Path, redis: str, checkpoint: Path) -> dict:
