@@ -56,6 +56,7 @@ def cmd_serve(args) -> None:
     uvicorn.run(
         "app.main:create_app", factory=True, host=args.host or settings.host, port=args.port or settings.port,
         log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False, log_config=None,
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 

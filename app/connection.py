@@ -62,6 +62,10 @@ class Keys:
     def metrics(self) -> str:
         return f"{self.prefix}:metrics"
 
+    def webhook_host_slots(self, host: str) -> str:
+        """Sorted set: webhook deliveries in flight to `host` -> when their hold expires (unix seconds)."""
+        return f"{self.prefix}:webhook-host:{host.lower()}"
+
 
 @lru_cache(maxsize=8)
 def keys_for(prefix: str) -> Keys:

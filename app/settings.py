@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     # ---- API server
     host: str = Field("127.0.0.1", description="Address the API listens on")
     port: int = Field(8000, description="Port the API listens on")
+    keep_alive_s: int = Field(
+        75, ge=1, le=3600,
+        description="Idle HTTP keep-alive kept open by the API; longer than a client's or load balancer's (60 s), so the server never closes a connection a client is about to reuse",
+    )
 
     @field_validator("precision", mode="before")
     @classmethod

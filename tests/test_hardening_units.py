@@ -85,3 +85,44 @@ def test_redis_without_persistence_is_warned_about(tmp_path):
         assert said == []
     finally:
         persistent.stop()
+
+
+def test_webhook_host_slots_are_shared_across_processes(redis_url):
+    """The per-host limit is one count in Redis, not one per deliverer process: a slot taken in another
+    process is seen here, is given back when its delivery ends, and lapses if its holder died."""
+    import multiprocessing
+    import time
+
+    from redis import Redis
+
+    from worker.webhooks import HostSlots
+
+    redis = Redis.from_url(redis_url)
+    key = f"test:webhook-host:{time.time_ns()}"
+    slots = HostSlots()
+    taken, release = multiprocessing.Event(), multiprocessing.Event()
+
+    def hold_elsewhere():
+        with HostSlots().hold(Redis.from_url(redis_url), key, 1, 30) as held:
+            assert held
+            taken.set()
+            release.wait(30)
+
+    other = multiprocessing.get_context("fork").Process(target=hold_elsewhere)
+    other.start()
+    try:
+        assert taken.wait(30)
+        with slots.hold(redis, key, 1, 30) as held:
+            assert not held  # the other process has the host's one slot
+        release.set()
+        other.join(30)
+        with slots.hold(redis, key, 1, 30) as held:
+            assert held  # given back when that delivery ended
+    finally:
+        release.set()
+        other.join(5)
+    with slots.hold(redis, key, 1, 0.2) as held:  # a holder that never gives its slot back ...
+        assert held
+        time.sleep(0.4)
+        with slots.hold(redis, key, 1, 30) as again:
+            assert again  # ... loses it when its hold lapses

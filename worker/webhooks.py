@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
-from collections import Counter
+import uuid
 from contextlib import contextmanager
 from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from rq import Queue, Retry, get_current_job
 
+from app.connection import keys_for
 from app.jobs import JobService
 from app.settings import get_settings
 from app.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, standard_headers
@@ -35,25 +35,34 @@ class DeliveryFailed(RuntimeError):
 
 
 class HostSlots:
-    """Deliveries in flight per destination host, in this deliverer process."""
+    """Deliveries in flight per destination host, counted in Redis so the limit holds across every
+    deliverer process and thread (the deliverer runs its workers in two processes, and a deployment may
+    run several deliverers). A slot is a member of the host's sorted set scored by when it lapses, so
+    the slot of a deliverer killed mid-call comes back after the attempt's deadline."""
 
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.busy: Counter = Counter()
+    # KEYS[1] the host's set; ARGV: now, limit, lapses at, token, key lifetime (ms)
+    TAKE = """
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+    if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+        redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+        redis.call('PEXPIRE', KEYS[1], ARGV[5])
+        return 1
+    end
+    return 0
+    """
 
     @contextmanager
-    def hold(self, host: str, limit: int):
-        """Yields True with a slot held, or False at once when `host` already has `limit` in flight."""
-        with self.lock:
-            taken = self.busy[host] < limit
-            if taken:
-                self.busy[host] += 1
+    def hold(self, redis, key: str, limit: int, hold_s: float):
+        """Yields True with a slot held for at most `hold_s`, or False at once when the host already
+        has `limit` in flight."""
+        token = uuid.uuid4().hex
+        now = time.time()
+        taken = bool(redis.eval(self.TAKE, 1, key, now, limit, now + hold_s, token, int((hold_s + 60) * 1000)))
         try:
             yield taken
         finally:
             if taken:
-                with self.lock:
-                    self.busy[host] -= 1
+                redis.zrem(key, token)
 
 
 HOST_SLOTS = HostSlots()
@@ -126,7 +135,8 @@ def _deliver(service: JobService, settings, owner: str, owner_id: str, delivery_
     except UnsafeWebhook as exc:  # permanent: retrying cannot make the address safe
         log.warning("webhook refused: %s", exc, extra=extra)
         return {"refused": str(exc)}
-    with HOST_SLOTS.hold(host, settings.webhook_per_host) as held:
+    slots = keys_for(settings.queue_prefix).webhook_host_slots(host)
+    with HOST_SLOTS.hold(service.redis, slots, settings.webhook_per_host, settings.webhook_timeout_s + 5) as held:
         if not held:
             later = _postpone(owner, owner_id, delivery_id, body)
             log.info("webhook host busy; delivery put back", extra={**extra, "host": host, "job": later})

@@ -60,6 +60,21 @@ def test_prefer_wait_times_out_with_202(shared_service):
     shared_service.wait_job(response.json()["id"])
 
 
+def test_idle_keep_alive_outlasts_clients(shared_service):
+    """A connection idle for longer than httpx's and uvicorn's 5 s default is still served: the server
+    must not close one a client is about to reuse (that race reset a request in CI)."""
+    import socket
+    import time
+
+    request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{shared_service.port}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", shared_service.port), timeout=10) as conn:
+        for pause in (6, 0):
+            conn.sendall(request)
+            answer = conn.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+            time.sleep(pause)
+
+
 def test_event_stream(shared_service):
     payload = {"prompt": "a cat", "width": 128, "height": 128, "num_inference_steps": 6}
     job = shared_service.submit("text-to-image", payload).json()
