@@ -89,6 +89,27 @@ def test_text_to_image(page, shots):
     page.screenshot(path=str(shots / "text-to-image.png"), full_page=True)
 
 
+def test_several_outputs_in_one_run(page, shots):
+    """num_outputs > 1 answers a batch: the page follows its jobs and shows every image with its seed."""
+    choose(page, "text-to-image")
+    page.fill("#f-prompt", "three lighthouses")
+    page.fill("#f-width", "64")
+    page.fill("#f-height", "64")
+    page.fill("#f-num_inference_steps", "2")
+    page.evaluate("document.querySelector('#advanced').open = true")
+    page.fill("#f-num_outputs", "3")
+    page.fill("#f-seed", "10")
+    page.click("#run")
+    page.wait_for_function("document.querySelectorAll('#result img[data-output=\"image.png\"]').length === 3", timeout=90_000)
+    page.wait_for_function("[...document.querySelectorAll('#result img')].every(i => i.complete && i.naturalWidth === 64)", timeout=30_000)
+    assert page.inner_text("#job-status") == "Succeeded"
+    captions = page.locator("#result figcaption span").all_inner_texts()
+    assert [c.split(" · ")[0] for c in captions] == ["seed 10", "seed 11", "seed 12"]
+    assert page.inner_text("#progress-text").startswith("3 of 3 images")
+    assert page.locator("#recent li[data-job]").count() >= 3
+    page.screenshot(path=str(shots / "num-outputs.png"), full_page=False)
+
+
 def test_depth_estimation_from_an_uploaded_file(page, shots, tmp_path):
     photo = tmp_path / "photo.png"
     photo.write_bytes(make_image(96, 64, seed=5))

@@ -16,6 +16,7 @@ import time
 import typing
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -59,7 +60,10 @@ def test_each_task_method_has_the_schema_fields_and_defaults(openapi, cls):
         assert list(params)[-4:] == CLIENT_OPTIONS
         fields = {k: v for k, v in params.items() if k not in CLIENT_OPTIONS}
         assert set(fields) == set(schema["properties"]), task
-        hints = typing.get_type_hints(method, {**vars(od.tasks), "Job": od.Job, "AsyncJob": od.AsyncJob})
+        hints = typing.get_type_hints(method, {**vars(od.tasks), "Job": od.Job, "AsyncJob": od.AsyncJob,
+                                               "Batch": od.Batch, "AsyncBatch": od.AsyncBatch})
+        batch = od.AsyncBatch if cls is od.AsyncClient else od.Batch
+        assert (batch in typing.get_args(hints["return"])) == ("num_outputs" in schema["properties"]), task
         for name, prop in schema["properties"].items():
             param = fields[name]
             if name in schema.get("required", []):
@@ -136,6 +140,32 @@ def test_run_waits_with_progress_and_downloads(client, tmp_path):
     again = client.run("text-to-image", prompt="a lighthouse", width=64, height=64, num_inference_steps=5, seed=7)
     assert again.id != job.id and again.read() == job.read()
     assert all(isinstance(p, od.Progress) for p in seen)
+
+
+def test_num_outputs_answers_a_batch(client, shared_service, tmp_path):
+    """num_outputs > 1: the server answers a batch of jobs seeded seed, seed+1, ...; the client hands back
+    a Batch whose download keeps every image (their outputs share a name)."""
+    batch = client.text_to_image("twins", width=64, height=64, num_inference_steps=2, seed=40, num_outputs=2, timeout=120)
+    assert isinstance(batch, od.Batch) and batch.status == "completed" and len(batch.jobs) == 2
+    assert all(job.status == "succeeded" for job in batch.jobs)
+    paths = batch.download(tmp_path / "twins")
+    assert [p.name for p in paths] == ["0-image.png", "1-image.png"]
+    assert paths[0].read_bytes() != paths[1].read_bytes()  # seeds 40 and 41
+    single = client.text_to_image("twins", width=64, height=64, num_inference_steps=2, seed=41)
+    # the same image as seed 41 alone, up to the rounding of a batched matmul
+    difference = np.abs(np.asarray(single.image(), np.int16) - np.asarray(Image.open(paths[1]), np.int16))
+    assert difference.max() <= 3
+
+    async def queued():
+        async with od.AsyncClient(shared_service.url) as aclient:
+            handle = await aclient.text_to_image("twins", width=64, height=64, num_inference_steps=100,
+                                                 num_outputs=3, wait=False)
+            await handle.cancel()
+            return handle, await handle.wait(timeout=60)
+
+    handle, ended = asyncio.run(queued())
+    assert isinstance(handle, od.AsyncBatch) and len(ended.jobs) == 3
+    assert all(job.status in ("canceled", "succeeded") for job in ended.jobs)
 
 
 def test_submit_events_and_cancel(client):

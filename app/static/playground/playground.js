@@ -470,16 +470,51 @@ async function submit() {
   setProgress(0);
   state.inputs = { image: (state.images.image || [])[0], images: state.images.images || [] };
   try {
-    const job = await api(`/v1/${task}`, { method: "POST", body });
-    state.job = job;
-    remember(job);
-    renderJob(job);
-    if (!["succeeded", "failed", "canceled"].includes(job.status)) await follow(job.id);
+    const answer = await api(`/v1/${task}`, { method: "POST", body });
+    if (answer.jobs) await followBatch(answer); // num_outputs > 1: a batch of jobs, one per seed
+    else {
+      state.job = answer;
+      remember(answer);
+      renderJob(answer);
+      if (!ended(answer)) await follow(answer.id);
+    }
   } catch (e) {
     if (e.name !== "AbortError") { showError(e); setStatus("failed", "Rejected"); }
   } finally {
     setBusy(false);
   }
+}
+
+const ended = (job) => ["succeeded", "failed", "canceled"].includes(job.status);
+
+// The jobs of a num_outputs batch are followed one after the other (they run as one sampler batch, so
+// their progress moves together); at the end their images are shown side by side.
+async function followBatch(batch) {
+  state.batch = batch;
+  const done = [];
+  try {
+    for (const [index, item] of batch.jobs.entries()) {
+      state.job = item;
+      remember(item);
+      if (!ended(item)) { renderJob(item); await follow(item.id); }
+      done.push(state.job);
+      setStatus("running", `Image ${index + 1} of ${batch.jobs.length} done`);
+    }
+  } finally {
+    state.batch = null;
+  }
+  renderBatch(batch, done);
+}
+
+function renderBatch(batch, jobs) {
+  const succeeded = jobs.filter((j) => j.status === "succeeded");
+  const outputs = succeeded.flatMap((j) => j.outputs.map((o) => ({ ...o, caption: `seed ${j.input && j.input.seed !== undefined ? j.input.seed : "?"} · ${o.width}×${o.height}` })));
+  const status = succeeded.length ? "succeeded" : (jobs.find((j) => j.status === "canceled") ? "canceled" : "failed");
+  const failed = jobs.find((j) => j.error);
+  renderJob({ ...jobs[0], id: batch.id, status, outputs, error: succeeded.length ? null : failed && failed.error, data: null,
+              timings: jobs[0].timings, warnings: [] }, (job, out) => out.append(el("div", { class: "outputs" },
+    job.outputs.map((o) => outputCard(o, o.caption)))));
+  $("#progress-text").textContent = `${succeeded.length} of ${jobs.length} images · batch ${batch.id}`;
 }
 
 async function follow(id) {
@@ -526,6 +561,7 @@ async function follow(id) {
 async function cancel() {
   if (!state.job) return;
   try {
+    if (state.batch) { await api(`/v1/batches/${state.batch.id}/cancel`, { method: "POST" }); setStatus("canceled", "Canceling…"); return; }
     const job = await api(`/v1/jobs/${state.job.id}/cancel`, { method: "POST" });
     setStatus("canceled", "Canceling…");
     if (job.status === "canceled") { state.job = job; remember(job); }
@@ -580,7 +616,7 @@ function loadImage(src) {
   return new Promise((ok, fail) => { const img = new Image(); img.onload = () => ok(img); img.onerror = fail; img.src = src; });
 }
 
-function renderJob(job) {
+function renderJob(job, viewerOverride) {
   const out = $("#result");
   out.replaceChildren();
   const final = ["succeeded", "failed", "canceled"].includes(job.status);
@@ -591,7 +627,7 @@ function renderJob(job) {
   if (job.error) out.append(el("div", { class: "error-box" }, el("strong", {}, el("code", { text: job.error.type }), " ", job.error.message)));
   if (job.warnings && job.warnings.length) out.append(el("div", { class: "warnings" }, job.warnings.join(" · ")));
   if (job.status === "succeeded") {
-    const viewer = VIEWERS[job.task] || viewImages;
+    const viewer = viewerOverride || VIEWERS[job.task] || viewImages;
     const slot = el("div");
     out.append(slot); // viewers that load images first still land above the data and timings
     Promise.resolve(viewer(job, slot)).catch((e) => slot.append(el("div", { class: "error-box", text: `Could not draw the result: ${e.message || e}` })));

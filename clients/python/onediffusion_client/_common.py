@@ -220,3 +220,16 @@ def next_cursor(body: Any) -> Optional[str]:
             if body.get(key):
                 return str(body[key])
     return None
+
+
+def is_batch(body: dict) -> bool:
+    """Whether a task's answer is a batch (num_outputs > 1) rather than one job."""
+    return "jobs" in body and "counts" in body
+
+
+def output_path(folder, index: int, name: str):
+    """Where a batch's download puts job `index`'s output `name`: the jobs' outputs share names."""
+    from pathlib import Path
+
+    return Path(folder) / f"{index}-{Path(name).name}"
+

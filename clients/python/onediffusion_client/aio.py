@@ -62,22 +62,26 @@ class AsyncClient(AsyncTaskMethods):
         raise AssertionError("unreachable")
 
     async def submit(self, task: str, /, *, idempotency_key: Optional[str] = None, prefer_wait: Optional[int] = None,
-                     **fields: Any) -> "AsyncJob":
+                     **fields: Any) -> Union["AsyncJob", "AsyncBatch"]:
+        """As `Client.submit`: an AsyncBatch when `num_outputs` > 1."""
         body = await aencode_images(c.task_fields(fields))
         headers = {"Idempotency-Key": idempotency_key or c.new_idempotency_key()}
         if prefer_wait:
             headers["Prefer"] = f"wait={c.cap_wait(prefer_wait, self._http.timeout)}"
         response = await self._request("POST", f"/v1/{task}", idempotent=True, json=body, headers=headers)
-        return AsyncJob(self, response.json())
+        answer = response.json()
+        return AsyncBatch(self, answer) if c.is_batch(answer) else AsyncJob(self, answer)
 
     async def run(self, task: str, /, *, timeout: Optional[float] = None,
                   on_progress: Optional[Callable[[Progress], Any]] = None, idempotency_key: Optional[str] = None,
-                  **fields: Any) -> "AsyncJob":
-        job = await self.submit(task, idempotency_key=idempotency_key, prefer_wait=c.prefer_wait(timeout), **fields)
-        return await job.wait(timeout=timeout, on_progress=on_progress)
+                  **fields: Any) -> Union["AsyncJob", "AsyncBatch"]:
+        handle = await self.submit(task, idempotency_key=idempotency_key, prefer_wait=c.prefer_wait(timeout), **fields)
+        if isinstance(handle, AsyncBatch):
+            return await handle.wait(timeout=timeout, raise_on_failure=True)
+        return await handle.wait(timeout=timeout, on_progress=on_progress)
 
     async def _task(self, task: str, fields: dict, wait: bool, timeout: Optional[float],
-                    on_progress: Optional[Callable[[Progress], Any]], idempotency_key: Optional[str]) -> "AsyncJob":
+                    on_progress: Optional[Callable[[Progress], Any]], idempotency_key: Optional[str]) -> Union["AsyncJob", "AsyncBatch"]:
         if wait:
             return await self.run(task, timeout=timeout, on_progress=on_progress, idempotency_key=idempotency_key, **fields)
         return await self.submit(task, idempotency_key=idempotency_key, **fields)
@@ -217,10 +221,31 @@ class AsyncBatch:
         self._update((await self.client._request("GET", f"/v1/batches/{self.id}", idempotent=True)).json())
         return self
 
-    async def wait(self, timeout: Optional[float] = None, interval: float = 0.5) -> "AsyncBatch":
+    async def wait(self, timeout: Optional[float] = None, interval: float = 0.5,
+                   raise_on_failure: bool = False) -> "AsyncBatch":
         deadline = None if timeout is None else time.monotonic() + timeout
         while (await self.refresh()).status != "completed":
             if deadline is not None and time.monotonic() > deadline:
                 raise WaitTimeout(f"batch {self.id} still running after {timeout} s")
             await asyncio.sleep(interval)
+        if raise_on_failure:
+            for job in self.jobs:
+                job._check_ended_well()
         return self
+
+    async def cancel(self) -> "AsyncBatch":
+        self._update((await self.client._request("POST", f"/v1/batches/{self.id}/cancel", idempotent=True)).json())
+        return self
+
+    async def images(self) -> list:
+        return [await job.image(o) for job in self.jobs for o in job.outputs]
+
+    async def download(self, directory: Union[str, Path]) -> list[Path]:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        paths = []
+        for index, job in enumerate(self.jobs):
+            for output in job.outputs:
+                path = c.output_path(directory, index, output.name)
+                path.write_bytes(await job.read(output))
+                paths.append(path)
+        return paths

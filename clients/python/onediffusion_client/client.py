@@ -70,25 +70,29 @@ class Client(TaskMethods):
 
     # ---- tasks ----
     def submit(self, task: str, /, *, idempotency_key: Optional[str] = None, prefer_wait: Optional[int] = None,
-               **fields: Any) -> "Job":
+               **fields: Any) -> Union["Job", "Batch"]:
         """Queue `task` with `fields` (the API's names); the job handle comes back at once (or, with
-        `prefer_wait`, when it ends within that many seconds)."""
+        `prefer_wait`, when it ends within that many seconds). With `num_outputs` > 1 the server makes a
+        batch of that many jobs, and a `Batch` handle comes back."""
         body = encode_images(c.task_fields(fields))
         headers = {"Idempotency-Key": idempotency_key or c.new_idempotency_key()}
         if prefer_wait:
             headers["Prefer"] = f"wait={c.cap_wait(prefer_wait, self._http.timeout)}"
         response = self._request("POST", f"/v1/{task}", idempotent=True, json=body, headers=headers)
-        return Job(self, response.json())
+        answer = response.json()
+        return Batch(self, answer) if c.is_batch(answer) else Job(self, answer)
 
     def run(self, task: str, /, *, timeout: Optional[float] = None, on_progress: Optional[Callable[[Progress], Any]] = None,
-            idempotency_key: Optional[str] = None, **fields: Any) -> "Job":
+            idempotency_key: Optional[str] = None, **fields: Any) -> Union["Job", "Batch"]:
         """Submit and wait for the end (`Prefer: wait`, then the event stream); raises JobFailed /
-        JobCanceled when the job does not succeed."""
-        job = self.submit(task, idempotency_key=idempotency_key, prefer_wait=c.prefer_wait(timeout), **fields)
-        return job.wait(timeout=timeout, on_progress=on_progress)
+        JobCanceled when the job (or, for num_outputs > 1, one of the batch's jobs) does not succeed."""
+        handle = self.submit(task, idempotency_key=idempotency_key, prefer_wait=c.prefer_wait(timeout), **fields)
+        if isinstance(handle, Batch):
+            return handle.wait(timeout=timeout, raise_on_failure=True)
+        return handle.wait(timeout=timeout, on_progress=on_progress)
 
     def _task(self, task: str, fields: dict, wait: bool, timeout: Optional[float],
-              on_progress: Optional[Callable[[Progress], Any]], idempotency_key: Optional[str]) -> "Job":
+              on_progress: Optional[Callable[[Progress], Any]], idempotency_key: Optional[str]) -> Union["Job", "Batch"]:
         if wait:
             return self.run(task, timeout=timeout, on_progress=on_progress, idempotency_key=idempotency_key, **fields)
         return self.submit(task, idempotency_key=idempotency_key, **fields)
@@ -248,14 +252,38 @@ class Batch:
         self._update(self.client._request("GET", f"/v1/batches/{self.id}", idempotent=True).json())
         return self
 
-    def wait(self, timeout: Optional[float] = None, interval: float = 0.5) -> "Batch":
-        """Poll until every item has ended (failed items do not raise: look at `jobs`)."""
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.5, raise_on_failure: bool = False) -> "Batch":
+        """Poll until every item has ended. Failed items do not raise (look at `jobs`) unless
+        `raise_on_failure`: then the first failed or canceled job raises JobFailed / JobCanceled."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.refresh().status != "completed":
             if deadline is not None and time.monotonic() > deadline:
                 raise WaitTimeout(f"batch {self.id} still running after {timeout} s")
             time.sleep(interval)
+        if raise_on_failure:
+            for job in self.jobs:
+                job._check_ended_well()
         return self
+
+    def cancel(self) -> "Batch":
+        """Cancel every job of the batch that has not ended."""
+        self._update(self.client._request("POST", f"/v1/batches/{self.id}/cancel", idempotent=True).json())
+        return self
+
+    def images(self) -> list:
+        """Every output image of every job, in job order (needs Pillow)."""
+        return [image for job in self.jobs for image in job.images()]
+
+    def download(self, directory: Union[str, Path]) -> list[Path]:
+        """Save every job's outputs under `directory` as `<job index>-<name>`; the paths written."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        paths = []
+        for index, job in enumerate(self.jobs):
+            for output in job.outputs:
+                path = c.output_path(directory, index, output.name)
+                path.write_bytes(job.read(output))
+                paths.append(path)
+        return paths
 
     def __repr__(self) -> str:
         return f"<Batch {self.id} {self.status} {self.counts}>"

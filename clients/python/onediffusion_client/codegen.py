@@ -108,6 +108,8 @@ def _doc(text: str) -> str:
 def _method(task: str, schema: dict, is_async: bool) -> str:
     params = parameters(schema)
     handle = "AsyncJob" if is_async else "Job"
+    if "num_outputs" in (schema.get("properties") or {}):  # above 1 the answer is a batch
+        handle = f"Union[{handle}, {'AsyncBatch' if is_async else 'Batch'}]"
     sig = ["self"]
     required = [p for p in params if p["required"]]
     optional = [p for p in params if not p["required"]]
@@ -152,8 +154,8 @@ from .images import ImageLike
 from .types import Camera, ClassSpec, Frame, Progress, Webhook
 
 if TYPE_CHECKING:
-    from .aio import AsyncJob
-    from .client import Job
+    from .aio import AsyncBatch, AsyncJob
+    from .client import Batch, Job
 
 ProgressCallback = Callable[[Progress], Any]
 TASKS = {tuple(tasks)!r}

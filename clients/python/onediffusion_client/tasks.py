@@ -10,8 +10,8 @@ from .images import ImageLike
 from .types import Camera, ClassSpec, Frame, Progress, Webhook
 
 if TYPE_CHECKING:
-    from .aio import AsyncJob
-    from .client import Job
+    from .aio import AsyncBatch, AsyncJob
+    from .client import Batch, Job
 
 ProgressCallback = Callable[[Progress], Any]
 TASKS = ('text-to-image', 'depth-to-image', 'canny-to-image', 'hed-to-image', 'pose-to-image', 'semantic-map-to-image', 'boxes-to-image', 'depth-estimation', 'edge-estimation', 'pose-estimation', 'segmentation', 'detection', 'deblurring', 'inpainting', 'image-editing', 'id-customization', 'subject-driven', 'image-to-multiview', 'text-to-multiview', 'camera-pose-estimation', 'generate')
@@ -38,7 +38,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/text-to-image`: Generate an image from text. Works best from 768 to 1280 px; 1024x1024 by default.
 
         Args:
@@ -81,7 +81,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/depth-to-image`: Run depth-to-image.
 
         Args:
@@ -125,7 +125,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/canny-to-image`: Run canny-to-image.
 
         Args:
@@ -169,7 +169,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/hed-to-image`: Run hed-to-image.
 
         Args:
@@ -213,7 +213,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/pose-to-image`: Run pose-to-image.
 
         Args:
@@ -258,7 +258,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/semantic-map-to-image`: The map paints each class in its colour; `classes` names them.
 
         Args:
@@ -304,7 +304,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/boxes-to-image`: The map draws each object's box in its class colour; `classes` names them.
 
         Args:
@@ -349,7 +349,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/depth-estimation`: Depth as a 16-bit PNG (bright = near) plus a colourised preview.
 
         Args:
@@ -394,7 +394,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/edge-estimation`: Run edge-estimation.
 
         Args:
@@ -439,7 +439,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/pose-estimation`: Run pose-estimation.
 
         Args:
@@ -484,7 +484,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/segmentation`: A colour map plus one mask per class.
 
         Args:
@@ -530,7 +530,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/detection`: A map with boxes drawn in class colours plus the boxes as pixel coordinates per class.
 
         Args:
@@ -575,7 +575,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/deblurring`: Run deblurring.
 
         Args:
@@ -620,7 +620,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/inpainting`: Fill the region marked in `mask` (white or any non-black pixel = fill).
 
         Args:
@@ -665,7 +665,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/image-editing`: Edit an image following an instruction. Guidance 3 to 3.5 avoids over-saturation.
 
         Args:
@@ -710,7 +710,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/id-customization`: A new image of the person in 1 to 3 reference photos. Frames [target, refs...], mask [1, 0, ...].
 
         Args:
@@ -757,7 +757,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/subject-driven`: A new image of the subject of a photo. Frames [target, source], mask [1, 0].
 
         Args:
@@ -807,7 +807,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/image-to-multiview`: New views of the object in an image. `cameras[0]` is the input image's camera.
 
         Args:
@@ -858,7 +858,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/text-to-multiview`: Run text-to-multiview.
 
         Args:
@@ -908,7 +908,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/camera-pose-estimation`: Camera poses of 2 or more photos of one scene: 4x4 camera-to-world matrices (OpenGL convention) relative to the first photo, with normalised intrinsics. As in the reference, the first photo's camera is given (the identity, the frame of reference) and the model generates the others' ray maps.
 
         Args:
@@ -958,7 +958,7 @@ class TaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> Job:
+    ) -> Union[Job, Batch]:
         """`POST /v1/generate`: Any frames, mask and prompt, for zero-shot combinations. The prompt is used as given (include the task token yourself, e.g. `[[depth2image]] ...`). Given camera frames are expressed relative to the first given camera.
 
         Args:
@@ -1008,7 +1008,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/text-to-image`: Generate an image from text. Works best from 768 to 1280 px; 1024x1024 by default.
 
         Args:
@@ -1051,7 +1051,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/depth-to-image`: Run depth-to-image.
 
         Args:
@@ -1095,7 +1095,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/canny-to-image`: Run canny-to-image.
 
         Args:
@@ -1139,7 +1139,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/hed-to-image`: Run hed-to-image.
 
         Args:
@@ -1183,7 +1183,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/pose-to-image`: Run pose-to-image.
 
         Args:
@@ -1228,7 +1228,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/semantic-map-to-image`: The map paints each class in its colour; `classes` names them.
 
         Args:
@@ -1274,7 +1274,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/boxes-to-image`: The map draws each object's box in its class colour; `classes` names them.
 
         Args:
@@ -1319,7 +1319,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/depth-estimation`: Depth as a 16-bit PNG (bright = near) plus a colourised preview.
 
         Args:
@@ -1364,7 +1364,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/edge-estimation`: Run edge-estimation.
 
         Args:
@@ -1409,7 +1409,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/pose-estimation`: Run pose-estimation.
 
         Args:
@@ -1454,7 +1454,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/segmentation`: A colour map plus one mask per class.
 
         Args:
@@ -1500,7 +1500,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/detection`: A map with boxes drawn in class colours plus the boxes as pixel coordinates per class.
 
         Args:
@@ -1545,7 +1545,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/deblurring`: Run deblurring.
 
         Args:
@@ -1590,7 +1590,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/inpainting`: Fill the region marked in `mask` (white or any non-black pixel = fill).
 
         Args:
@@ -1635,7 +1635,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/image-editing`: Edit an image following an instruction. Guidance 3 to 3.5 avoids over-saturation.
 
         Args:
@@ -1680,7 +1680,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/id-customization`: A new image of the person in 1 to 3 reference photos. Frames [target, refs...], mask [1, 0, ...].
 
         Args:
@@ -1727,7 +1727,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/subject-driven`: A new image of the subject of a photo. Frames [target, source], mask [1, 0].
 
         Args:
@@ -1777,7 +1777,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/image-to-multiview`: New views of the object in an image. `cameras[0]` is the input image's camera.
 
         Args:
@@ -1828,7 +1828,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/text-to-multiview`: Run text-to-multiview.
 
         Args:
@@ -1878,7 +1878,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/camera-pose-estimation`: Camera poses of 2 or more photos of one scene: 4x4 camera-to-world matrices (OpenGL convention) relative to the first photo, with normalised intrinsics. As in the reference, the first photo's camera is given (the identity, the frame of reference) and the model generates the others' ray maps.
 
         Args:
@@ -1928,7 +1928,7 @@ class AsyncTaskMethods:
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
         idempotency_key: Optional[str] = None,
-    ) -> AsyncJob:
+    ) -> Union[AsyncJob, AsyncBatch]:
         """`POST /v1/generate`: Any frames, mask and prompt, for zero-shot combinations. The prompt is used as given (include the task token yourself, e.g. `[[depth2image]] ...`). Given camera frames are expressed relative to the first given camera.
 
         Args:
