@@ -244,6 +244,7 @@ class StalledReceiver:
     def __init__(self):
         self.port = free_port()
         self.connections = 0
+        self.open: list[socket.socket] = []
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", self.port))
@@ -261,6 +262,7 @@ class StalledReceiver:
             except OSError:
                 return
             self.connections += 1
+            self.open.append(conn)
             threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
 
     @staticmethod
@@ -277,4 +279,11 @@ class StalledReceiver:
             conn.close()
 
     def close(self) -> None:
+        """Stop listening and cut the calls in progress (so a deliverer stopping after the test does not
+        wait out their deadline)."""
         self.sock.close()
+        for conn in self.open:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
