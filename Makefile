@@ -26,8 +26,11 @@ install: $(BIN)/.installed
 run: install
 	AUTH_DISABLED=$${AUTH_DISABLED:-true} $(BIN)/onediffusion up
 
+# Two pytest workers (each test file stays on one, with its module's service): most of a service test is
+# waiting on real processes, so two halve the wall time on a 2-core machine. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test-model: install
 	$(BIN)/python -m pytest -q tests --ignore=tests/service

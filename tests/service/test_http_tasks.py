@@ -63,16 +63,21 @@ def test_prefer_wait_times_out_with_202(shared_service):
 def test_idle_keep_alive_outlasts_clients(shared_service):
     """A connection idle for longer than httpx's and uvicorn's 5 s default is still served: the server
     must not close one a client is about to reuse (that race reset a request in CI)."""
-    import socket
+    import http.client
     import time
 
-    request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{shared_service.port}\r\n\r\n".encode()
-    with socket.create_connection(("127.0.0.1", shared_service.port), timeout=10) as conn:
-        for pause in (6, 0):
-            conn.sendall(request)
-            answer = conn.recv(65536)
-            assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
-            time.sleep(pause)
+    conn = http.client.HTTPConnection("127.0.0.1", shared_service.port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        first = conn.getresponse()
+        assert first.status == 200 and first.read()
+        sock = conn.sock
+        time.sleep(6)
+        conn.request("GET", "/healthz")  # on the same socket: a closed one answers RemoteDisconnected
+        second = conn.getresponse()
+        assert second.status == 200 and second.read() and conn.sock is sock
+    finally:
+        conn.close()
 
 
 def test_event_stream(shared_service):
