@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 
 JOB_FUNC = "worker.entry.run_job"
 ON_FAILURE = "core.job_store.on_rq_failure"
+# Failure callbacks that job records of earlier releases name (see JobStore.rename_old_callbacks).
+OLD_CALLBACKS = {"app.jobs.on_rq_failure": ON_FAILURE}
+_RENAME_CALLBACK = """
+if redis.call('HGET', KEYS[1], 'failure_callback_name') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'failure_callback_name', ARGV[2])
+  return 1
+end
+return 0
+"""
 TERMINAL = ("succeeded", "failed", "canceled")
 STATUS = {
     RQStatus.QUEUED: "queued",
@@ -111,6 +120,24 @@ class JobStore:
 
     def cancel_requested(self, job_ids: list[str]) -> list[bool]:
         return [flag is not None for flag in self.redis.mget([self.keys.cancel(job_id) for job_id in job_ids])]
+
+    def rename_old_callbacks(self) -> int:
+        """Point jobs queued by an earlier release at today's failure callback. RQ resolves a job's callback
+        by its dotted name when the job's worker dies, and a name that no longer resolves stops the worker
+        cleaning up (every restart, until the job expires); the callback moved from app/jobs.py to here.
+        Returns how many records were changed."""
+        queue = self.queue
+        job_ids = set(queue.get_job_ids()) | {i.decode() for i in self.redis.lrange(queue.intermediate_queue_key, 0, -1)}
+        for registry in (queue.started_job_registry, queue.scheduled_job_registry, queue.deferred_job_registry):
+            job_ids.update(registry.get_job_ids(cleanup=False))  # a cleanup would resolve the names first
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in sorted(job_ids):
+                for old, new in OLD_CALLBACKS.items():
+                    pipe.eval(_RENAME_CALLBACK, 1, Job.key_for(job_id), old, new)
+            renamed = sum(pipe.execute())
+        if renamed:
+            log.info("renamed the failure callback of jobs from an earlier release", extra={"jobs": renamed})
+        return renamed
 
     def forget(self, job_id: str) -> None:
         """Drop the job's progress and cancel flag (its RQ record is the caller's)."""

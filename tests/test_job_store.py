@@ -12,12 +12,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from redis import Redis
-from rq.job import JobStatus
+from rq.executions import Execution
+from rq.job import Job, JobStatus
 from rq.results import Result
 
 from app.jobs import JobService
 from app.schemas import BatchView, JobView, WebhookSpec
-from core.job_store import JobStore
+from core.job_store import JobStore, on_rq_failure
 from core.settings import Settings
 from model.tasks import TextToImage
 
@@ -109,3 +110,19 @@ def test_webhook_body_is_the_job_as_the_api_shows_it(service):
     plain = JobStore(service.redis, service.settings)  # what a worker holds
     assert plain.job_json(job_id) == bodies[0]["job"]
     assert not service.redis.sismember(service.keys.active_jobs("tenant-a"), job_id)  # its quota slot is free
+
+
+def test_jobs_of_an_earlier_release_get_todays_failure_callback(service):
+    """Records written before the job store moved to core/ name `app.jobs.on_rq_failure`; RQ would stop the
+    worker that cleans up after such a job's dead worker. A worker renames them when it starts."""
+    queued, started = submit(service), submit(service)
+    service.queue.remove(started)
+    with service.redis.pipeline() as pipe:  # as a worker starts a job (worker/batch_worker.py)
+        Execution.create(service.fetch(started), 600, pipeline=pipe, worker_name="a-worker")
+        pipe.execute()
+    assert started in service.queue.started_job_registry.get_job_ids(cleanup=False)
+    for job_id in (queued, started):
+        service.redis.hset(Job.key_for(job_id), "failure_callback_name", "app.jobs.on_rq_failure")
+    assert service.rename_old_callbacks() == 2
+    assert all(service.fetch(job_id).failure_callback is on_rq_failure for job_id in (queued, started))
+    assert service.rename_old_callbacks() == 0

@@ -148,6 +148,7 @@ class BatchWorker(SimpleWorker):
 
     def work(self, *args, **kwargs):
         self.return_taken_jobs()
+        self.job_store.rename_old_callbacks()  # before RQ's maintenance resolves them
         if not self.beats.is_alive():
             self.beats.start()
         try:
