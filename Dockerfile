@@ -40,6 +40,7 @@ RUN pip install "${TORCH_SPEC}"
 WORKDIR /tmp/src
 COPY pyproject.toml README.md cli.py ./
 COPY app/ app/
+COPY core/ core/
 COPY worker/ worker/
 COPY model/ model/
 COPY benchmarks/ benchmarks/

@@ -41,7 +41,7 @@ AUTH_BANNER = """  AUTH DISABLED: AUTH_DISABLED=true, so /v1 answers without API
 def cmd_serve(args) -> None:
     import uvicorn
 
-    from app.settings import get_settings
+    from core.settings import get_settings
 
     settings = get_settings()
     # The app reads its settings from the environment: --host/--port become HOST/PORT, so the URLs it
@@ -50,7 +50,7 @@ def cmd_serve(args) -> None:
         os.environ["HOST"] = args.host
     if args.port:
         os.environ["PORT"] = str(args.port)
-    from app.logs import setup_logging
+    from core.logs import setup_logging
 
     setup_logging("api")  # uvicorn's own lines go through it too (log_config=None: no handlers of its own)
     uvicorn.run(
@@ -80,8 +80,8 @@ def cmd_make_demo(args) -> None:
 
 def cmd_keys(args) -> None:
     from app.auth import KeyStore
-    from app.connection import connect, keys_for
-    from app.settings import get_settings
+    from core.connection import connect, keys_for
+    from core.settings import get_settings
 
     settings = get_settings()
     store = KeyStore(connect(settings), keys_for(settings.queue_prefix))
@@ -110,7 +110,7 @@ def cmd_keys(args) -> None:
 
 
 def cmd_settings(args) -> None:
-    from app.settings import Settings, get_settings
+    from core.settings import Settings, get_settings
 
     if args.table:
         print(Settings.model_construct().markdown_table())
@@ -121,8 +121,8 @@ def cmd_settings(args) -> None:
 
 def cmd_up(args) -> None:
     """Everything a local user needs, in one process tree; Ctrl-C stops it all."""
-    from app.local_redis import RedisUnavailable, ensure_redis
-    from app.settings import get_settings
+    from core.local_redis import RedisUnavailable, ensure_redis
+    from core.settings import get_settings
 
     settings = get_settings()
     try:
@@ -245,7 +245,7 @@ def cmd_run(args) -> None:
 
     from model.pipeline import OneDiffusion, TaskResult
 
-    from app.settings import get_settings
+    from core.settings import get_settings
     from worker.model_host import checkpoint_path
 
     if not args.checkpoint and not get_settings().onediffusion_model:
@@ -339,7 +339,7 @@ def user_error(exc: BaseException):
     """One line for the failures a user causes or can fix (a bad setting, Redis down); None for bugs."""
     from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
 
-    from app.settings import SettingsError
+    from core.settings import SettingsError
 
     if isinstance(exc, SettingsError):
         return str(exc)

@@ -1,4 +1,4 @@
-"""API keys bound to tenants, stored only as hashes; signed, expiring file URLs.
+"""API keys bound to tenants, stored only as hashes.
 
 A key looks like `od_<key id>_<secret>`. Redis keeps, per key id, the tenant, a name and the SHA-256
 of the secret (the secret is 256 random bits, so a plain hash is enough); the key itself is shown once,
@@ -19,7 +19,7 @@ from typing import Optional
 
 from redis import Redis
 
-from .connection import Keys
+from core.connection import Keys
 
 PUBLIC_TENANT = "public"
 KEY_PREFIX = "od_"
@@ -87,34 +87,3 @@ class KeyStore:
         if not hmac.compare_digest(data["sha256"], _digest(secret)) or data.get("revoked_at"):
             return None
         return self._record(key_id, data)
-
-
-class UrlSigner:
-    """HMAC-signed, expiring URLs for job files, so a webhook receiver can fetch results without a key.
-    The signing secret is URL_SIGNING_SECRET, or one made once and kept in Redis for every process."""
-
-    def __init__(self, redis: Redis, keys: Keys, secret: Optional[str] = None):
-        self.redis = redis
-        self.redis_key = f"{keys.prefix}:url-signing-secret"
-        self._secret = secret.encode() if secret else None
-
-    @property
-    def secret(self) -> bytes:
-        if self._secret is None:
-            self.redis.set(self.redis_key, secrets.token_hex(32), nx=True)
-            self._secret = self.redis.get(self.redis_key)
-        return self._secret
-
-    def signature(self, job_id: str, name: str, expires: int) -> str:
-        message = f"{job_id}/{name}/{expires}".encode()
-        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
-
-    def query(self, job_id: str, name: str, ttl_s: int) -> str:
-        expires = int(time.time()) + ttl_s
-        return f"expires={expires}&sig={self.signature(job_id, name, expires)}"
-
-    def valid(self, job_id: str, name: str, expires: Optional[int], sig: Optional[str]) -> bool:
-        if expires is None or sig is None or expires < time.time():
-            return False
-        # bytes: compare_digest refuses str with non-ASCII characters (a forged `sig=%C2%90` is just wrong)
-        return hmac.compare_digest(self.signature(job_id, name, expires).encode(), sig.encode("utf-8", "replace"))

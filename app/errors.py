@@ -12,9 +12,10 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.job_store import JobNotFound
 from model.tasks import TaskInputError
 
-from .exceptions import ApiError, CannotCancel, JobNotFound
+from .exceptions import ApiError, CannotCancel
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from pydantic import BaseModel
 
+from core.settings import Settings
+from core.webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
+
 from .exceptions import ApiError
-from .settings import Settings
-from .webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines would log the URLs, which may carry tokens
 IMAGE_KEYS = ("image", "mask", "images")  # request fields that hold images (lists of them for `images`)

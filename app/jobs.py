@@ -1,9 +1,8 @@
-"""Jobs and batches on top of RQ: submit, look up, cancel, and what happens when a job ends.
+"""The gateway's jobs and batches: idempotent submission under admission limits, typed views, listing,
+cancel and delete, and the readiness the workers publish.
 
-RQ keeps the job states and registries (queued, started, finished, failed, canceled), retries jobs
-whose worker died (`Retry`) and tracks batches (`Group`). This module adds what a client sees: the
-job view with progress, outputs and errors, idempotent submission, and the end-of-job hooks that
-queue webhook deliveries and count metrics. The gateway and the workers share it (it imports no torch).
+It extends `core.job_store.JobStore`, which holds what the workers share with the gateway (job records,
+progress, cancel flags, the JSON of a job and the end-of-job hooks).
 """
 
 from __future__ import annotations
@@ -13,43 +12,26 @@ import json
 import logging
 import secrets
 import time
-import uuid
-from datetime import datetime, timezone
 from typing import Optional
 
 from redis import Redis
 from rq import Queue, Retry
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import InvalidJobOperation
 from rq.group import Group
-from rq.job import Callback, Job, JobStatus as RQStatus
+from rq.job import Callback, Job
 
+from core.job_store import JOB_FUNC, ON_FAILURE, TERMINAL, JobNotFound, JobStore, new_id, now_iso
+from core.provenance import input_echo
+from core.settings import Settings
+from core.webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
 from model.tasks import FramePlan, TaskInputError, TaskRequest
 
 from . import listing
-from .auth import UrlSigner
-from .connection import Keys, keys_for, queues
-from .exceptions import ApiError, CannotCancel, JobNotFound
-from .metrics import Metrics
+from .exceptions import ApiError, CannotCancel
 from .quotas import Quotas
-from .schemas import TERMINAL, BatchView, ErrorView, JobView, OutputView, Progress, WebhookSpec
-from .provenance import input_echo
-from .settings import Settings
-from .storage import FORMATS, converted_name
-from .webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
+from .schemas import BatchView, JobView, WebhookSpec
 
 log = logging.getLogger(__name__)
-
-JOB_FUNC = "worker.entry.run_job"
-_STATUS = {
-    RQStatus.QUEUED: "queued",
-    RQStatus.DEFERRED: "queued",
-    RQStatus.SCHEDULED: "queued",
-    RQStatus.STARTED: "running",
-    RQStatus.FINISHED: "succeeded",
-    RQStatus.FAILED: "failed",
-    RQStatus.STOPPED: "failed",
-    RQStatus.CANCELED: "canceled",
-}
 
 
 def fingerprint(*parts) -> str:
@@ -61,32 +43,10 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def new_id() -> str:
-    """Unguessable ids (128 random bits) for jobs and batches."""
-    return uuid.uuid4().hex
-
-
-def _iso(value: Optional[datetime]) -> Optional[str]:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.isoformat().replace("+00:00", "Z")
-
-
-def _now_iso() -> str:
-    return _iso(datetime.now(timezone.utc))
-
-
-class JobService:
+class JobService(JobStore):
     def __init__(self, redis: Redis, settings: Settings):
-        self.redis = redis
-        self.settings = settings
-        self.keys: Keys = keys_for(settings.queue_prefix)
-        self.queue, self.webhook_queue = queues(redis, settings)
-        self.metrics = Metrics(redis, self.keys)
+        super().__init__(redis, settings)
         self.quotas = Quotas(redis, self.keys, settings)
-        self.signer = UrlSigner(redis, self.keys, settings.url_signing_secret)
 
     # ---- submission ------------------------------------------------------------------------------------
     def _prepare(self, request: TaskRequest) -> tuple[TaskRequest, FramePlan]:
@@ -97,7 +57,7 @@ class JobService:
 
     def _job_data(self, task: str, request: TaskRequest, plan: FramePlan, meta: dict, job_id: str):
         payload = request.model_dump(mode="json", exclude={"webhook", "output_format", "task"})
-        meta = {"task": task, "bucket": plan.bucket, "created_at": _now_iso(), "input": input_echo(request), **meta}
+        meta = {"task": task, "bucket": plan.bucket, "created_at": now_iso(), "input": input_echo(request), **meta}
         return Queue.prepare_data(
             JOB_FUNC,
             args=(task, payload),
@@ -109,7 +69,7 @@ class JobService:
             ttl=self.settings.results_ttl_s,
             timeout=self.settings.job_timeout_s,
             description=f"{task} {plan.bucket}",
-            on_failure=Callback("app.jobs.on_rq_failure"),
+            on_failure=Callback(ON_FAILURE),
         )
 
     def check_webhook(self, webhook: Optional[WebhookSpec], field: str = "webhook.url") -> None:
@@ -245,7 +205,7 @@ class JobService:
         record = {
             "id": batch_id,
             "tenant": tenant,
-            "created_at": _now_iso(),
+            "created_at": now_iso(),
             "job_ids": json.dumps(job_ids),
             "webhook": json.dumps(webhook.model_dump() if webhook else None),
         }
@@ -269,100 +229,12 @@ class JobService:
         return self.batch_view(batch_id), False
 
     # ---- reading ---------------------------------------------------------------------------------------------
-    def fetch(self, job_id: str) -> Job:
-        try:
-            return Job.fetch(job_id, connection=self.redis)
-        except NoSuchJobError:
-            raise JobNotFound(job_id) from None
-
-    def url(self, path: str) -> str:
-        return self.settings.public_url.rstrip("/") + path
-
     def view(self, job_id: str, job: Optional[Job] = None, tenant: Optional[str] = None) -> JobView:
         """The job as its owner sees it; another tenant gets JobNotFound (None = internal caller)."""
-        job = job or self.fetch(job_id)
-        meta = job.meta or {}
-        if tenant is not None and meta.get("tenant") != tenant:
-            raise JobNotFound(job_id)
-        status = _STATUS.get(job.get_status(refresh=False), "queued")
-        view = JobView(
-            id=job.id,
-            task=meta.get("task", ""),
-            status=status,
-            created_at=meta.get("created_at") or _iso(job.created_at),
-            started_at=_iso(job.started_at) if status != "queued" else None,
-            finished_at=_iso(job.ended_at) if status in TERMINAL else None,
-            attempts=int(meta.get("attempts", 0)),
-            batch_id=meta.get("batch_id"),
-            warnings=list(meta.get("warnings", [])),
-            urls={
-                "self": self.url(f"/v1/jobs/{job.id}"),
-                "cancel": self.url(f"/v1/jobs/{job.id}/cancel"),
-                "events": self.url(f"/v1/jobs/{job.id}/events"),
-            },
-        )
-        view.input = meta.get("input") or {}
-        progress = self.redis.hgetall(self.keys.progress(job.id))
-        if progress:
-            step, total = int(progress[b"step"]), int(progress[b"total"])
-            view.progress = Progress(step=step, total=total, fraction=round(step / max(total, 1), 4))
-        if status == "queued":
-            position = self.queue.get_job_position(job.id)
-            view.queue_position = position
-        if status == "succeeded":
-            result = job.return_value() or {}
-            fmt = meta.get("output_format", "png")
-            view.outputs = []
-            for f in result.get("outputs", []):
-                # Named and labelled by the format they are served in: `image.jpeg`, image/jpeg. 16-bit depth
-                # stays PNG (8-bit formats would change its values' meaning).
-                if fmt != "png" and f["kind"] != "depth16" and f["name"].endswith(".png"):
-                    f = {**f, "name": converted_name(f["name"], fmt), "media_type": FORMATS[fmt][1]}
-                path = f"/v1/files/{job.id}/{f['name']}"
-                signed = self.signer.query(job.id, f["name"], self.settings.signed_url_ttl_s)
-                view.outputs.append(OutputView(url=self.url(path), signed_url=self.url(path) + "?" + signed, **f))
-            view.data = result.get("data", {})
-            view.warnings = result.get("warnings", view.warnings)
-            view.timings = result.get("timings", {})
-        if status == "failed":
-            error = meta.get("error")
-            if error is None:
-                latest = job.latest_result()
-                text = (latest.exc_string or "") if latest else ""
-                if "AbandonedJobError" in text or "stuck" in text:
-                    error = {"type": "worker_lost", "message": "the worker running this job stopped and the job's retries are used up"}
-                else:
-                    error = {"type": "internal", "message": "the job failed inside the worker; see the worker's log for this job id"}
-            view.error = ErrorView(**error)
-        if status == "canceled":
-            view.error = ErrorView(type="canceled", message=meta.get("cancel_reason", "the job was canceled"))
-        if view.started_at and view.finished_at:
-            view.timings.setdefault("run_s", round((job.ended_at - job.started_at).total_seconds(), 3))
-        return view
+        return JobView.model_validate(self.job_json(job_id, job, tenant))
 
     def batch_view(self, batch_id: str, tenant: Optional[str] = None) -> BatchView:
-        record = self.redis.hgetall(self.keys.batch(batch_id))
-        if not record or (tenant is not None and record.get(b"tenant", b"").decode() != tenant):
-            raise JobNotFound(batch_id)
-        job_ids = json.loads(record[b"job_ids"])
-        jobs = []
-        for job_id in job_ids:
-            try:
-                jobs.append(self.view(job_id))
-            except JobNotFound:
-                continue
-        counts = {s: 0 for s in ("queued", "running", "succeeded", "failed", "canceled")}
-        for job in jobs:
-            counts[job.status] += 1
-        done = all(j.status in TERMINAL for j in jobs)
-        return BatchView(
-            id=batch_id,
-            status="completed" if done else "running",
-            created_at=record[b"created_at"].decode(),
-            counts=counts,
-            jobs=jobs,
-            urls={"self": self.url(f"/v1/batches/{batch_id}")},
-        )
+        return BatchView.model_validate(self.batch_json(batch_id, tenant))
 
     # ---- listing -----------------------------------------------------------------------------------------------
     def list_jobs(self, tenant: str, limit: int, cursor: Optional[str], status: Optional[str] = None,
@@ -404,12 +276,12 @@ class JobService:
     def cancel(self, job_id: str, tenant: Optional[str] = None, reason: str = "canceled by the client") -> JobView:
         job = self.fetch(job_id)
         self.view(job_id, job, tenant=tenant)  # ownership
-        status = _STATUS.get(job.get_status(), "queued")
+        status = self.status(job)
         if status == "canceled":
             return self.view(job_id, job)
         if status in TERMINAL:
             raise CannotCancel(f"the job already {status}")
-        self.redis.set(self.keys.cancel(job_id), reason, ex=self.settings.results_ttl_s)
+        self.request_cancel(job_id, reason)
         job.meta["cancel_reason"] = reason
         job.save_meta()
         try:
@@ -430,83 +302,8 @@ class JobService:
             raise ApiError(409, "conflict", f"the job is {view.status}; cancel it first (POST {view.urls['cancel']})")
         job.delete(delete_dependents=False)
         listing.remove(self.redis, self.keys.prefix, "jobs", (job.meta or {}).get("tenant", ""), job_id)
-        self.redis.delete(self.keys.progress(job_id), self.keys.cancel(job_id))
+        self.forget(job_id)
         log.info("job deleted", extra={"job_id": job_id, "tenant": tenant})
-
-    # ---- end of a job (called by workers, and here for jobs canceled while queued) ---------------------------
-    def job_ended(self, job_id: str) -> None:
-        """Count the job and queue its webhook calls (its own, its batch item's and the batch's last)."""
-        job = self.fetch(job_id)
-        view = self.view(job_id, job)
-        meta = job.meta or {}
-        if meta.get("tenant"):
-            self.quotas.ended(meta["tenant"], job_id)
-        self.metrics.inc("jobs_total", {"task": view.task, "status": view.status})
-        if view.created_at and view.status == "succeeded":
-            created = datetime.fromisoformat(view.created_at.replace("Z", "+00:00"))
-            self.metrics.observe("job_latency_seconds", {"task": view.task}, (datetime.now(timezone.utc) - created).total_seconds())
-        body = {"event": f"job.{view.status}", "job": view.model_dump(mode="json")}
-        if meta.get("webhook"):
-            self.enqueue_webhook("job", job_id, body)
-        batch_id = meta.get("batch_id")
-        if batch_id:
-            self._batch_item_ended(batch_id, job_id, body)
-
-    def _batch_item_ended(self, batch_id: str, job_id: str, body: dict) -> None:
-        record = self.redis.hgetall(self.keys.batch(batch_id))
-        if not record:
-            return
-        webhook = json.loads(record.get(b"webhook", b"null"))
-        total = len(json.loads(record[b"job_ids"]))
-        with self.redis.pipeline() as pipe:
-            pipe.sadd(self.keys.batch_ended(batch_id), job_id)
-            pipe.expire(self.keys.batch_ended(batch_id), self.settings.results_ttl_s)
-            pipe.scard(self.keys.batch_ended(batch_id))
-            added, _, ended = pipe.execute()
-        if not added:
-            return  # already counted (a retried hook)
-        if webhook:
-            self.enqueue_webhook("batch", batch_id, {**body, "event": "batch.item." + body["event"].split(".", 1)[1], "batch_id": batch_id})
-        if ended == total:
-            view = self.batch_view(batch_id)
-            self.metrics.inc("batches_total", {})
-            if webhook:
-                self.enqueue_webhook("batch", batch_id, {"event": "batch.completed", "batch": view.model_dump(mode="json")})
-
-    def enqueue_webhook(self, owner: str, owner_id: str, body: dict) -> None:
-        """Queue one signed delivery; the deliverer process sends it and retries with backoff."""
-        delivery_id = new_id()
-        intervals = [self.settings.webhook_backoff_s * 2**i for i in range(self.settings.webhook_retries)]
-        if owner == "batch" and str(body.get("event", "")).startswith("batch.item."):
-            with self.redis.pipeline() as pipe:  # batch.completed waits for these (deliveries run concurrently)
-                pipe.sadd(self.batch_webhooks_pending(owner_id), delivery_id)
-                pipe.expire(self.batch_webhooks_pending(owner_id), self.settings.results_ttl_s)
-                pipe.execute()
-        self.webhook_queue.enqueue(
-            "worker.webhooks.deliver",
-            owner,
-            owner_id,
-            delivery_id,
-            json.dumps(body, separators=(",", ":"), sort_keys=True),
-            job_id=f"wh-{delivery_id}",
-            retry=Retry(max=len(intervals), interval=[max(1, int(round(i))) for i in intervals]) if intervals else None,
-            result_ttl=self.settings.results_ttl_s,
-            failure_ttl=self.settings.results_ttl_s,
-            description=f"webhook {body.get('event')} for {owner} {owner_id}",
-        )
-
-    def batch_webhooks_pending(self, batch_id: str) -> str:
-        """Set of the batch's item deliveries not yet done (delivered, refused or out of retries)."""
-        return f"{self.keys.batch(batch_id)}:webhooks-pending"
-
-    def webhook_of(self, owner: str, owner_id: str) -> Optional[dict]:
-        if owner == "job":
-            try:
-                return self.fetch(owner_id).meta.get("webhook")
-            except JobNotFound:  # deleted by its owner meanwhile: nothing left to tell
-                return None
-        record = self.redis.hgetall(self.keys.batch(owner_id))
-        return json.loads(record.get(b"webhook", b"null")) if record else None
 
     # ---- readiness ---------------------------------------------------------------------------------------------
     def ready_workers(self) -> list[str]:
@@ -521,26 +318,3 @@ class JobService:
             found = pipe.execute()
         return {name: {k.decode(): v.decode() for k, v in info.items()} for name, info in zip(names, found)}
 
-
-def on_rq_failure(job: Job, connection: Redis, exc_type, exc_value, tb) -> None:
-    """RQ failure callback. Our worker reports its own failures; this catches the ones RQ decides, i.e. a
-    job whose worker died. RQ calls it before it marks the job failed, so when no retry is left the
-    end-of-job hooks are queued to run once the failure is recorded (on the webhook queue)."""
-    if job.retries_left:
-        return
-    from .settings import get_settings
-
-    try:
-        _, webhook_queue = queues(connection, get_settings())
-        webhook_queue.enqueue("app.jobs.run_job_ended", job.id, job_id=f"ended-{job.id}", description=f"end of {job.id}")
-    except Exception:  # never break RQ's cleanup
-        log.exception("could not queue the end-of-job hooks", extra={"job_id": job.id})
-
-
-def run_job_ended(job_id: str) -> None:
-    """RQ job: run the end-of-job hooks of a job that RQ failed (see on_rq_failure)."""
-    from rq import get_current_job
-
-    from .settings import get_settings
-
-    JobService(get_current_job().connection, get_settings()).job_ended(job_id)

@@ -14,19 +14,20 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from core.connection import connect
+from core.logs import setup_logging
+from core.settings import Settings, get_settings
+from core.storage import ResultStore
+
 from . import errors
 from .access_log import AccessLog
 from .body import BodyLimit
 from .docs import mount_docs
 from .openapi_doc import operation_id, refine
-from .connection import connect
 from .auth import KeyStore
 from .jobs import JobService
-from .logs import setup_logging
 from .routes import batches, files, health, jobs, tasks
 from .schemas import REQUEST_MODELS, BatchRequest
-from .settings import Settings, get_settings
-from .storage import ResultStore
 
 DESCRIPTION = """OneDiffusion as a service: one diffusion transformer for text-to-image, condition-to-image,
 estimation (depth, edges, pose, segmentation, detection), restoration, editing, ID customization,

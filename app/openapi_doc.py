@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi.routing import APIRoute
 
-from .settings import Settings
+from core.settings import Settings
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 HEADER_PARAMS = {

@@ -1,5 +1,6 @@
 """Admission limits, checked before a job is queued: a request rate per API key, a number of active
-(queued or running) jobs per tenant, and a bound on the whole queue. Each answers 429 with Retry-After."""
+(queued or running) jobs per tenant, and a bound on the whole queue. Each answers 429 with Retry-After.
+A job leaves its tenant's active set when it ends (core/job_store.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import time
 from redis import Redis
 from rq.job import Job
 
-from .connection import Keys
+from core.connection import Keys
+from core.settings import Settings
+
 from .exceptions import ApiError
-from .settings import Settings
 
 _ACTIVE = ("queued", "started", "deferred", "scheduled")
 
@@ -20,9 +22,6 @@ class Quotas:
         self.redis = redis
         self.keys = keys
         self.settings = settings
-
-    def active_key(self, tenant: str) -> str:
-        return f"{self.keys.prefix}:active:{tenant}"
 
     def check_rate(self, key_id: str) -> None:
         limit = self.settings.rate_limit_per_minute
@@ -41,7 +40,7 @@ class Quotas:
 
     def _prune(self, tenant: str) -> int:
         """Drop ids of jobs that ended or expired (a missed end-of-job hook must not block a tenant)."""
-        key = self.active_key(tenant)
+        key = self.keys.active_jobs(tenant)
         ids = [i.decode() for i in self.redis.smembers(key)]
         with self.redis.pipeline() as pipe:
             for job_id in ids:
@@ -56,7 +55,7 @@ class Quotas:
         limit = self.settings.max_active_jobs_per_tenant
         if limit <= 0:
             return
-        active = self.redis.scard(self.active_key(tenant))
+        active = self.redis.scard(self.keys.active_jobs(tenant))
         if active + new_jobs > limit:
             active = self._prune(tenant)
         if active + new_jobs > limit:
@@ -72,8 +71,5 @@ class Quotas:
 
     def added(self, tenant: str, job_ids: list[str], pipe=None) -> None:
         target = pipe if pipe is not None else self.redis
-        target.sadd(self.active_key(tenant), *job_ids)
-        target.expire(self.active_key(tenant), self.settings.results_ttl_s)
-
-    def ended(self, tenant: str, job_id: str) -> None:
-        self.redis.srem(self.active_key(tenant), job_id)
+        target.sadd(self.keys.active_jobs(tenant), *job_ids)
+        target.expire(self.keys.active_jobs(tenant), self.settings.results_ttl_s)

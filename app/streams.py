@@ -12,7 +12,9 @@ from typing import AsyncIterator, Optional
 from fastapi.concurrency import run_in_threadpool
 from redis import Redis
 
-from .exceptions import ApiError, JobNotFound
+from core.job_store import JobNotFound
+
+from .exceptions import ApiError
 from .schemas import TERMINAL, JobView
 
 POLL_INTERVAL_S = 0.25

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings, SettingsError
+from core.settings import Settings, SettingsError
 from tests.service.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

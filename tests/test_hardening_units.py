@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from app.webhook_guard import UnsafeWebhook, resolve_checked
+from core.webhook_guard import UnsafeWebhook, resolve_checked
 from tests.service.harness import RedisServer, free_port, wait_until
 
 
@@ -61,14 +61,14 @@ def test_every_string_and_list_of_every_request_is_bounded_in_the_schema():
 
 
 def test_redis_without_persistence_is_warned_about(tmp_path):
-    from app.local_redis import ensure_redis, find_redis_server
+    from core.local_redis import ensure_redis, find_redis_server
 
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     bare = subprocess.Popen([find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
                              "--appendonly", "no", "--save", ""], stdout=subprocess.DEVNULL)
     try:
-        from app.local_redis import answers
+        from core.local_redis import answers
 
         wait_until(lambda: answers(url), 10, what="redis")
         said: list[str] = []

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from app.main import create_app
-from app.settings import Settings
+from core.settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 
-from app.settings import Settings, SettingsError
+from core.settings import Settings, SettingsError
 from model import precision
 from model.nextdit import NextDiT
 

@@ -10,7 +10,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from app.provenance import input_echo, parameter_texts, with_text_chunks
+from core.provenance import input_echo, parameter_texts, with_text_chunks
 from model.outputs import encode_png16
 from model.tasks import TASKS
 from tests.conftest import make_image

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.settings import Settings
-from app.storage import ResultStore, convert
+from core.settings import Settings
+from core.storage import ResultStore, convert
 
 
 def test_save_path_and_names(tmp_path):
@@ -66,7 +66,7 @@ def test_sixteen_bit_depth_refuses_8_bit_formats():
     import numpy as np
     import pytest
 
-    from app.storage import LossyConversion
+    from core.storage import LossyConversion
     from model.outputs import encode_png16
 
     png16 = encode_png16((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.auth import UrlSigner
-from app.connection import keys_for
+from core.connection import keys_for
+from core.url_signing import UrlSigner
 
 
 def test_signatures():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
+from core.webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
 
 
 @pytest.mark.parametrize(

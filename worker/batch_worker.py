@@ -23,9 +23,8 @@ from rq.queue import Queue
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from app.connection import keys_for
-from app.jobs import JobService
-from app.settings import Settings
+from core.job_store import JobStore
+from core.settings import Settings
 
 from .execution import Executor, WorkItem
 from .model_host import worker_info
@@ -132,8 +131,8 @@ class BatchWorker(SimpleWorker):
         )
         self.executor = executor
         self.info = worker_info(getattr(executor, "model", None))  # precision (and the like) for /readyz and /metrics
-        self.keys = keys_for(settings.queue_prefix)
-        self.service = JobService(connection, settings)
+        self.job_store = JobStore(connection, settings)
+        self.keys = self.job_store.keys
         self._claim = connection.register_script(_CLAIM)
         self._return = connection.register_script(_RETURN)
         self.beats = Heartbeat(self, interval=max(1.0, settings.heartbeat_ttl_s / 4))
@@ -149,6 +148,7 @@ class BatchWorker(SimpleWorker):
 
     def work(self, *args, **kwargs):
         self.return_taken_jobs()
+        self.job_store.rename_old_callbacks()  # before RQ's maintenance resolves them
         if not self.beats.is_alive():
             self.beats.start()
         try:
@@ -231,31 +231,28 @@ class BatchWorker(SimpleWorker):
         reasons: dict[str, dict] = {}
         last_step = [time.monotonic()]
         log.info("batch started", extra={"jobs": [j.id for j in jobs], "bucket": jobs[0].meta.get("bucket")})
-        self.service.metrics.observe("batch_size", {}, len(jobs))
+        self.job_store.metrics.observe("batch_size", {}, len(jobs))
 
         def on_step(step: int, total: int) -> None:
             elapsed = time.monotonic() - last_step[0]
             last_step[0] = time.monotonic()
             try:
                 with self.connection.pipeline() as pipe:
-                    for job in jobs:
-                        key = self.keys.progress(job.id)
-                        pipe.hset(key, mapping={"step": step, "total": total})
-                        pipe.expire(key, self.settings.results_ttl_s)
-                    self.service.metrics.observe("step_seconds", {}, elapsed, pipe=pipe)
+                    self.job_store.record_progress([job.id for job in jobs], step, total, pipe=pipe)
+                    self.job_store.metrics.observe("step_seconds", {}, elapsed, pipe=pipe)
                     pipe.execute()
             except (RedisConnectionError, RedisTimeoutError):
                 pass  # progress is best effort; the result is not
 
         def canceled() -> set[int]:
             try:
-                flags = self.connection.mget([self.keys.cancel(job.id) for job in jobs])
+                flags = self.job_store.cancel_requested([job.id for job in jobs])
             except (RedisConnectionError, RedisTimeoutError):
-                flags = [None] * len(jobs)
+                flags = [False] * len(jobs)
             dropped = set()
             over_time = time.monotonic() - started > self.settings.job_timeout_s
             for i, (job, flag) in enumerate(zip(jobs, flags)):
-                if flag is not None:
+                if flag:
                     dropped.add(i)
                 elif over_time:
                     reasons[job.id] = {
@@ -266,7 +263,7 @@ class BatchWorker(SimpleWorker):
             return dropped
 
         for job, item in zip(jobs, items):
-            self.connection.hset(self.keys.progress(job.id), mapping={"step": 0, "total": item.payload.get("num_inference_steps", 0)})
+            self.job_store.record_progress([job.id], 0, item.payload.get("num_inference_steps", 0))
         outcomes = self.executor.run(items, on_step=on_step, canceled=canceled)
         for job, outcome in zip(jobs, outcomes):
             if job.id in reasons:
@@ -279,7 +276,7 @@ class BatchWorker(SimpleWorker):
         self.execution = execution
         job.ended_at = now()
         extra = {"job_id": job.id, "task": job.meta.get("task")}
-        if outcome.canceled or self.connection.exists(self.keys.cancel(job.id)):
+        if outcome.canceled or self.job_store.cancel_requested([job.id])[0]:
             with self.connection.pipeline() as pipe:
                 self.cleanup_execution(job, pipeline=pipe)
                 pipe.execute()
@@ -297,4 +294,4 @@ class BatchWorker(SimpleWorker):
             job._status = JobStatus.FINISHED
             self.handle_job_success(job, queue, queue.started_job_registry)
             log.info("job succeeded", extra=extra)
-        self.service.job_ended(job.id)
+        self.job_store.job_ended(job.id)

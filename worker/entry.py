@@ -10,8 +10,8 @@ from rq import get_current_job
 
 @lru_cache(maxsize=1)
 def _executor():
-    from app.settings import get_settings
-    from app.storage import ResultStore
+    from core.settings import get_settings
+    from core.storage import ResultStore
 
     from .execution import Executor
     from .model_host import load_model

@@ -13,9 +13,9 @@ from typing import Callable, Optional, Sequence
 
 from pydantic import ValidationError
 
-from app.provenance import input_echo, parameter_texts, with_text_chunks
-from app.settings import Settings
-from app.storage import ResultStore
+from core.provenance import input_echo, parameter_texts, with_text_chunks
+from core.settings import Settings
+from core.storage import ResultStore
 from model.pipeline import Canceled, OneDiffusion, TaskResult
 from model.tasks import TASKS, FramePlan, TaskInputError
 

@@ -18,10 +18,10 @@ from redis.exceptions import RedisError
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker
 
-from app.connection import connect, queues
-from app.logs import setup_logging
-from app.settings import Settings, get_settings
-from app.storage import ResultStore
+from core.connection import connect, queues
+from core.logs import setup_logging
+from core.settings import Settings, get_settings
+from core.storage import ResultStore
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from app.settings import Settings
+from core.settings import Settings
 from model.demo_checkpoint import make_demo_checkpoint
 from model.pipeline import OneDiffusion
 from model.precision import apply_precision

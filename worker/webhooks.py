@@ -21,11 +21,10 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from rq import Queue, Retry, get_current_job
 
-from app.connection import keys_for
-from app.jobs import JobService
-from app.settings import get_settings
-from app.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, standard_headers
-from app.webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
+from core.job_store import JobStore
+from core.settings import get_settings
+from core.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, standard_headers
+from core.webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +81,10 @@ def _postpone(owner: str, owner_id: str, delivery_id: str, body: str, meta: dict
     return again.id
 
 
-def _items_in_flight(service: JobService, batch_id: str, settings) -> bool:
+def _items_in_flight(store: JobStore, batch_id: str, settings) -> bool:
     """Whether batch.completed should wait: some item delivery of the batch is not done yet, and it has
     not waited longer than those deliveries' whole retry schedule could take."""
-    if not service.redis.scard(service.batch_webhooks_pending(batch_id)):
+    if not store.item_deliveries_pending(batch_id):
         return False
     since = (get_current_job().meta or {}).get("waiting_since", time.time())
     attempts = settings.webhook_retries + 1
@@ -98,24 +97,24 @@ def deliver(owner: str, owner_id: str, delivery_id: str, body: str) -> dict:
     `batch.completed` goes after its items' deliveries are done, although deliveries run concurrently."""
     settings = get_settings()
     job = get_current_job()
-    service = JobService(job.connection, settings)
+    store = JobStore(job.connection, settings)
     event = json.loads(body).get("event", "")
-    if owner == "batch" and event == "batch.completed" and _items_in_flight(service, owner_id, settings):
+    if owner == "batch" and event == "batch.completed" and _items_in_flight(store, owner_id, settings):
         return {"postponed": _postpone(owner, owner_id, delivery_id, body, {"waiting_since": job.meta.get("waiting_since", time.time())})}
     item = owner == "batch" and event.startswith("batch.item.")
     try:
-        result = _deliver(service, settings, owner, owner_id, delivery_id, body)
+        result = _deliver(store, settings, owner, owner_id, delivery_id, body)
     except DeliveryFailed:
         if item and not job.retries_left:  # the last attempt
-            service.redis.srem(service.batch_webhooks_pending(owner_id), delivery_id)
+            store.item_delivery_done(owner_id, delivery_id)
         raise
     if item and "postponed" not in result:
-        service.redis.srem(service.batch_webhooks_pending(owner_id), delivery_id)
+        store.item_delivery_done(owner_id, delivery_id)
     return result
 
 
-def _deliver(service: JobService, settings, owner: str, owner_id: str, delivery_id: str, body: str) -> dict:
-    hook = service.webhook_of(owner, owner_id)
+def _deliver(store: JobStore, settings, owner: str, owner_id: str, delivery_id: str, body: str) -> dict:
+    hook = store.webhook_of(owner, owner_id)
     if not hook:
         return {"skipped": "no webhook"}
     timestamp = str(int(time.time()))
@@ -135,8 +134,8 @@ def _deliver(service: JobService, settings, owner: str, owner_id: str, delivery_
     except UnsafeWebhook as exc:  # permanent: retrying cannot make the address safe
         log.warning("webhook refused: %s", exc, extra=extra)
         return {"refused": str(exc)}
-    slots = keys_for(settings.queue_prefix).webhook_host_slots(host)
-    with HOST_SLOTS.hold(service.redis, slots, settings.webhook_per_host, settings.webhook_timeout_s + 5) as held:
+    slots = store.keys.webhook_host_slots(host)
+    with HOST_SLOTS.hold(store.redis, slots, settings.webhook_per_host, settings.webhook_timeout_s + 5) as held:
         if not held:
             later = _postpone(owner, owner_id, delivery_id, body)
             log.info("webhook host busy; delivery put back", extra={**extra, "host": host, "job": later})

@@ -8,10 +8,12 @@ from typing import Literal, Optional
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse, Response
 
-from ..exceptions import ApiError, JobNotFound
+from core.job_store import JobNotFound
+from core.storage import LossyConversion, convert, source_of
+
+from ..exceptions import ApiError
 from ..schemas import ErrorBody
 from ..security import Caller, optional_caller
-from ..storage import LossyConversion, convert, source_of
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 NOT_FOUND = "no such file (outputs expire with their job)"

@@ -14,7 +14,7 @@ from typing import Optional
 
 import httpx
 
-from app.signing import verify
+from core.signing import verify
 from tests.service.harness import TERMINAL, RedisServer, Service, WebhookReceiver, wait_until
 
 SECRET = "chaos-webhook-secret"

@@ -43,7 +43,7 @@ class RedisServer:
     """A redis-server of our own (append-only, fsync always) that can be restarted on the same data."""
 
     def __init__(self, data_dir: Path):
-        from app.local_redis import find_redis_server
+        from core.local_redis import find_redis_server
 
         self.binary = find_redis_server()
         self.port = free_port()
@@ -56,7 +56,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        from app.local_redis import answers
+        from core.local_redis import answers
 
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from app.signing import verify
+from core.signing import verify
 from tests.service.harness import wait_until
 
 SECRET = "test-secret-123"

@@ -186,7 +186,7 @@ def test_idempotency_key_is_not_kept_when_the_enqueue_fails(redis_url, monkeypat
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from app.jobs import JobService
-    from app.settings import Settings
+    from core.settings import Settings
     from model.tasks import TextToImage
 
     settings = Settings(redis_url=redis_url, queue_prefix="odidem", rate_limit_per_minute=0)

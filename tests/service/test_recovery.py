@@ -35,6 +35,9 @@ def test_job_fails_with_a_reason_when_retries_are_used_up(make_service):
     done = service.wait_job(job["id"], timeout=120)
     assert done["status"] == "failed"
     assert done["error"]["type"] == "worker_lost" and "retries" in done["error"]["message"]
+    # RQ failed it, so its end-of-job hooks ran through the failure callback (core.job_store.on_rq_failure)
+    ended = 'onediffusion_jobs_total{status="failed",task="text-to-image"} 1'
+    wait_until(lambda: ended in service.client.get("/metrics").text, 30, what="the end-of-job hooks")
 
 
 def test_redis_restart_loses_no_job_or_result(make_service, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from app.signing import standard_signature
+from core.signing import standard_signature
 from tests.service.harness import wait_until
 from tests.test_pipeline import CASES
 

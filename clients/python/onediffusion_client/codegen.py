@@ -176,7 +176,7 @@ TASKS = {tuple(tasks)!r}
 def load(source: str) -> dict:
     if source == "--app":  # the service's own app, imported from the current directory
         from app.main import create_app
-        from app.settings import Settings
+        from core.settings import Settings
 
         return create_app(Settings(auth_disabled=True)).openapi()
     if source.startswith(("http://", "https://")):

@@ -47,6 +47,14 @@ class Keys:
     def batch_ended(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}:ended"
 
+    def batch_webhooks_pending(self, batch_id: str) -> str:
+        """Set of the batch's item deliveries not yet done (delivered, refused or out of retries)."""
+        return f"{self.prefix}:batch:{batch_id}:webhooks-pending"
+
+    def active_jobs(self, tenant: str) -> str:
+        """Set of the tenant's queued or running job ids (its quota)."""
+        return f"{self.prefix}:active:{tenant}"
+
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idempotency:{key}"
 
@@ -61,6 +69,10 @@ class Keys:
     @property
     def metrics(self) -> str:
         return f"{self.prefix}:metrics"
+
+    @property
+    def url_signing_secret(self) -> str:
+        return f"{self.prefix}:url-signing-secret"
 
     def webhook_host_slots(self, host: str) -> str:
         """Sorted set: webhook deliveries in flight to `host` -> when their hold expires (unix seconds)."""

@@ -1,0 +1,338 @@
+"""The job store: what the gateway and the workers both read and write about jobs and batches in Redis.
+
+RQ keeps the job states and registries (queued, started, finished, failed, canceled), retries jobs
+whose worker died (`Retry`) and tracks batches (`Group`). Beside those, this module keeps progress,
+cancel flags and batch records, renders a job or batch as the JSON clients see (in API answers and in
+webhook bodies), and runs the end-of-job hooks: release the tenant's quota slot, count metrics, queue
+webhook deliveries. Workers use `JobStore` directly; the gateway's `app.jobs.JobService` extends it with
+submission, admission and typed views. It imports no torch and nothing from HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Iterable, Optional
+
+from redis import Redis
+from rq import Retry, get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus as RQStatus
+
+from .connection import Keys, keys_for, queues
+from .metrics import Metrics
+from .settings import Settings, get_settings
+from .storage import FORMATS, converted_name
+from .url_signing import UrlSigner
+
+log = logging.getLogger(__name__)
+
+JOB_FUNC = "worker.entry.run_job"
+ON_FAILURE = "core.job_store.on_rq_failure"
+# Failure callbacks that job records of earlier releases name (see JobStore.rename_old_callbacks).
+OLD_CALLBACKS = {"app.jobs.on_rq_failure": ON_FAILURE}
+_RENAME_CALLBACK = """
+if redis.call('HGET', KEYS[1], 'failure_callback_name') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'failure_callback_name', ARGV[2])
+  return 1
+end
+return 0
+"""
+TERMINAL = ("succeeded", "failed", "canceled")
+STATUS = {
+    RQStatus.QUEUED: "queued",
+    RQStatus.DEFERRED: "queued",
+    RQStatus.SCHEDULED: "queued",
+    RQStatus.STARTED: "running",
+    RQStatus.FINISHED: "succeeded",
+    RQStatus.FAILED: "failed",
+    RQStatus.STOPPED: "failed",
+    RQStatus.CANCELED: "canceled",
+}
+
+
+class JobNotFound(LookupError):
+    """No such job or batch, or one that belongs to another tenant (the same answer, so ids do not leak)."""
+
+
+def new_id() -> str:
+    """Unguessable ids (128 random bits) for jobs, batches and webhook deliveries."""
+    return uuid.uuid4().hex
+
+
+def iso_time(value: Optional[datetime]) -> Optional[str]:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def now_iso() -> str:
+    return iso_time(datetime.now(timezone.utc))
+
+
+class JobStore:
+    def __init__(self, redis: Redis, settings: Settings):
+        self.redis = redis
+        self.settings = settings
+        self.keys: Keys = keys_for(settings.queue_prefix)
+        self.queue, self.webhook_queue = queues(redis, settings)
+        self.metrics = Metrics(redis, self.keys)
+        self.signer = UrlSigner(redis, self.keys, settings.url_signing_secret)
+
+    # ---- records ---------------------------------------------------------------------------------------------
+    def fetch(self, job_id: str) -> Job:
+        try:
+            return Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            raise JobNotFound(job_id) from None
+
+    def status(self, job: Job, refresh: bool = True) -> str:
+        """The job's status as clients name it."""
+        return STATUS.get(job.get_status(refresh=refresh), "queued")
+
+    def batch_record(self, batch_id: str, tenant: Optional[str] = None) -> dict[bytes, bytes]:
+        """The batch's hash; JobNotFound when it is gone or `tenant` (None = internal caller) does not own it."""
+        record = self.redis.hgetall(self.keys.batch(batch_id))
+        if not record or (tenant is not None and record.get(b"tenant", b"").decode() != tenant):
+            raise JobNotFound(batch_id)
+        return record
+
+    def url(self, path: str) -> str:
+        return self.settings.public_url.rstrip("/") + path
+
+    # ---- progress and cancel flags ------------------------------------------------------------------------------
+    def record_progress(self, job_ids: Iterable[str], step: int, total: int, pipe=None) -> None:
+        target = pipe if pipe is not None else self.redis.pipeline()
+        for job_id in job_ids:
+            key = self.keys.progress(job_id)
+            target.hset(key, mapping={"step": step, "total": total})
+            target.expire(key, self.settings.results_ttl_s)
+        if pipe is None:
+            target.execute()
+
+    def request_cancel(self, job_id: str, reason: str) -> None:
+        """Flag the job canceled; a worker running it drops it at its next step."""
+        self.redis.set(self.keys.cancel(job_id), reason, ex=self.settings.results_ttl_s)
+
+    def cancel_requested(self, job_ids: list[str]) -> list[bool]:
+        return [flag is not None for flag in self.redis.mget([self.keys.cancel(job_id) for job_id in job_ids])]
+
+    def rename_old_callbacks(self) -> int:
+        """Point jobs queued by an earlier release at today's failure callback. RQ resolves a job's callback
+        by its dotted name when the job's worker dies, and a name that no longer resolves stops the worker
+        cleaning up (every restart, until the job expires); the callback moved from app/jobs.py to here.
+        Returns how many records were changed."""
+        queue = self.queue
+        job_ids = set(queue.get_job_ids()) | {i.decode() for i in self.redis.lrange(queue.intermediate_queue_key, 0, -1)}
+        for registry in (queue.started_job_registry, queue.scheduled_job_registry, queue.deferred_job_registry):
+            job_ids.update(registry.get_job_ids(cleanup=False))  # a cleanup would resolve the names first
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in sorted(job_ids):
+                for old, new in OLD_CALLBACKS.items():
+                    pipe.eval(_RENAME_CALLBACK, 1, Job.key_for(job_id), old, new)
+            renamed = sum(pipe.execute())
+        if renamed:
+            log.info("renamed the failure callback of jobs from an earlier release", extra={"jobs": renamed})
+        return renamed
+
+    def forget(self, job_id: str) -> None:
+        """Drop the job's progress and cancel flag (its RQ record is the caller's)."""
+        self.redis.delete(self.keys.progress(job_id), self.keys.cancel(job_id))
+
+    # ---- the JSON clients see --------------------------------------------------------------------------------
+    # The shapes are app.schemas.JobView and BatchView (the gateway validates these dicts into them, and
+    # tests/test_job_store.py checks that nothing is lost or added on the way); webhook bodies carry them as is.
+    def job_json(self, job_id: str, job: Optional[Job] = None, tenant: Optional[str] = None) -> dict[str, Any]:
+        """The job as its owner sees it; another tenant gets JobNotFound (None = internal caller)."""
+        job = job or self.fetch(job_id)
+        meta = job.meta or {}
+        if tenant is not None and meta.get("tenant") != tenant:
+            raise JobNotFound(job_id)
+        status = self.status(job, refresh=False)
+        view: dict[str, Any] = {
+            "id": job.id,
+            "task": meta.get("task", ""),
+            "status": status,
+            "progress": None,
+            "queue_position": self.queue.get_job_position(job.id) if status == "queued" else None,
+            "created_at": meta.get("created_at") or iso_time(job.created_at),
+            "started_at": iso_time(job.started_at) if status != "queued" else None,
+            "finished_at": iso_time(job.ended_at) if status in TERMINAL else None,
+            "timings": {},
+            "outputs": [],
+            "data": {},
+            "warnings": list(meta.get("warnings", [])),
+            "error": None,
+            "attempts": int(meta.get("attempts", 0)),
+            "batch_id": meta.get("batch_id"),
+            "urls": {
+                "self": self.url(f"/v1/jobs/{job.id}"),
+                "cancel": self.url(f"/v1/jobs/{job.id}/cancel"),
+                "events": self.url(f"/v1/jobs/{job.id}/events"),
+            },
+            "input": meta.get("input") or {},
+        }
+        progress = self.redis.hgetall(self.keys.progress(job.id))
+        if progress:
+            step, total = int(progress[b"step"]), int(progress[b"total"])
+            view["progress"] = {"step": step, "total": total, "fraction": round(step / max(total, 1), 4)}
+        if status == "succeeded":
+            result = job.return_value() or {}
+            view["outputs"] = [self._output_json(job.id, f, meta.get("output_format", "png")) for f in result.get("outputs", [])]
+            view["data"] = result.get("data", {})
+            view["warnings"] = result.get("warnings", view["warnings"])
+            view["timings"] = dict(result.get("timings", {}))
+        if status == "failed":
+            view["error"] = self._failure(job, meta)
+        if status == "canceled":
+            view["error"] = {"type": "canceled", "message": meta.get("cancel_reason", "the job was canceled")}
+        if view["started_at"] and view["finished_at"]:
+            view["timings"].setdefault("run_s", round((job.ended_at - job.started_at).total_seconds(), 3))
+        return view
+
+    def _output_json(self, job_id: str, output: dict, fmt: str) -> dict[str, Any]:
+        # Named and labelled by the format they are served in: `image.jpeg`, image/jpeg. 16-bit depth
+        # stays PNG (8-bit formats would change its values' meaning).
+        name, media_type = output["name"], output["media_type"]
+        if fmt != "png" and output["kind"] != "depth16" and name.endswith(".png"):
+            name, media_type = converted_name(name, fmt), FORMATS[fmt][1]
+        path = f"/v1/files/{job_id}/{name}"
+        signed = self.signer.query(job_id, name, self.settings.signed_url_ttl_s)
+        return {"name": name, "url": self.url(path), "signed_url": self.url(path) + "?" + signed, "kind": output["kind"],
+                "media_type": media_type, "width": output["width"], "height": output["height"]}
+
+    @staticmethod
+    def _failure(job: Job, meta: dict) -> dict[str, str]:
+        error = meta.get("error")
+        if error is not None:
+            return {"type": error["type"], "message": error["message"]}
+        latest = job.latest_result()
+        text = (latest.exc_string or "") if latest else ""
+        if "AbandonedJobError" in text or "stuck" in text:
+            return {"type": "worker_lost", "message": "the worker running this job stopped and the job's retries are used up"}
+        return {"type": "internal", "message": "the job failed inside the worker; see the worker's log for this job id"}
+
+    def batch_json(self, batch_id: str, tenant: Optional[str] = None) -> dict[str, Any]:
+        record = self.batch_record(batch_id, tenant)
+        jobs = []
+        for job_id in json.loads(record[b"job_ids"]):
+            try:
+                jobs.append(self.job_json(job_id))
+            except JobNotFound:
+                continue
+        counts = {s: 0 for s in ("queued", "running", "succeeded", "failed", "canceled")}
+        for job in jobs:
+            counts[job["status"]] += 1
+        return {
+            "id": batch_id,
+            "status": "completed" if all(j["status"] in TERMINAL for j in jobs) else "running",
+            "created_at": record[b"created_at"].decode(),
+            "counts": counts,
+            "jobs": jobs,
+            "urls": {"self": self.url(f"/v1/batches/{batch_id}")},
+        }
+
+    # ---- end of a job (called by workers, by the gateway for jobs canceled while queued, and after RQ fails one) --
+    def job_ended(self, job_id: str) -> None:
+        """Release the job's quota slot, count it and queue its webhook calls (its own, its batch item's
+        and the batch's last)."""
+        job = self.fetch(job_id)
+        view = self.job_json(job_id, job)
+        meta = job.meta or {}
+        if meta.get("tenant"):
+            self.redis.srem(self.keys.active_jobs(meta["tenant"]), job_id)
+        self.metrics.inc("jobs_total", {"task": view["task"], "status": view["status"]})
+        if view["created_at"] and view["status"] == "succeeded":
+            created = datetime.fromisoformat(view["created_at"].replace("Z", "+00:00"))
+            self.metrics.observe("job_latency_seconds", {"task": view["task"]}, (datetime.now(timezone.utc) - created).total_seconds())
+        body = {"event": f"job.{view['status']}", "job": view}
+        if meta.get("webhook"):
+            self.enqueue_webhook("job", job_id, body)
+        batch_id = meta.get("batch_id")
+        if batch_id:
+            self._batch_item_ended(batch_id, job_id, body)
+
+    def _batch_item_ended(self, batch_id: str, job_id: str, body: dict) -> None:
+        record = self.redis.hgetall(self.keys.batch(batch_id))
+        if not record:
+            return
+        webhook = json.loads(record.get(b"webhook", b"null"))
+        total = len(json.loads(record[b"job_ids"]))
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(self.keys.batch_ended(batch_id), job_id)
+            pipe.expire(self.keys.batch_ended(batch_id), self.settings.results_ttl_s)
+            pipe.scard(self.keys.batch_ended(batch_id))
+            added, _, ended = pipe.execute()
+        if not added:
+            return  # already counted (a retried hook)
+        if webhook:
+            self.enqueue_webhook("batch", batch_id, {**body, "event": "batch.item." + body["event"].split(".", 1)[1], "batch_id": batch_id})
+        if ended == total:
+            view = self.batch_json(batch_id)
+            self.metrics.inc("batches_total", {})
+            if webhook:
+                self.enqueue_webhook("batch", batch_id, {"event": "batch.completed", "batch": view})
+
+    # ---- webhooks ----------------------------------------------------------------------------------------------
+    def enqueue_webhook(self, owner: str, owner_id: str, body: dict) -> None:
+        """Queue one signed delivery; the deliverer process sends it and retries with backoff."""
+        delivery_id = new_id()
+        intervals = [self.settings.webhook_backoff_s * 2**i for i in range(self.settings.webhook_retries)]
+        if owner == "batch" and str(body.get("event", "")).startswith("batch.item."):
+            pending = self.keys.batch_webhooks_pending(owner_id)
+            with self.redis.pipeline() as pipe:  # batch.completed waits for these (deliveries run concurrently)
+                pipe.sadd(pending, delivery_id)
+                pipe.expire(pending, self.settings.results_ttl_s)
+                pipe.execute()
+        self.webhook_queue.enqueue(
+            "worker.webhooks.deliver",
+            owner,
+            owner_id,
+            delivery_id,
+            json.dumps(body, separators=(",", ":"), sort_keys=True),
+            job_id=f"wh-{delivery_id}",
+            retry=Retry(max=len(intervals), interval=[max(1, int(round(i))) for i in intervals]) if intervals else None,
+            result_ttl=self.settings.results_ttl_s,
+            failure_ttl=self.settings.results_ttl_s,
+            description=f"webhook {body.get('event')} for {owner} {owner_id}",
+        )
+
+    def item_deliveries_pending(self, batch_id: str) -> int:
+        """How many of the batch's item deliveries are not done yet."""
+        return self.redis.scard(self.keys.batch_webhooks_pending(batch_id))
+
+    def item_delivery_done(self, batch_id: str, delivery_id: str) -> None:
+        """An item delivery was delivered, refused or ran out of retries."""
+        self.redis.srem(self.keys.batch_webhooks_pending(batch_id), delivery_id)
+
+    def webhook_of(self, owner: str, owner_id: str) -> Optional[dict]:
+        """The webhook (url, secret) of job or batch `owner_id`; None when it has none or is gone."""
+        if owner == "job":
+            try:
+                return self.fetch(owner_id).meta.get("webhook")
+            except JobNotFound:  # deleted by its owner meanwhile: nothing left to tell
+                return None
+        record = self.redis.hgetall(self.keys.batch(owner_id))
+        return json.loads(record.get(b"webhook", b"null")) if record else None
+
+
+def on_rq_failure(job: Job, connection: Redis, exc_type, exc_value, tb) -> None:
+    """RQ failure callback. Our worker reports its own failures; this catches the ones RQ decides, i.e. a
+    job whose worker died. RQ calls it before it marks the job failed, so when no retry is left the
+    end-of-job hooks are queued to run once the failure is recorded (on the webhook queue)."""
+    if job.retries_left:
+        return
+    try:
+        _, webhook_queue = queues(connection, get_settings())
+        webhook_queue.enqueue("core.job_store.run_job_ended", job.id, job_id=f"ended-{job.id}", description=f"end of {job.id}")
+    except Exception:  # never break RQ's cleanup
+        log.exception("could not queue the end-of-job hooks", extra={"job_id": job.id})
+
+
+def run_job_ended(job_id: str) -> None:
+    """RQ job: run the end-of-job hooks of a job that RQ failed (see on_rq_failure)."""
+    JobStore(get_current_job().connection, get_settings()).job_ended(job_id)

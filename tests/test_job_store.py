@@ -1,0 +1,128 @@
+"""The job's JSON that core/job_store.py renders (and webhook bodies carry) is exactly what the gateway's
+schemas (app.schemas.JobView, BatchView) describe: nothing dropped, nothing added, nothing converted.
+
+Jobs are real RQ records in a real Redis, left in each state the way the gateway and the workers leave
+them (RQ's own status and result records), so a field added to one side and not the other fails here."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from redis import Redis
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.results import Result
+
+from app.jobs import JobService
+from app.schemas import BatchView, JobView, WebhookSpec
+from core.job_store import JobStore, on_rq_failure
+from core.settings import Settings
+from model.tasks import TextToImage
+
+SMALL = {"prompt": "a small test", "width": 64, "height": 64, "num_inference_steps": 2}
+OUTPUTS = [
+    {"name": "image.png", "kind": "image", "media_type": "image/png", "width": 64, "height": 64},
+    {"name": "depth.png", "kind": "depth16", "media_type": "image/png", "width": 64, "height": 64},
+]
+
+
+@pytest.fixture
+def service(redis_url) -> JobService:
+    settings = Settings(redis_url=redis_url, queue_prefix="odstore" + uuid.uuid4().hex[:8], rate_limit_per_minute=0,
+                        public_url="http://api.test", webhook_allowlist="127.0.0.1")
+    return JobService(Redis.from_url(redis_url), settings)
+
+
+def submit(service: JobService, **options) -> str:
+    return service.submit("text-to-image", TextToImage(**SMALL), "tenant-a", "key-a", **options).id
+
+
+def succeed(service: JobService, job_id: str, result: dict) -> None:
+    """What a worker leaves for a job that succeeded: its times, RQ's result record and status."""
+    job = service.fetch(job_id)
+    job.started_at = datetime.now(timezone.utc) - timedelta(seconds=2)
+    job.ended_at = datetime.now(timezone.utc)
+    job.save()
+    Result.create(job, Result.Type.SUCCESSFUL, ttl=600, return_value=result)
+    job.set_status(JobStatus.FINISHED)
+
+
+def assert_schema_round_trip(rendered: dict, model) -> None:
+    assert model.model_validate(rendered).model_dump(mode="json") == rendered
+
+
+def test_queued_job_with_progress(service):
+    job_id = submit(service)
+    service.record_progress([job_id], 1, 2)
+    rendered = service.job_json(job_id)
+    assert rendered["status"] == "queued" and rendered["progress"] == {"step": 1, "total": 2, "fraction": 0.5}
+    assert rendered["queue_position"] == 0
+    assert_schema_round_trip(rendered, JobView)
+
+
+@pytest.mark.parametrize("output_format", ["png", "jpeg"])
+def test_succeeded_job_with_outputs(service, output_format):
+    job_id = submit(service, output_format=output_format)
+    succeed(service, job_id, {"outputs": OUTPUTS, "data": {"boxes": [[1, 2, 3, 4]]}, "warnings": ["w"], "timings": {"steps_s": 0.5}})
+    rendered = service.job_json(job_id)
+    assert rendered["status"] == "succeeded" and rendered["timings"]["run_s"] > 0
+    names = [o["name"] for o in rendered["outputs"]]
+    assert names == (["image.png", "depth.png"] if output_format == "png" else ["image.jpeg", "depth.png"])
+    assert all(o["signed_url"].startswith(o["url"] + "?expires=") for o in rendered["outputs"])
+    assert_schema_round_trip(rendered, JobView)
+
+
+def test_failed_jobs(service):
+    reported = submit(service)
+    job = service.fetch(reported)
+    job.meta["error"] = {"type": "model_error", "message": "ValueError: no"}
+    job.save_meta()
+    job.set_status(JobStatus.FAILED)
+    lost = submit(service)
+    Result.create(service.fetch(lost), Result.Type.FAILED, ttl=600, exc_string="rq.exceptions.AbandonedJobError")
+    service.fetch(lost).set_status(JobStatus.FAILED)
+    assert service.job_json(reported)["error"] == {"type": "model_error", "message": "ValueError: no"}
+    assert service.job_json(lost)["error"]["type"] == "worker_lost"
+    for job_id in (reported, lost):
+        assert_schema_round_trip(service.job_json(job_id), JobView)
+
+
+def test_batch(service):
+    batch = service.submit_batch([("text-to-image", TextToImage(**SMALL), "png")] * 2, None, "tenant-a", "key-a")
+    succeed(service, batch.jobs[0].id, {"outputs": OUTPUTS[:1]})
+    rendered = service.batch_json(batch.id)
+    assert rendered["counts"]["succeeded"] == 1 and rendered["counts"]["queued"] == 1
+    assert_schema_round_trip(rendered, BatchView)
+
+
+def test_webhook_body_is_the_job_as_the_api_shows_it(service):
+    """The end-of-job hook (run by a worker, here by the gateway for a job canceled while queued) queues a
+    body whose job is the API's view of it, from a store that has no gateway code."""
+    job_id = submit(service, webhook=WebhookSpec(url="http://127.0.0.1:9/hook"))
+    service.cancel(job_id, tenant="tenant-a")
+    deliveries = [service.webhook_queue.fetch_job(i) for i in service.webhook_queue.job_ids]
+    bodies = [json.loads(d.args[3]) for d in deliveries if d.args[:2] == ("job", job_id)]
+    assert [b["event"] for b in bodies] == ["job.canceled"]
+    assert bodies[0]["job"] == service.view(job_id).model_dump(mode="json")
+    plain = JobStore(service.redis, service.settings)  # what a worker holds
+    assert plain.job_json(job_id) == bodies[0]["job"]
+    assert not service.redis.sismember(service.keys.active_jobs("tenant-a"), job_id)  # its quota slot is free
+
+
+def test_jobs_of_an_earlier_release_get_todays_failure_callback(service):
+    """Records written before the job store moved to core/ name `app.jobs.on_rq_failure`; RQ would stop the
+    worker that cleans up after such a job's dead worker. A worker renames them when it starts."""
+    queued, started = submit(service), submit(service)
+    service.queue.remove(started)
+    with service.redis.pipeline() as pipe:  # as a worker starts a job (worker/batch_worker.py)
+        Execution.create(service.fetch(started), 600, pipeline=pipe, worker_name="a-worker")
+        pipe.execute()
+    assert started in service.queue.started_job_registry.get_job_ids(cleanup=False)
+    for job_id in (queued, started):
+        service.redis.hset(Job.key_for(job_id), "failure_callback_name", "app.jobs.on_rq_failure")
+    assert service.rename_old_callbacks() == 2
+    assert all(service.fetch(job_id).failure_callback is on_rq_failure for job_id in (queued, started))
+    assert service.rename_old_callbacks() == 0
