@@ -72,7 +72,8 @@ def _errors(settings: Settings) -> dict[str, tuple[str, dict]]:
             "idempotency_mismatch", "this Idempotency-Key was used for a different request (job 3f2a9c); "
             "send a new key for a new request")),
         "payload_too_large": ("Body too large", _error(
-            "payload_too_large", f"the request body is larger than {settings.max_body_bytes} bytes; send smaller or fewer images")),
+            "payload_too_large",
+            f"the request body is larger than {settings.max_body_bytes} bytes; send smaller or fewer images")),
         "unsupported_media_type": ("Neither JSON nor multipart", _error(
             "unsupported_media_type", "send application/json or multipart/form-data")),
         "invalid_request": ("A field to change", _error(
@@ -87,11 +88,13 @@ def _errors(settings: Settings) -> dict[str, tuple[str, dict]]:
             "invalid_request", "format: this output holds 16-bit values (depth); jpeg keeps 8 bits per channel and would "
             "change what they mean: fetch it as png, or fetch the depth preview image for a picture")),
         "rate_limited": ("Rate limit", _error(
-            "rate_limited", f"more than {settings.rate_limit_per_minute or 120} submissions a minute for this key; retry in 12 s")),
+            "rate_limited",
+            f"more than {settings.rate_limit_per_minute or 120} submissions a minute for this key; retry in 12 s")),
         "quota_exceeded": ("Tenant quota", _error(
             "quota_exceeded", f"this tenant has {active} queued or running jobs and the limit is {active}; "
             "wait for some to finish")),
-        "queue_full": ("Queue full", _error("queue_full", f"the service queue is full ({settings.max_queue_depth or 2000} jobs waiting); retry later")),
+        "queue_full": ("Queue full", _error(
+            "queue_full", f"the service queue is full ({settings.max_queue_depth or 2000} jobs waiting); retry later")),
         "too_many_streams": ("Too many event streams", _error(
             "too_many_streams", f"this API key has {settings.max_streams_per_key or 20} event streams open, the limit; "
             "close one or poll GET /v1/jobs/{id}")),

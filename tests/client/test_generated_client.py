@@ -23,8 +23,9 @@ SCRIPT = textwrap.dedent('''
     from od_generated import AuthenticatedClient
     from od_generated.api.files import get_file
     from od_generated.api.jobs import cancel_job, get_job
-    from od_generated.api.tasks import depth_estimation, text_to_image
-    from od_generated.models import DepthEstimationForm, JobView, TextToImageRequest
+    from od_generated.api.tasks import camera_pose_estimation, depth_estimation, segmentation, text_to_image
+    from od_generated.models import (CameraPoseEstimationForm, ClassSpec, DepthEstimationForm, JobView,
+                                     SegmentationForm, TextToImageRequest)
     from od_generated.types import File
 
     modules = [m.name for m in pkgutil.walk_packages(od_generated.__path__, "od_generated.")]
@@ -45,15 +46,26 @@ SCRIPT = textwrap.dedent('''
     output = job.outputs[0]
     downloaded = get_file.sync_detailed(job.id, output.name, client=client)
 
-    form = DepthEstimationForm(image=File(payload=io.BytesIO(png), file_name="in.png", mime_type="image/png"),
-                               num_inference_steps=1)
+    def file():
+        return File(payload=io.BytesIO(png), file_name="in.png", mime_type="image/png")
+
+    form = DepthEstimationForm(image=file(), num_inference_steps=1)
     uploaded = depth_estimation.sync_detailed(client=client, body=form)
-    if uploaded.status_code == 202:
-        cancel_job.sync_detailed(uploaded.parsed.id, client=client)
+    # lists of files and of objects (one part each), submitted and canceled at once
+    forms = [
+        (segmentation, SegmentationForm(image=file(), classes=[ClassSpec(name="cat"), ClassSpec(name="dog", colour="red")])),
+        (camera_pose_estimation, CameraPoseEstimationForm(images=[file(), file()])),
+    ]
+    more = [module.sync_detailed(client=client, body=body) for module, body in forms]
+    for answer in [uploaded, *more]:
+        if answer.status_code == 202:
+            cancel_job.sync_detailed(answer.parsed.id, client=client)
     print(json.dumps({
         "modules": len(modules), "status": job.status.value, "media_type": downloaded.headers["content-type"],
         "file_head": downloaded.parsed.payload.read(8).hex(), "form_status": int(uploaded.status_code),
         "form_input": uploaded.parsed.input_.to_dict() if uploaded.status_code == 202 else uploaded.content.decode(),
+        "more": [(int(a.status_code), a.parsed.input_.to_dict() if a.status_code == 202 else a.content.decode())
+                 for a in more],
     }))
 ''')
 
@@ -91,3 +103,6 @@ def test_generated_client_runs_a_job_and_downloads_its_output(generated, shared_
     assert report["media_type"] == "image/png" and bytes.fromhex(report["file_head"]) == b"\x89PNG\r\n\x1a\n"
     assert report["form_status"] == 202, report["form_input"]
     assert report["form_input"]["image"]["width"] == 64, report["form_input"]
+    (seg_status, seg), (poses_status, poses) = report["more"]
+    assert seg_status == 202 and [c["name"] for c in seg["classes"]] == ["cat", "dog"], seg
+    assert poses_status == 202 and len(poses["images"]) == 2, poses
