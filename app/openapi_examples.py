@@ -63,6 +63,9 @@ def _errors(settings: Settings) -> dict[str, tuple[str, dict]]:
         "invalid_json": ("The body is not JSON", _error(
             "invalid_json", "the body is not valid JSON: Expecting value: line 1 column 1 (char 0)")),
         "unauthorized": ("No API key", _error("unauthorized", "send an API key: Authorization: Bearer <key>")),
+        "invalid_key": ("A wrong or revoked key", _error("unauthorized", "the API key is not valid (wrong or revoked)")),
+        "file_unauthorized": ("No key and no valid signature", _error(
+            "unauthorized", "send an API key, or use the output's signed_url (it may have expired)")),
         "not_found": ("No such job", _error("not_found", "no such job or batch (ids expire with their results)")),
         "file_not_found": ("No such file", _error("not_found", "no such file (outputs expire with their job)")),
         "conflict": ("The job has not ended", _error(
@@ -76,6 +79,7 @@ def _errors(settings: Settings) -> dict[str, tuple[str, dict]]:
             f"the request body is larger than {settings.max_body_bytes} bytes; send smaller or fewer images")),
         "unsupported_media_type": ("Neither JSON nor multipart", _error(
             "unsupported_media_type", "send application/json or multipart/form-data")),
+        "batch_not_json": ("Not JSON", _error("unsupported_media_type", "send the batch as application/json")),
         "invalid_request": ("A field to change", _error(
             "invalid_request", f"width: {_WIDTH}", [{"field": "width", "message": _WIDTH}])),
         "invalid_path": ("A malformed id", _error(
@@ -105,6 +109,10 @@ def _errors(settings: Settings) -> dict[str, tuple[str, dict]]:
 def _names(path: str, method: str, code: str) -> list[str]:
     """Which errors an operation answers with this status."""
     submits = method == "post" and (path == "/v1/batches" or path.count("/") == 2)
+    if code == "401":
+        return ["file_unauthorized" if path.startswith("/v1/files/") else "unauthorized", "invalid_key"]
+    if code == "415" and path == "/v1/batches":
+        return ["batch_not_json"]
     if code == "404":
         return ["file_not_found" if path.startswith("/v1/files/") else "not_found"]
     if code == "409":
@@ -119,7 +127,7 @@ def _names(path: str, method: str, code: str) -> list[str]:
         return ["invalid_batch_id"] if "{batch_id}" in path else ["invalid_path"] if "{job_id}" in path else ["invalid_query"]
     if code == "429":
         return ["too_many_streams"] if path.endswith("/events") else ["rate_limited", "quota_exceeded", "queue_full"]
-    return [{"400": "invalid_json", "401": "unauthorized", "413": "payload_too_large",
+    return [{"400": "invalid_json", "413": "payload_too_large",
              "415": "unsupported_media_type", "503": "unavailable"}[code]]
 
 
