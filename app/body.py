@@ -96,14 +96,36 @@ def _is_list(annotation: Any) -> bool:
     return any(_is_list(a) for a in typing.get_args(annotation)) if origin is not None else False
 
 
+def _is_text(annotation: Any) -> bool:
+    """A `str` field, or an optional one."""
+    return annotation is str or (typing.get_origin(annotation) is typing.Union and str in typing.get_args(annotation))
+
+
+def _placeholder(key: str, value: str, model: type[BaseModel]) -> bool:
+    """True for a form value that stands for "no value": the text `null` (what some form builders send for
+    an optional field left empty) or an empty non-text field (Swagger UI's "send empty value"). Such a value
+    leaves an optional field out; `null` for a required field is refused, never taken as the text "null"."""
+    field = model.model_fields.get(key)
+    if field is None or value not in ("null", ""):
+        return False
+    if value == "" and _is_text(field.annotation):
+        return False  # '' is a value of a text field (negative_prompt '' means none)
+    if field.is_required():
+        message = "a value is required here; `null` stands for no value in a form"
+        raise ApiError(422, "invalid_request", f"{key}: {message}", fields=[{"field": key, "message": message}])
+    return True
+
+
 async def _form_to_dict(request, model: type[BaseModel]) -> dict:
     """Multipart form -> the model's JSON shape: files become base64, JSON-looking text is parsed, repeated
-    keys of list fields become lists."""
+    keys of list fields become lists, and placeholders of optional fields (`null`, empty) are left out."""
     form = await request.form(max_files=64, max_fields=256, max_part_size=request.app.state.settings.max_body_bytes)
     data: dict[str, Any] = {}
     for key in form.keys():
         values = []
         for value in form.getlist(key):
+            if isinstance(value, str) and _placeholder(key, value, model):
+                continue
             if isinstance(value, UploadFile):
                 values.append(base64.b64encode(await value.read()).decode())
             elif value[:1] in "[{":
@@ -115,6 +137,8 @@ async def _form_to_dict(request, model: type[BaseModel]) -> dict:
                     values.append(value)
             else:
                 values.append(value)
+        if not values:
+            continue
         field = model.model_fields.get(key)
         if field is not None and _is_list(field.annotation):
             flat = []

@@ -23,6 +23,7 @@ from . import errors
 from .access_log import AccessLog
 from .body import BodyLimit
 from .docs import mount_docs
+from .form_schema import add_forms
 from .openapi_doc import operation_id, refine
 from .auth import KeyStore
 from .jobs import JobService
@@ -74,6 +75,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(definition.pop("$defs", {}))
             components[model.__name__] = definition
+        add_forms(schema, REQUEST_MODELS)
         app.openapi_schema = refine(schema, settings)
         return app.openapi_schema
 

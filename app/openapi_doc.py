@@ -1,12 +1,15 @@
 """The OpenAPI document made to say what the server does: short operation ids, the headers the routes read
-and send, one typed error schema for every error (path and query 422s included), and the limits this
-server's settings enforce rather than the models' outer bounds."""
+and send, one typed error schema for every error (path and query 422s included) with an example of each,
+a request example per body, and the limits this server's settings enforce rather than the models' outer
+bounds."""
 
 from __future__ import annotations
 
 from fastapi.routing import APIRoute
 
 from core.settings import Settings
+
+from .openapi_examples import BATCH_EXAMPLE, REQUEST_EXAMPLES, error_examples
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 HEADER_PARAMS = {
@@ -49,6 +52,17 @@ def _limits(schema: dict, settings: Settings) -> None:
                     _limits(item, settings)
 
 
+def _request_example(path: str, method: str, op: dict) -> None:
+    """A JSON body that runs as sent, for each task and for a batch."""
+    body = op.get("requestBody", {}).get("content", {}).get("application/json")
+    if method != "post" or body is None:
+        return
+    task = path[len("/v1/"):]
+    example = BATCH_EXAMPLE if path == "/v1/batches" else REQUEST_EXAMPLES.get(task)
+    if example is not None:
+        body["example"] = example
+
+
 def refine(schema: dict, settings: Settings) -> dict:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for path, item in schema.get("paths", {}).items():
@@ -64,14 +78,15 @@ def refine(schema: dict, settings: Settings) -> dict:
                         op["responses"][code].setdefault("headers", {}).update(LOCATION)
             if not params:
                 op.pop("parameters")
+            if "422" not in op.get("responses", {}) and (op.get("parameters") or op.get("requestBody")):
+                op.setdefault("responses", {})["422"] = {"description": "Invalid request"}
             for code, response in op.get("responses", {}).items():
                 if code.startswith(("4", "5")):
-                    response["content"] = {"application/json": {"schema": ERROR_REF}}
+                    response["content"] = {"application/json": {
+                        "schema": ERROR_REF, "examples": error_examples(path, method, code, settings)}}
                     if code in ("429", "503"):
                         response.setdefault("headers", {}).update(RETRY_AFTER)
-            if "422" not in op.get("responses", {}) and (op.get("parameters") or op.get("requestBody")):
-                op.setdefault("responses", {})["422"] = {"description": "Invalid request", "content": {
-                    "application/json": {"schema": ERROR_REF}}}
+            _request_example(path, method, op)
             if method == "head":  # answers carry headers only
                 for response in op.get("responses", {}).values():
                     response.pop("content", None)

@@ -23,7 +23,10 @@ class WebhookSpec(BaseModel):
     )
     secret: Optional[str] = Field(
         None, min_length=8, max_length=256,
-        description="Signs each call: header OneDiffusion-Signature = v1=hex(HMAC-SHA256(secret, f'{timestamp}.{body}'))",
+        description="Signs each call two ways. Standard Webhooks: headers webhook-id, webhook-timestamp and "
+        "webhook-signature = v1,base64(HMAC-SHA256(key, f'{webhook-id}.{webhook-timestamp}.{body}')), the key being "
+        "the secret's UTF-8 bytes (or a whsec_ secret's decoded base64), so the standardwebhooks package verifies it; "
+        "and OneDiffusion-Signature = v1=hex(HMAC-SHA256(secret, f'{timestamp}.{body}')) with OneDiffusion-Timestamp",
     )
 
     @field_validator("url")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import typing
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal, Optional
 
@@ -133,15 +134,47 @@ class FramePlan:
 
 
 # ---- request building blocks ------------------------------------------------------------------------
+# A real 64x64 PNG (a yellow disc on blue), so that a documented example decodes and runs as sent.
+EXAMPLE_IMAGE = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAEAAAABAAQMAAACQp+OdAAAABlBMVEUoPFrmyFBL3iR1AAAAcklEQVR42s3QsQ3CMBSE"
+    "4c/PSKRkBDYhbO4RGCEjuIwQiilMCgsKyvzV6e6e9HQcj3P9iNuGjCWlIkjMvdJaJZiYiP00uHAiuBJjNJNGp5MpSOU7+kdkzNx/dwptdBY2gsp"
+    "rjFZWgicPgtZ/29cY9jkAb7FqFwcNkzldAAAAAElFTkSuQmCC"
+)
+
+
+class _ImageMark:
+    """Marks the fields that hold an image, so that multipart bodies can declare them as files."""
+
+
+IMAGE_MARK = _ImageMark()
 ImageInput = Annotated[
     str,
     Field(
         description="An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.",
-        examples=["data:image/png;base64,iVBORw0KGgo..."],
+        examples=[EXAMPLE_IMAGE],
         min_length=1,
         max_length=MAX_IMAGE_CHARS,
     ),
+    IMAGE_MARK,
 ]
+
+
+def image_fields(model: type[BaseModel]) -> dict[str, bool]:
+    """The model's image fields: name -> True for a list of images, False for one image."""
+    def marked(annotation) -> bool:
+        return IMAGE_MARK in getattr(annotation, "__metadata__", ())
+
+    found = {}
+    for name, info in model.model_fields.items():
+        if IMAGE_MARK in info.metadata:
+            found[name] = False
+        else:
+            args = [a for a in typing.get_args(info.annotation) if a is not type(None)]
+            if typing.get_origin(info.annotation) is list and args and marked(args[0]):
+                found[name] = True
+            elif any(marked(a) for a in args):
+                found[name] = False
+    return found
 
 
 class ClassSpec(BaseModel):

@@ -61,3 +61,144 @@ def test_limits_are_the_servers(schema):
     assert width["maximum"] == settings.max_side == 1536
     prompt = next(b for b in [props["prompt"], *props["prompt"].get("anyOf", [])] if "maxLength" in b)
     assert prompt["maxLength"] == settings.max_prompt_chars
+
+
+# ---- examples: one per error status, every one valid ---------------------------------------------------
+
+
+def validate_against(doc: dict, schema: dict, value) -> None:
+    """Validate `value` against a schema of the document (its `$ref`s resolved in the document)."""
+    from jsonschema import Draft202012Validator
+
+    root = {**schema, "components": doc["components"]}
+    Draft202012Validator(root).validate(value)
+
+
+def schema_examples(doc: dict):
+    """(where, schema, example) for every `examples` entry of a schema in the document."""
+    def walk(node, where):
+        if isinstance(node, dict):
+            if isinstance(node.get("examples"), list) and ("type" in node or "$ref" in node or "anyOf" in node):
+                for example in node["examples"]:
+                    yield where, {k: v for k, v in node.items() if k != "examples"}, example
+            for key, value in node.items():
+                yield from walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from walk(value, f"{where}/{i}")
+    yield from walk(doc["components"], "#/components")
+
+
+def test_every_error_status_has_an_example_of_its_body(schema):
+    doc, settings = schema
+    error_body = {"$ref": "#/components/schemas/ErrorBody"}
+    seen = {}
+    for path, method, op in operations(doc):
+        for code, response in op["responses"].items():
+            if not code.startswith(("4", "5")) or method == "head":
+                continue
+            media = response["content"]["application/json"]
+            examples = [e["value"] for e in media.get("examples", {}).values()] + (
+                [media["example"]] if "example" in media else [])
+            assert examples, (path, method, code)
+            for example in examples:
+                validate_against(doc, error_body, example)
+                seen.setdefault(code, set()).add(example["error"]["type"])
+    assert seen["401"] == {"unauthorized"} and seen["404"] == {"not_found"} and seen["503"] == {"unavailable"}
+    assert seen["429"] >= {"rate_limited", "quota_exceeded", "queue_full", "too_many_streams"}
+    assert seen["409"] == {"conflict", "idempotency_mismatch"} and seen["422"] == {"invalid_request"}
+    too_large = doc["paths"]["/v1/text-to-image"]["post"]["responses"]["413"]["content"]["application/json"]
+    assert str(settings.max_body_bytes) in json.dumps(too_large["examples"])  # this server's limit
+
+
+def test_every_schema_example_is_valid_and_images_decode(schema):
+    import io
+
+    from PIL import Image
+
+    from model.images import decode_base64
+
+    doc, _ = schema
+    examples = list(schema_examples(doc))
+    assert len(examples) > 20
+    images = 0
+    for where, node, example in examples:
+        validate_against(doc, node, example)
+        if isinstance(example, str) and example.startswith("data:image/"):
+            Image.open(io.BytesIO(decode_base64(example))).load()
+            images += 1
+    assert images >= 10
+
+
+def test_request_examples_are_valid_bodies_for_every_post(schema):
+    doc, _ = schema
+    posts = [(path, op) for path, method, op in operations(doc) if method == "post" and "requestBody" in op]
+    assert len(posts) >= 22
+    for path, op in posts:
+        media = op["requestBody"]["content"]["application/json"]
+        assert "example" in media, path
+        validate_against(doc, media["schema"], media["example"])
+    batch = doc["paths"]["/v1/batches"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    seed = doc["components"]["schemas"]["TextToImageItem"]["properties"]["seed"]["anyOf"][0]
+    assert all(0 <= item.get("seed", 0) <= min(seed["maximum"], 2**53) for item in batch["items"])
+
+
+# ---- multipart bodies: their own schema, files as binary, no null ------------------------------------
+
+
+def test_multipart_bodies_have_their_own_schema(schema):
+    from app.schemas import REQUEST_MODELS
+    from model.tasks import image_fields
+
+    doc, settings = schema
+    components = doc["components"]["schemas"]
+    for task, model in REQUEST_MODELS.items():
+        content = doc["paths"][f"/v1/{task}"]["post"]["requestBody"]["content"]
+        ref = content["multipart/form-data"]["schema"]["$ref"]
+        assert ref != content["application/json"]["schema"]["$ref"]
+        form = components[ref.rsplit("/", 1)[1]]
+        assert ref.endswith("Form") and set(form["properties"]) == set(model.model_fields)
+        assert '"null"' not in json.dumps(form) and "anyOf" not in json.dumps(form), task
+        assert all(p.get("default", "") is not None for p in form["properties"].values()), task
+        images = image_fields(model)
+        for name, prop in form["properties"].items():
+            if name in images:
+                binary = prop["items"] if images[name] else prop
+                assert (binary["type"], binary["format"]) == ("string", "binary"), (task, name)
+                assert prop["type"] == ("array" if images[name] else "string")
+            else:
+                assert "type" in prop or "$ref" in prop, (task, name)
+        encoding = content["multipart/form-data"]["encoding"]
+        for name, prop in form["properties"].items():
+            if "$ref" in prop or (prop.get("type") == "array" and name not in images):
+                assert encoding[name]["contentType"] == "application/json", (task, name)
+    props = components["TextToImageForm"]["properties"]
+    assert props["seed"]["type"] == "integer" and props["width"]["maximum"] == settings.max_side
+    assert components["InpaintingForm"]["properties"]["mask"]["format"] == "binary"
+    assert components["CameraPoseEstimationForm"]["properties"]["images"]["items"]["format"] == "binary"
+
+
+def test_file_download_declares_binary_images(schema):
+    doc, _ = schema
+    content = doc["paths"]["/v1/files/{job_id}/{name}"]["get"]["responses"]["200"]["content"]
+    assert {"image/png", "image/webp", "image/jpeg", "image/*"} <= set(content)
+    assert all(media["schema"] == {"type": "string", "format": "binary"} for media in content.values())
+
+
+def test_webhook_secret_names_both_signatures(schema):
+    doc, _ = schema
+    text = doc["components"]["schemas"]["WebhookSpec"]["properties"]["secret"]["description"]
+    for header in ("webhook-id", "webhook-timestamp", "webhook-signature", "OneDiffusion-Signature"):
+        assert header in text
+
+
+def test_job_store_down_answers_the_documented_503(schema):
+    """The 503 example is the body the app sends when Redis does not answer (a closed port here)."""
+    from fastapi.testclient import TestClient
+
+    doc, settings = schema
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/v1/jobs/abc")
+    documented = doc["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]["503"]["content"]["application/json"]["examples"]
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert response.json() in [e["value"] for e in documented.values()]

@@ -18,13 +18,16 @@ router = APIRouter(
     prefix="/v1/batches", tags=["batches"],
     responses={401: {"model": ErrorBody, "description": "Missing, wrong or revoked API key"},
                422: {"model": ErrorBody, "description": "Invalid request"},
-               429: {"model": ErrorBody, "description": "Rate, quota or queue limit"},
                503: {"model": ErrorBody, "description": "The job store is unreachable"}},
 )
+SUBMIT_ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in (
+    (400, "The body is not valid JSON"), (409, "The Idempotency-Key was used for a different request"),
+    (413, "The body is too large"), (415, "Not JSON"), (429, "Rate, quota or queue limit"),
+)}
 
 
 @router.post(
-    "", response_model=BatchView, status_code=202, summary="Submit many tasks at once",
+    "", response_model=BatchView, status_code=202, summary="Submit many tasks at once", responses=SUBMIT_ERRORS,
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}}}}},
 )

@@ -17,6 +17,8 @@ from ..security import Caller, optional_caller
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 NOT_FOUND = "no such file (outputs expire with their job)"
+# what this route serves (storage.convert's formats), and `image/*` for clients that accept any of them
+MEDIA_TYPES = ("image/png", "image/webp", "image/jpeg", "image/*")
 
 
 @router.get(
@@ -27,9 +29,8 @@ NOT_FOUND = "no such file (outputs expire with their job)"
     "16-bit outputs (depth) are served as PNG only (422 otherwise).",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
-                          "image/webp": {"schema": {"type": "string", "format": "binary"}},
-                          "image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+        200: {"description": "The file's bytes, in the media type the name's suffix or `format` picks",
+              "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES},
               "headers": {"ETag": {"schema": {"type": "string"}, "description": "Send as If-None-Match to get 304"},
                           "Cache-Control": {"schema": {"type": "string"}}}},
         304: {"description": "Not modified (If-None-Match matched the ETag)"},

@@ -49,6 +49,7 @@ def get_job(request: Request, job_id: str = JobId, caller: Caller = Depends(requ
 
 
 @router.post("/{job_id}/cancel", response_model=JobView, summary="Cancel a job",
+             responses={409: {"model": ErrorBody, "description": "The job already ended"}},
              description="A queued job is dropped; a running job stops at its next step. 409 if it already ended.")
 def cancel_job(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> JobView:
     return request.app.state.jobs.cancel(job_id, tenant=caller.tenant)
@@ -88,7 +89,8 @@ def event_rank(event_id: Optional[str]) -> tuple[int, int]:
     response_class=StreamingResponse,
     description="Each event has an `id` (`queued`, `started`, `progress-<step>`, `finished`); a client that "
     "reconnects with `Last-Event-ID` gets only the events after that one (EventSource does this by itself).",
-    responses={200: {"content": {"text/event-stream": {}}, "description": "event: queued | started | progress | finished, data: JSON"}},
+    responses={200: {"content": {"text/event-stream": {}}, "description": "event: queued | started | progress | finished, data: JSON"},
+               429: {"model": ErrorBody, "description": "Too many event streams open for this key or tenant"}},
 )
 async def job_events(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)):
     service = request.app.state.jobs

@@ -104,6 +104,7 @@ SUBMIT_RESPONSES = {
     200: {"model": JobView, "description": "Finished within Prefer: wait"},
     **{code: {"model": ErrorBody, "description": text} for code, text in (
         (400, "The body is not valid JSON"), (401, "Missing, wrong or revoked API key"),
+        (409, "The Idempotency-Key was used for a different request"),
         (413, "The body is too large"), (415, "Not JSON or multipart"), (422, "Invalid request: the message says what to change"),
         (429, "Rate, quota or queue limit: retry after Retry-After seconds"), (503, "The job store is unreachable"),
     )},
@@ -124,7 +125,8 @@ for _task in TASKS:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": ref}, "multipart/form-data": {"schema": ref}},
+                # the multipart content gets its own schema (`<Task>Form`, app/form_schema.py) in the document
+                "content": {"application/json": {"schema": ref}, "multipart/form-data": {}},
             }
         },
     )
