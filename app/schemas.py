@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
-
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from core.job_store import TERMINAL
 from model.tasks import TASKS, TaskRequest
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-TERMINAL = ("succeeded", "failed", "canceled")
 OutputFormat = Literal["png", "webp", "jpeg"]
 
 

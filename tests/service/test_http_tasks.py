@@ -53,7 +53,8 @@ def test_prefer_wait_returns_the_finished_job(shared_service):
 
 
 def test_prefer_wait_times_out_with_202(shared_service):
-    payload = {"prompt": "slow", "width": 256, "height": 256, "num_inference_steps": 60}
+    # far longer than the wait on any machine (the demo model ran 60 steps at 256 px within a second)
+    payload = {"prompt": "slow", "width": 512, "height": 512, "num_inference_steps": 200}
     response = shared_service.submit("text-to-image", payload, headers={"Prefer": "wait=1"})
     assert response.status_code == 202 and response.json()["status"] in ("queued", "running")
     shared_service.client.post(f"/v1/jobs/{response.json()['id']}/cancel")
