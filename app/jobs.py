@@ -20,16 +20,17 @@ from rq.exceptions import InvalidJobOperation
 from rq.group import Group
 from rq.job import Callback, Job
 
-from core.job_store import JOB_FUNC, ON_FAILURE, TERMINAL, JobNotFound, JobStore, new_id, now_iso
+from core.job_store import JOB_FUNC, ON_FAILURE, JobNotFound, JobStore, new_id, now_iso
 from core.provenance import input_echo
 from core.settings import Settings
+from core.views import TERMINAL, BatchView, JobView
 from core.webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
 from model.tasks import FramePlan, TaskInputError, TaskRequest
 
 from . import listing
 from .exceptions import ApiError, CannotCancel
 from .quotas import Quotas
-from .schemas import BatchView, JobView, WebhookSpec
+from .schemas import WebhookSpec
 
 log = logging.getLogger(__name__)
 
@@ -229,13 +230,6 @@ class JobService(JobStore):
         return self.batch_view(batch_id), False
 
     # ---- reading ---------------------------------------------------------------------------------------------
-    def view(self, job_id: str, job: Optional[Job] = None, tenant: Optional[str] = None) -> JobView:
-        """The job as its owner sees it; another tenant gets JobNotFound (None = internal caller)."""
-        return JobView.model_validate(self.job_json(job_id, job, tenant))
-
-    def batch_view(self, batch_id: str, tenant: Optional[str] = None) -> BatchView:
-        return BatchView.model_validate(self.batch_json(batch_id, tenant))
-
     # ---- listing -----------------------------------------------------------------------------------------------
     def list_jobs(self, tenant: str, limit: int, cursor: Optional[str], status: Optional[str] = None,
                   task: Optional[str] = None) -> tuple[list[JobView], Optional[str]]:

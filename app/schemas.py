@@ -7,10 +7,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from core.job_store import TERMINAL
+from core.views import BatchView, JobView
 from model.tasks import TASKS, TaskRequest
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 OutputFormat = Literal["png", "webp", "jpeg"]
 
 
@@ -92,60 +91,6 @@ class BatchRequest(BaseModel):
         min_length=1, max_length=1000, description="Tasks to run; each item names its task (at most MAX_BATCH_ITEMS, 64 by default)"
     )
     webhook: Optional[WebhookSpec] = Field(None, description="One call per item and one when all items have ended")
-
-
-class Progress(BaseModel):
-    step: int
-    total: int
-    fraction: float
-
-
-class OutputView(BaseModel):
-    name: str
-    url: str = Field(description="Needs the API key")
-    signed_url: str = Field(description="Works without a key until it expires (for webhook receivers)")
-    kind: str = Field(description="image | depth16 | preview | mask")
-    media_type: str
-    width: int
-    height: int
-
-
-class ErrorView(BaseModel):
-    type: str
-    message: str
-
-
-class JobView(BaseModel):
-    id: str
-    task: str
-    status: JobStatus
-    progress: Optional[Progress] = None
-    queue_position: Optional[int] = Field(None, description="0 = next to run; only while queued")
-    created_at: Optional[str] = None
-    started_at: Optional[str] = None
-    finished_at: Optional[str] = None
-    timings: dict[str, Any] = Field(default_factory=dict)
-    outputs: list[OutputView] = Field(default_factory=list)
-    data: dict[str, Any] = Field(default_factory=dict, description="Structured results: boxes, masks, camera poses")
-    warnings: list[str] = Field(default_factory=list)
-    error: Optional[ErrorView] = None
-    attempts: int = 0
-    batch_id: Optional[str] = None
-    urls: dict[str, str] = Field(default_factory=dict)
-    input: dict[str, Any] = Field(
-        default_factory=dict,
-        description="The input as validated, with the seed it ran with; images as size and SHA-256, not bytes "
-        "(send these fields again with the same images to get the same outputs)",
-    )
-
-
-class BatchView(BaseModel):
-    id: str
-    status: Literal["running", "completed"]
-    created_at: str
-    counts: dict[str, int]
-    jobs: list[JobView]
-    urls: dict[str, str] = Field(default_factory=dict)
 
 
 class ErrorField(BaseModel):

@@ -13,9 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 from redis import Redis
 
 from core.job_store import JobNotFound
+from core.views import TERMINAL, JobView
 
 from .exceptions import ApiError
-from .schemas import TERMINAL, JobView
 
 POLL_INTERVAL_S = 0.25
 SLOT_REFRESH_S = 15  # an open stream renews its slot this often ...

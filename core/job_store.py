@@ -26,6 +26,7 @@ from .metrics import Metrics
 from .settings import Settings, get_settings
 from .storage import FORMATS, converted_name
 from .url_signing import UrlSigner
+from .views import TERMINAL, BatchView, JobView
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ if redis.call('HGET', KEYS[1], 'failure_callback_name') == ARGV[1] then
 end
 return 0
 """
-TERMINAL = ("succeeded", "failed", "canceled")
 STATUS = {
     RQStatus.QUEUED: "queued",
     RQStatus.DEFERRED: "queued",
@@ -143,10 +143,8 @@ class JobStore:
         """Drop the job's progress and cancel flag (its RQ record is the caller's)."""
         self.redis.delete(self.keys.progress(job_id), self.keys.cancel(job_id))
 
-    # ---- the JSON clients see --------------------------------------------------------------------------------
-    # The shapes are app.schemas.JobView and BatchView (the gateway validates these dicts into them, and
-    # tests/test_job_store.py checks that nothing is lost or added on the way); webhook bodies carry them as is.
-    def job_json(self, job_id: str, job: Optional[Job] = None, tenant: Optional[str] = None) -> dict[str, Any]:
+    # ---- what clients see: the API's answers and the webhook bodies -------------------------------------------
+    def view(self, job_id: str, job: Optional[Job] = None, tenant: Optional[str] = None) -> JobView:
         """The job as its owner sees it; another tenant gets JobNotFound (None = internal caller)."""
         job = job or self.fetch(job_id)
         meta = job.meta or {}
@@ -192,7 +190,7 @@ class JobStore:
             view["error"] = {"type": "canceled", "message": meta.get("cancel_reason", "the job was canceled")}
         if view["started_at"] and view["finished_at"]:
             view["timings"].setdefault("run_s", round((job.ended_at - job.started_at).total_seconds(), 3))
-        return view
+        return JobView.model_validate(view)
 
     def _output_json(self, job_id: str, output: dict, fmt: str) -> dict[str, Any]:
         # Named and labelled by the format they are served in: `image.jpeg`, image/jpeg. 16-bit depth
@@ -216,40 +214,40 @@ class JobStore:
             return {"type": "worker_lost", "message": "the worker running this job stopped and the job's retries are used up"}
         return {"type": "internal", "message": "the job failed inside the worker; see the worker's log for this job id"}
 
-    def batch_json(self, batch_id: str, tenant: Optional[str] = None) -> dict[str, Any]:
+    def batch_view(self, batch_id: str, tenant: Optional[str] = None) -> BatchView:
         record = self.batch_record(batch_id, tenant)
         jobs = []
         for job_id in json.loads(record[b"job_ids"]):
             try:
-                jobs.append(self.job_json(job_id))
+                jobs.append(self.view(job_id))
             except JobNotFound:
                 continue
         counts = {s: 0 for s in ("queued", "running", "succeeded", "failed", "canceled")}
         for job in jobs:
-            counts[job["status"]] += 1
-        return {
-            "id": batch_id,
-            "status": "completed" if all(j["status"] in TERMINAL for j in jobs) else "running",
-            "created_at": record[b"created_at"].decode(),
-            "counts": counts,
-            "jobs": jobs,
-            "urls": {"self": self.url(f"/v1/batches/{batch_id}")},
-        }
+            counts[job.status] += 1
+        return BatchView(
+            id=batch_id,
+            status="completed" if all(j.status in TERMINAL for j in jobs) else "running",
+            created_at=record[b"created_at"].decode(),
+            counts=counts,
+            jobs=jobs,
+            urls={"self": self.url(f"/v1/batches/{batch_id}")},
+        )
 
     # ---- end of a job (called by workers, by the gateway for jobs canceled while queued, and after RQ fails one) --
     def job_ended(self, job_id: str) -> None:
         """Release the job's quota slot, count it and queue its webhook calls (its own, its batch item's
         and the batch's last)."""
         job = self.fetch(job_id)
-        view = self.job_json(job_id, job)
+        view = self.view(job_id, job)
         meta = job.meta or {}
         if meta.get("tenant"):
             self.redis.srem(self.keys.active_jobs(meta["tenant"]), job_id)
-        self.metrics.inc("jobs_total", {"task": view["task"], "status": view["status"]})
-        if view["created_at"] and view["status"] == "succeeded":
-            created = datetime.fromisoformat(view["created_at"].replace("Z", "+00:00"))
-            self.metrics.observe("job_latency_seconds", {"task": view["task"]}, (datetime.now(timezone.utc) - created).total_seconds())
-        body = {"event": f"job.{view['status']}", "job": view}
+        self.metrics.inc("jobs_total", {"task": view.task, "status": view.status})
+        if view.created_at and view.status == "succeeded":
+            created = datetime.fromisoformat(view.created_at.replace("Z", "+00:00"))
+            self.metrics.observe("job_latency_seconds", {"task": view.task}, (datetime.now(timezone.utc) - created).total_seconds())
+        body = {"event": f"job.{view.status}", "job": view.model_dump(mode="json")}
         if meta.get("webhook"):
             self.enqueue_webhook("job", job_id, body)
         batch_id = meta.get("batch_id")
@@ -272,10 +270,10 @@ class JobStore:
         if webhook:
             self.enqueue_webhook("batch", batch_id, {**body, "event": "batch.item." + body["event"].split(".", 1)[1], "batch_id": batch_id})
         if ended == total:
-            view = self.batch_json(batch_id)
+            view = self.batch_view(batch_id)
             self.metrics.inc("batches_total", {})
             if webhook:
-                self.enqueue_webhook("batch", batch_id, {"event": "batch.completed", "batch": view})
+                self.enqueue_webhook("batch", batch_id, {"event": "batch.completed", "batch": view.model_dump(mode="json")})
 
     # ---- webhooks ----------------------------------------------------------------------------------------------
     def enqueue_webhook(self, owner: str, owner_id: str, body: dict) -> None:

@@ -8,10 +8,12 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from core.views import BatchView
+
 from ..body import idempotency_key, read_json_object
 from ..exceptions import ApiError
 from ..image_urls import fetch_image_urls
-from ..schemas import BatchList, BatchRequest, BatchView, ErrorBody, task_part
+from ..schemas import BatchList, BatchRequest, ErrorBody, task_part
 from ..security import Caller, require_caller
 
 router = APIRouter(

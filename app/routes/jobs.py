@@ -14,7 +14,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from ..schemas import TERMINAL, ErrorBody, JobList, JobStatus, JobView
+from core.views import TERMINAL, JobStatus, JobView
+
+from ..schemas import ErrorBody, JobList
 from ..security import Caller, require_caller
 from ..streams import SLOT_REFRESH_S, JobWatcher, StreamSlots
 

@@ -11,11 +11,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from core.views import TERMINAL, BatchView, JobView
 from model.tasks import TASKS
 
 from ..body import idempotency_key, parse_request
 from ..image_urls import fetch_image_urls
-from ..schemas import REQUEST_MODELS, TERMINAL, BatchView, ErrorBody, JobView, task_part
+from ..schemas import REQUEST_MODELS, ErrorBody, task_part
 from ..security import Caller, require_caller
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
