@@ -118,12 +118,16 @@ def _placeholder(key: str, value: str, model: type[BaseModel]) -> bool:
 
 async def _form_to_dict(request, model: type[BaseModel]) -> dict:
     """Multipart form -> the model's JSON shape: files become base64, JSON-looking text is parsed, repeated
-    keys of list fields become lists, and placeholders of optional fields (`null`, empty) are left out."""
+    keys of list fields become lists, and placeholders of optional fields (`null`, empty) are left out.
+    A part sent as `application/json` (the document's `encoding` for lists and objects, which Swagger UI
+    and generated clients follow by sending it as a file part) is that JSON text."""
     form = await request.form(max_files=64, max_fields=256, max_part_size=request.app.state.settings.max_body_bytes)
     data: dict[str, Any] = {}
     for key in form.keys():
         values = []
         for value in form.getlist(key):
+            if isinstance(value, UploadFile) and (value.content_type or "").split(";")[0].strip().lower() == "application/json":
+                value = (await value.read()).decode("utf-8", errors="replace").strip()
             if isinstance(value, str) and _placeholder(key, value, model):
                 continue
             if isinstance(value, UploadFile):

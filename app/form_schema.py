@@ -12,6 +12,8 @@ from pydantic import BaseModel
 
 from model.tasks import image_fields
 
+from .openapi_examples import FORM_FALLBACKS, REQUEST_EXAMPLES
+
 BINARY = {"type": "string", "format": "binary"}
 
 
@@ -39,17 +41,41 @@ def _without_null(prop: dict) -> dict:
 
 def _is_json_text(prop: dict) -> bool:
     """Objects, and lists of anything but files, travel as JSON text in a form."""
-    if "$ref" in prop or prop.get("type") == "object":
+    if "$ref" in prop or prop.get("type") == "object" or prop.get("format") == "json":
         return True
     return prop.get("type") == "array" and prop.get("items", {}).get("format") != "binary"
 
 
-def form_schema(model: type[BaseModel], json_schema: dict) -> tuple[dict, dict]:
-    """(the form's schema, the media type's `encoding`) for a task request model and its JSON schema."""
+def _prefilled(name: str, prop: dict, required: bool, example: dict) -> dict:
+    """The field with the value the docs' form should show (Swagger UI sends what a field shows): the
+    task example's, else its default, else nothing for optional text and JSON (left out when empty), else
+    FORM_FALLBACKS. An optional object without a value (the webhook) is declared as the JSON text it is in
+    a form, so that an empty field is possible and no sample object is sent."""
+    if name in example:
+        return {**prop, "example": example[name]}
+    if "default" in prop or required:
+        return prop
+    if "$ref" in prop or prop.get("type") == "object":
+        text = (prop.get("description") or "").rstrip(".")
+        return {"type": "string", "format": "json", "example": "",
+                "description": f"{text}: JSON text, e.g. {{\"url\": \"https://...\", \"secret\": \"...\"}}".lstrip(": ")}
+    if prop.get("type") == "string":
+        return {**prop, "example": ""}
+    if name in FORM_FALLBACKS:
+        return {**prop, "example": FORM_FALLBACKS[name]}
+    return prop
+
+
+def form_schema(model: type[BaseModel], json_schema: dict, example: dict | None = None) -> tuple[dict, dict]:
+    """(the form's schema, the media type's `encoding`) for a task request model and its JSON schema;
+    `example` (the task's request example) prefills the fields."""
     images = image_fields(model)
+    required = set(json_schema.get("required", []))
     properties = {}
     for name, prop in json_schema["properties"].items():
         prop = _without_null(prop)
+        if name not in images:
+            prop = _prefilled(name, prop, name in required, example or {})
         if name in images:
             text = (prop.get("description") or "An image").rstrip(".")
             description = f"{text}: a PNG, JPEG or WebP file (or its base64 text, or an http(s) URL)"
@@ -73,7 +99,7 @@ def add_forms(openapi: dict, models: dict[str, type[BaseModel]]) -> None:
     components = openapi["components"]["schemas"]
     for task, model in models.items():
         op = openapi["paths"][f"/v1/{task}"]["post"]
-        schema, encoding = form_schema(model, components[model.__name__])
+        schema, encoding = form_schema(model, components[model.__name__], REQUEST_EXAMPLES.get(task))
         components[form_name(model)] = schema
         op["requestBody"]["content"]["multipart/form-data"] = {
             "schema": {"$ref": f"#/components/schemas/{form_name(model)}"}, "encoding": encoding,

@@ -18,8 +18,10 @@ HEADER_PARAMS = {
                "example": "wait=30"},
     "idempotency": {"name": "Idempotency-Key", "in": "header", "required": False,
                     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
-                    "description": "A retry with the same key returns the first submission (409 if the request differs)",
-                    "example": "order-1234-attempt"},
+                    # no `example`: Swagger UI would send it with every "Try it out", and the second
+                    # request with other fields would be a 409
+                    "description": "A retry with the same key returns the first submission (409 if the request "
+                                   "differs); e.g. a UUID per logical request"},
 }
 LOCATION = {"Location": {"schema": {"type": "string", "format": "uri"}, "description": "The job's URL"}}
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying"}}

@@ -36,6 +36,11 @@ REQUEST_EXAMPLES: dict[str, dict] = {
                  "width": 512, "height": 512, "seed": 7},
 }
 
+# What the docs' multipart forms show in a field the task's example leaves out and that has no default:
+# Swagger UI sends whatever a form field shows, and its own samples are "string" for text and the maximum
+# for the seed (out of range once it goes through a JavaScript number).
+FORM_FALLBACKS: dict[str, object] = {"seed": 42, "width": 512, "height": 512}
+
 BATCH_EXAMPLE = {"items": [
     {"task": "text-to-image", "prompt": "A lighthouse on a cliff at sunset, oil painting", "seed": 42},
     {"task": "text-to-image", "prompt": "A lighthouse on a cliff at sunset, oil painting", "seed": 43},

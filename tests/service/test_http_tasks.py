@@ -142,6 +142,16 @@ def test_multipart_upload(shared_service):
     )
     assert single.status_code == 202, single.text
     assert shared_service.wait_job(single.json()["id"])["status"] == "succeeded"
+    # lists and objects as `application/json` parts, as the document's `encoding` says (and Swagger UI sends)
+    classes = [{"name": "dragon", "colour": "cyan"}]
+    typed = shared_service.client.post(
+        "/v1/segmentation", data={"num_inference_steps": "2", "width": "64", "height": "64"},
+        files={"image": ("x.png", make_image(64, 64), "image/png"),
+               "classes": ("blob", json.dumps(classes).encode(), "application/json"),
+               "webhook": ("blob", b"", "application/json")},  # an empty part: no webhook
+    )
+    assert typed.status_code == 202, typed.text
+    assert typed.json()["input"]["classes"][0]["name"] == "dragon"
 
 
 def test_output_formats(shared_service):
