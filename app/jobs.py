@@ -1,8 +1,8 @@
-"""The gateway's jobs and batches: idempotent submission under admission limits, typed views, listing,
-cancel and delete, and the readiness the workers publish.
+"""The gateway's jobs and batches: idempotent submission under admission limits, listing, cancel and
+delete, and the readiness the workers publish.
 
 It extends `core.job_store.JobStore`, which holds what the workers share with the gateway (job records,
-progress, cancel flags, the JSON of a job and the end-of-job hooks).
+progress, cancel flags, the job and batch views, and the end-of-job hooks).
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 RQ keeps the job states and registries (queued, started, finished, failed, canceled), retries jobs
 whose worker died (`Retry`) and tracks batches (`Group`). Beside those, this module keeps progress,
-cancel flags and batch records, renders a job or batch as the JSON clients see (in API answers and in
-webhook bodies), and runs the end-of-job hooks: release the tenant's quota slot, count metrics, queue
-webhook deliveries. Workers use `JobStore` directly; the gateway's `app.jobs.JobService` extends it with
-submission, admission and typed views. It imports no torch and nothing from HTTP.
+cancel flags and batch records, renders a job or batch as clients see it (core/views.py: in API answers
+and in webhook bodies), and runs the end-of-job hooks: release the tenant's quota slot, count metrics,
+queue webhook deliveries. Workers use `JobStore` directly; the gateway's `app.jobs.JobService` extends it
+with submission, admission, listing, cancel and delete. It imports no torch and nothing from HTTP.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import logging
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 from redis import Redis
 from rq import Retry, get_current_job
@@ -26,7 +26,7 @@ from .metrics import Metrics
 from .settings import Settings, get_settings
 from .storage import FORMATS, converted_name
 from .url_signing import UrlSigner
-from .views import TERMINAL, BatchView, JobView
+from .views import TERMINAL, BatchView, ErrorView, JobView, OutputView, Progress
 
 log = logging.getLogger(__name__)
 
@@ -151,48 +151,43 @@ class JobStore:
         if tenant is not None and meta.get("tenant") != tenant:
             raise JobNotFound(job_id)
         status = self.status(job, refresh=False)
-        view: dict[str, Any] = {
-            "id": job.id,
-            "task": meta.get("task", ""),
-            "status": status,
-            "progress": None,
-            "queue_position": self.queue.get_job_position(job.id) if status == "queued" else None,
-            "created_at": meta.get("created_at") or iso_time(job.created_at),
-            "started_at": iso_time(job.started_at) if status != "queued" else None,
-            "finished_at": iso_time(job.ended_at) if status in TERMINAL else None,
-            "timings": {},
-            "outputs": [],
-            "data": {},
-            "warnings": list(meta.get("warnings", [])),
-            "error": None,
-            "attempts": int(meta.get("attempts", 0)),
-            "batch_id": meta.get("batch_id"),
-            "urls": {
+        view = JobView(
+            id=job.id,
+            task=meta.get("task", ""),
+            status=status,
+            queue_position=self.queue.get_job_position(job.id) if status == "queued" else None,
+            created_at=meta.get("created_at") or iso_time(job.created_at),
+            started_at=iso_time(job.started_at) if status != "queued" else None,
+            finished_at=iso_time(job.ended_at) if status in TERMINAL else None,
+            warnings=list(meta.get("warnings", [])),
+            attempts=int(meta.get("attempts", 0)),
+            batch_id=meta.get("batch_id"),
+            urls={
                 "self": self.url(f"/v1/jobs/{job.id}"),
                 "cancel": self.url(f"/v1/jobs/{job.id}/cancel"),
                 "events": self.url(f"/v1/jobs/{job.id}/events"),
             },
-            "input": meta.get("input") or {},
-        }
+            input=meta.get("input") or {},
+        )
         progress = self.redis.hgetall(self.keys.progress(job.id))
         if progress:
             step, total = int(progress[b"step"]), int(progress[b"total"])
-            view["progress"] = {"step": step, "total": total, "fraction": round(step / max(total, 1), 4)}
+            view.progress = Progress(step=step, total=total, fraction=round(step / max(total, 1), 4))
         if status == "succeeded":
             result = job.return_value() or {}
-            view["outputs"] = [self._output_json(job.id, f, meta.get("output_format", "png")) for f in result.get("outputs", [])]
-            view["data"] = result.get("data", {})
-            view["warnings"] = result.get("warnings", view["warnings"])
-            view["timings"] = dict(result.get("timings", {}))
+            view.outputs = [self._output(job.id, f, meta.get("output_format", "png")) for f in result.get("outputs", [])]
+            view.data = result.get("data", {})
+            view.warnings = result.get("warnings", view.warnings)
+            view.timings = dict(result.get("timings", {}))
         if status == "failed":
-            view["error"] = self._failure(job, meta)
+            view.error = self._failure(job, meta)
         if status == "canceled":
-            view["error"] = {"type": "canceled", "message": meta.get("cancel_reason", "the job was canceled")}
-        if view["started_at"] and view["finished_at"]:
-            view["timings"].setdefault("run_s", round((job.ended_at - job.started_at).total_seconds(), 3))
-        return JobView.model_validate(view)
+            view.error = ErrorView(type="canceled", message=meta.get("cancel_reason", "the job was canceled"))
+        if view.started_at and view.finished_at:
+            view.timings.setdefault("run_s", round((job.ended_at - job.started_at).total_seconds(), 3))
+        return view
 
-    def _output_json(self, job_id: str, output: dict, fmt: str) -> dict[str, Any]:
+    def _output(self, job_id: str, output: dict, fmt: str) -> OutputView:
         # Named and labelled by the format they are served in: `image.jpeg`, image/jpeg. 16-bit depth
         # stays PNG (8-bit formats would change its values' meaning).
         name, media_type = output["name"], output["media_type"]
@@ -200,19 +195,19 @@ class JobStore:
             name, media_type = converted_name(name, fmt), FORMATS[fmt][1]
         path = f"/v1/files/{job_id}/{name}"
         signed = self.signer.query(job_id, name, self.settings.signed_url_ttl_s)
-        return {"name": name, "url": self.url(path), "signed_url": self.url(path) + "?" + signed, "kind": output["kind"],
-                "media_type": media_type, "width": output["width"], "height": output["height"]}
+        return OutputView(name=name, url=self.url(path), signed_url=self.url(path) + "?" + signed, kind=output["kind"],
+                          media_type=media_type, width=output["width"], height=output["height"])
 
     @staticmethod
-    def _failure(job: Job, meta: dict) -> dict[str, str]:
+    def _failure(job: Job, meta: dict) -> ErrorView:
         error = meta.get("error")
         if error is not None:
-            return {"type": error["type"], "message": error["message"]}
+            return ErrorView(type=error["type"], message=error["message"])
         latest = job.latest_result()
         text = (latest.exc_string or "") if latest else ""
         if "AbandonedJobError" in text or "stuck" in text:
-            return {"type": "worker_lost", "message": "the worker running this job stopped and the job's retries are used up"}
-        return {"type": "internal", "message": "the job failed inside the worker; see the worker's log for this job id"}
+            return ErrorView(type="worker_lost", message="the worker running this job stopped and the job's retries are used up")
+        return ErrorView(type="internal", message="the job failed inside the worker; see the worker's log for this job id")
 
     def batch_view(self, batch_id: str, tenant: Optional[str] = None) -> BatchView:
         record = self.batch_record(batch_id, tenant)

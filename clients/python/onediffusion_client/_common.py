@@ -9,7 +9,8 @@ import os
 import random
 import uuid
 from dataclasses import asdict, is_dataclass
-from typing import Any, Iterable, Optional
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
 
 import httpx
 
@@ -227,9 +228,6 @@ def is_batch(body: dict) -> bool:
     return "jobs" in body and "counts" in body
 
 
-def output_path(folder, index: int, name: str):
+def output_path(folder: Union[str, Path], index: int, name: str) -> Path:
     """Where a batch's download puts job `index`'s output `name`: the jobs' outputs share names."""
-    from pathlib import Path
-
     return Path(folder) / f"{index}-{Path(name).name}"
-
