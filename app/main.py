@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from core.connection import connect
 from core.logs import setup_logging
 from core.settings import Settings, get_settings
-from core.storage import ResultStore
+from core.storage import open_store
 
 from . import errors
 from .access_log import AccessLog
@@ -49,7 +49,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.settings = settings
     app.state.redis = connect(settings)
     app.state.jobs = JobService(app.state.redis, settings)
-    app.state.store = ResultStore(settings.results_dir)
+    app.state.store = open_store(settings)
     app.state.keystore = KeyStore(app.state.redis, app.state.jobs.keys)
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

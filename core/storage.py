@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import re
 import shutil
 import time
@@ -12,6 +14,8 @@ from typing import Optional
 from PIL import Image
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+DIGEST = re.compile(r"^[0-9a-f]{64}$")
+INPUTS = "_inputs"  # the folder of input blobs beside the job folders (a job id never starts with "_")
 FORMATS = {"png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp"), "jpeg": ("JPEG", "image/jpeg")}
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpeg", "jpg": "jpeg"}  # file name suffix -> format
 
@@ -65,6 +69,25 @@ class ResultStore:
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self._folder(job_id), ignore_errors=True)
 
+    # ---- inputs, stored once by content so that queued work refers to them instead of carrying them ----
+    def save_input(self, data: bytes) -> str:
+        """Store an input's bytes under their SHA-256 (hex), which is returned; the same bytes twice are one blob."""
+        digest = hashlib.sha256(data).hexdigest()
+        folder = self.root / INPUTS
+        path = folder / digest
+        if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{digest}.{os.getpid()}.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        return digest
+
+    def load_input(self, digest: str) -> bytes:
+        """The bytes stored by `save_input`; FileNotFoundError when they expired or never were."""
+        if not DIGEST.match(digest):
+            raise ValueError(f"bad input digest {digest!r}")
+        return (self.root / INPUTS / digest).read_bytes()
+
     def sweep(self, ttl_s: float, now: Optional[float] = None) -> int:
         """Delete job folders older than the TTL; returns how many."""
         if not self.root.is_dir():
@@ -72,10 +95,19 @@ class ResultStore:
         cutoff = (now or time.time()) - ttl_s
         removed = 0
         for folder in self.root.iterdir():
-            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+            if folder.name == INPUTS:
+                for blob in folder.iterdir():
+                    if blob.stat().st_mtime < cutoff:
+                        blob.unlink(missing_ok=True)
+            elif folder.is_dir() and folder.stat().st_mtime < cutoff:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
         return removed
+
+
+def open_store(settings) -> ResultStore:
+    """The store the settings name (every process builds its store here, so a backend is chosen once)."""
+    return ResultStore(settings.results_dir)
 
 
 def convert(data: bytes, fmt: str) -> tuple[bytes, str]:

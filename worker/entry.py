@@ -11,13 +11,13 @@ from rq import get_current_job
 @lru_cache(maxsize=1)
 def _executor():
     from core.settings import get_settings
-    from core.storage import ResultStore
+    from core.storage import open_store
 
     from .execution import Executor
     from .model_host import load_model
 
     settings = get_settings()
-    return Executor(load_model(settings), ResultStore(settings.results_dir), settings)
+    return Executor(load_model(settings), open_store(settings), settings)
 
 
 def run_job(task: str, payload: dict) -> dict:
