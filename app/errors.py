@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.job_store import JobNotFound
+from core.storage import StorageUnavailable
 from model.tasks import TaskInputError
 
 from .exceptions import ApiError, CannotCancel
@@ -77,6 +78,11 @@ def install(app: FastAPI) -> None:
     async def _redis_down(request: Request, exc: RedisError):
         log.error("redis unavailable: %s", exc)
         return error_response(503, "unavailable", "the job store (Redis) is unreachable; retry shortly", {"Retry-After": "5"})
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_down(request: Request, exc: StorageUnavailable):
+        log.error("storage unavailable: %s", exc)
+        return error_response(503, "unavailable", f"{exc}; retry shortly", {"Retry-After": "10"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

@@ -8,7 +8,7 @@ from typing import Optional
 
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import RedirectResponse
@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from core.connection import connect
 from core.logs import setup_logging
 from core.settings import Settings, get_settings
-from core.storage import open_store
+from core.storage import StorageGate, open_store
 
 from . import errors
 from .access_log import AccessLog
@@ -28,6 +28,7 @@ from .openapi_doc import operation_id, refine
 from .auth import KeyStore
 from .jobs import JobService
 from .routes import batches, files, health, jobs, tasks
+from .storage_check import storage_writable
 from .schemas import REQUEST_MODELS, BatchRequest
 
 DESCRIPTION = """OneDiffusion as a service: one diffusion transformer for text-to-image, condition-to-image,
@@ -50,6 +51,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.redis = connect(settings)
     app.state.jobs = JobService(app.state.redis, settings)
     app.state.store = open_store(settings)
+    app.state.storage_gate = StorageGate(app.state.store)
     app.state.keystore = KeyStore(app.state.redis, app.state.jobs.keys)
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
@@ -63,7 +65,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             expose_headers=["Location", "Retry-After", "ETag", "X-Request-ID", "Preference-Applied"], max_age=600,
         )
     for module in (tasks, jobs, batches, files, health):
-        app.include_router(module.router)
+        needs_storage = module in (tasks, batches)  # submissions: 503 while the storage takes no writes
+        app.include_router(module.router, dependencies=[Depends(storage_writable)] if needs_storage else [])
     mount_playground(app)
 
     def openapi():

@@ -24,7 +24,7 @@ from rq.job import Job, JobStatus as RQStatus
 from .connection import Keys, keys_for, queues
 from .metrics import Metrics
 from .settings import Settings, get_settings
-from .storage import FORMATS, converted_name
+from .storage import FORMATS, BlobStore, converted_name, open_store
 from .url_signing import UrlSigner
 from .views import TERMINAL, BatchView, ErrorView, JobView, OutputView, Progress
 
@@ -82,6 +82,14 @@ class JobStore:
         self.queue, self.webhook_queue = queues(redis, settings)
         self.metrics = Metrics(redis, self.keys)
         self.signer = UrlSigner(redis, self.keys, settings.url_signing_secret)
+        self._files: Optional[BlobStore] = None
+
+    @property
+    def files(self) -> BlobStore:
+        """The blob store of inputs and outputs (built on first use: only output URLs need it here)."""
+        if self._files is None:
+            self._files = open_store(self.settings)
+        return self._files
 
     # ---- records ---------------------------------------------------------------------------------------------
     def fetch(self, job_id: str) -> Job:
@@ -194,8 +202,12 @@ class JobStore:
         if fmt != "png" and output["kind"] != "depth16" and name.endswith(".png"):
             name, media_type = converted_name(name, fmt), FORMATS[fmt][1]
         path = f"/v1/files/{job_id}/{name}"
-        signed = self.signer.query(job_id, name, self.settings.signed_url_ttl_s)
-        return OutputView(name=name, url=self.url(path), signed_url=self.url(path) + "?" + signed, kind=output["kind"],
+        # Object storage: a presigned URL of the bucket (the bytes never pass through the API); a local
+        # folder: the API's own signed URL.
+        signed = self.files.presigned_url(job_id, name, self.settings.signed_url_ttl_s)
+        if signed is None:
+            signed = self.url(path) + "?" + self.signer.query(job_id, name, self.settings.signed_url_ttl_s)
+        return OutputView(name=name, url=self.url(path), signed_url=signed, kind=output["kind"],
                           media_type=media_type, width=output["width"], height=output["height"])
 
     @staticmethod

@@ -39,8 +39,19 @@ class Settings(BaseSettings):
         None, description="Checkpoint folder in the released layout; unset = the tiny demo checkpoint (outputs are noise)"
     )
     demo_checkpoint_dir: str = Field("var/demo-checkpoint", description="Where the demo checkpoint is made when needed")
-    results_dir: str = Field("var/results", description="Folder that stores job outputs")
-    results_ttl_s: int = Field(7 * 24 * 3600, description="How long outputs and job records are kept")
+    results_dir: str = Field("var/results", description="Folder that stores job inputs and outputs when STORAGE_URL is unset")
+    results_ttl_s: int = Field(7 * 24 * 3600, description="How long outputs and job records are kept (with STORAGE_URL, the bucket's lifecycle rule expires the files)")
+    storage_url: Optional[str] = Field(
+        None,
+        description="s3://bucket/prefix: inputs and outputs in S3-compatible object storage (endpoint and credentials from AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION); unset = the folder RESULTS_DIR",
+    )
+    storage_public_endpoint: Optional[str] = Field(
+        None, description="Endpoint that presigned output URLs name, when clients reach the object storage at another address than the service does (e.g. http://localhost:9000)"
+    )
+    storage_timeout_s: float = Field(10.0, gt=0, le=300, description="Connect and read timeout of one object storage request")
+    storage_retry_s: float = Field(
+        60.0, ge=0, le=3600, description="How long a worker retries reading inputs or storing outputs while the storage is unavailable, before the job fails with storage_unavailable"
+    )
     public_url: Optional[str] = Field(
         None, description="Base URL that output URLs and webhooks point to; unset = http://HOST:PORT (set it behind a proxy)"
     )
@@ -96,7 +107,7 @@ class Settings(BaseSettings):
     # ---- security
     auth_disabled: bool = Field(False, description="Serve /v1 without API keys (local demo only); every caller is tenant 'public'")
     url_signing_secret: Optional[str] = Field(None, description="Signs expiring file URLs; default: a random one kept in Redis")
-    signed_url_ttl_s: int = Field(24 * 3600, ge=60, description="Lifetime of the signed output URLs in job views and webhooks")
+    signed_url_ttl_s: int = Field(24 * 3600, ge=60, description="Lifetime of the signed output URLs in job views and webhooks (presigned bucket URLs with STORAGE_URL: at most 7 days)")
     rate_limit_per_minute: int = Field(120, ge=0, description="Submissions per API key per minute (0 = no limit)")
     max_active_jobs_per_tenant: int = Field(64, ge=0, description="Queued plus running jobs per tenant (0 = no limit)")
     max_queue_depth: int = Field(2000, ge=0, description="Jobs waiting in the queue before submissions get 429 (0 = no bound)")
@@ -128,6 +139,15 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() in ("bf16", "fp8"):
             return value.strip().lower()
         raise ValueError(f"PRECISION must be 'bf16' or 'fp8', got {value!r}")
+
+    @field_validator("storage_url")
+    @classmethod
+    def _s3_url(cls, value):
+        if value is not None:
+            from .storage import parse_url  # ValueError naming STORAGE_URL
+
+            parse_url(value)
+        return value
 
     @classmethod
     def from_env(cls, environ: Optional[dict] = None) -> "Settings":

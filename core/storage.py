@@ -1,4 +1,14 @@
-"""Where job outputs live: a local folder by default, one subfolder per job, kept for a time-to-live."""
+"""Where job inputs and outputs live: one small interface (`BlobStore`), two backends.
+
+- `LocalStore`, the default: a folder (RESULTS_DIR) that every API process and worker shares, one
+  subfolder per job, swept by the workers after RESULTS_TTL_S.
+- `S3Store`, chosen by `STORAGE_URL=s3://bucket/prefix`: S3-compatible object storage (AWS, MinIO, Ceph,
+  R2, ...), reached with the standard AWS environment variables. Clients fetch outputs from presigned
+  URLs of the bucket, so output bytes never pass through the API; a bucket lifecycle rule expires them.
+
+A store that cannot be reached or refuses an operation raises `StorageUnavailable`, whose message names
+the setting to check: the API answers it with 503, the worker retries and then fails the job with it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +18,8 @@ import os
 import re
 import shutil
 import time
+from abc import ABC, abstractmethod
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +30,22 @@ DIGEST = re.compile(r"^[0-9a-f]{64}$")
 INPUTS = "_inputs"  # the folder of input blobs beside the job folders (a job id never starts with "_")
 FORMATS = {"png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp"), "jpeg": ("JPEG", "image/jpeg")}
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpeg", "jpg": "jpeg"}  # file name suffix -> format
+MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg", "jpg": "image/jpeg", "json": "application/json"}
+S3_URL = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?$")
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """(bucket, key prefix ending in `/` or empty) of `s3://bucket/prefix`; ValueError naming STORAGE_URL."""
+    match = S3_URL.match(url.strip())
+    if not match:
+        raise ValueError(f"STORAGE_URL={url!r}: expected s3://bucket or s3://bucket/prefix (a valid S3 bucket name)")
+    prefix = (match["prefix"] or "").strip("/")
+    return match["bucket"], f"{prefix}/" if prefix else ""
+
+
+class StorageUnavailable(RuntimeError):
+    """The blob store cannot be reached, its bucket is missing, or it refuses an operation. The message says
+    what failed and names the setting to check (STORAGE_URL, the AWS variables); nothing was changed."""
 
 
 class LossyConversion(ValueError):
@@ -39,13 +67,69 @@ def source_of(name: str) -> tuple[str, str]:
     return f"{stem}.png", fmt
 
 
-class ResultStore:
+class BlobStore(ABC):
+    """Inputs and outputs of jobs, by job id and file name (outputs) or by content digest (inputs).
+
+    `redirects`: outputs are fetched from the store itself (`presigned_url`), not streamed by the API."""
+
+    redirects = False
+
+    @abstractmethod
+    def save(self, job_id: str, name: str, data: bytes) -> None:
+        """Store an output; readers never see half of it."""
+
+    @abstractmethod
+    def read(self, job_id: str, name: str) -> Optional[bytes]:
+        """An output's bytes; None when there is no such output (or it expired)."""
+
+    @abstractmethod
+    def exists(self, job_id: str, name: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, job_id: str) -> None:
+        """Remove every output of the job."""
+
+    @abstractmethod
+    def save_input(self, data: bytes) -> str:
+        """Store an input's bytes under their SHA-256 (hex), which is returned; the same bytes twice are one blob."""
+
+    @abstractmethod
+    def load_input(self, digest: str) -> bytes:
+        """The bytes stored by `save_input`; FileNotFoundError when they expired or never were."""
+
+    def sweep(self, ttl_s: float, now: Optional[float] = None) -> int:
+        """Delete outputs and inputs older than the TTL; returns how many job folders went. A store whose
+        expiry is the storage's own business (a bucket lifecycle rule) does nothing."""
+        return 0
+
+    def check(self) -> None:
+        """Raise StorageUnavailable unless outputs can be written now."""
+
+    def presigned_url(self, job_id: str, name: str, ttl_s: int) -> Optional[str]:
+        """A URL that fetches the output without the API until `ttl_s` from now; None for a store the API serves."""
+        return None
+
+    @staticmethod
+    def _checked(job_id: str, name: Optional[str] = None) -> None:
+        if not SAFE_NAME.match(job_id):
+            raise ValueError(f"bad job id {job_id!r}")
+        if name is not None and not SAFE_NAME.match(name):
+            raise ValueError(f"bad file name {name!r}")
+
+    @staticmethod
+    def _checked_digest(digest: str) -> None:
+        if not DIGEST.match(digest):
+            raise ValueError(f"bad input digest {digest!r}")
+
+
+class LocalStore(BlobStore):
+    """A folder shared by every process (RESULTS_DIR): `<root>/<job id>/<name>`, inputs in `<root>/_inputs/`."""
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
     def _folder(self, job_id: str) -> Path:
-        if not SAFE_NAME.match(job_id):
-            raise ValueError(f"bad job id {job_id!r}")
+        self._checked(job_id)
         return self.root / job_id
 
     def save(self, job_id: str, name: str, data: bytes) -> Path:
@@ -66,16 +150,24 @@ class ResultStore:
         path = self._folder(job_id) / name
         return path if path.is_file() else None
 
+    def read(self, job_id: str, name: str) -> Optional[bytes]:
+        path = self.path(job_id, name)
+        return path.read_bytes() if path else None
+
+    def exists(self, job_id: str, name: str) -> bool:
+        return self.path(job_id, name) is not None
+
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self._folder(job_id), ignore_errors=True)
 
     # ---- inputs, stored once by content so that queued work refers to them instead of carrying them ----
     def save_input(self, data: bytes) -> str:
-        """Store an input's bytes under their SHA-256 (hex), which is returned; the same bytes twice are one blob."""
         digest = hashlib.sha256(data).hexdigest()
         folder = self.root / INPUTS
         path = folder / digest
-        if not path.is_file():
+        if path.is_file():
+            os.utime(path)  # used again: the sweep counts its age from now (a queued job still needs it)
+        else:
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".{digest}.{os.getpid()}.tmp"
             tmp.write_bytes(data)
@@ -83,9 +175,7 @@ class ResultStore:
         return digest
 
     def load_input(self, digest: str) -> bytes:
-        """The bytes stored by `save_input`; FileNotFoundError when they expired or never were."""
-        if not DIGEST.match(digest):
-            raise ValueError(f"bad input digest {digest!r}")
+        self._checked_digest(digest)
         return (self.root / INPUTS / digest).read_bytes()
 
     def sweep(self, ttl_s: float, now: Optional[float] = None) -> int:
@@ -105,9 +195,57 @@ class ResultStore:
         return removed
 
 
-def open_store(settings) -> ResultStore:
-    """The store the settings name (every process builds its store here, so a backend is chosen once)."""
-    return ResultStore(settings.results_dir)
+ResultStore = LocalStore  # the name the local store had before it had a sibling
+
+
+def open_store(settings) -> BlobStore:
+    """The store the settings name (every process builds its store here, so a backend is chosen once):
+    S3 when STORAGE_URL is set, else the folder RESULTS_DIR. One store per configuration and process."""
+    if settings.storage_url:
+        return _s3_store(settings.storage_url, settings.storage_public_endpoint, float(settings.storage_timeout_s))
+    return LocalStore(settings.results_dir)
+
+
+@lru_cache(maxsize=4)
+def _s3_store(url: str, public_endpoint: Optional[str], timeout_s: float) -> BlobStore:
+    from .s3_store import S3Store  # boto3 loads only where S3 is used
+
+    return S3Store.from_url(url, public_endpoint=public_endpoint, timeout_s=timeout_s)
+
+
+def wait_until_writable(store: BlobStore, log) -> None:
+    """Block until the store takes writes, saying why not every time it does not (a worker that cannot
+    store outputs takes no jobs: they wait in the queue for the storage to come back)."""
+    delay = 1.0
+    while True:
+        try:
+            store.check()
+            return
+        except StorageUnavailable as exc:
+            log.error("not taking jobs until the storage answers: %s", exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+class StorageGate:
+    """Whether the store takes writes, asked at most every `ok_ttl_s` while it does and every `fail_ttl_s`
+    while it does not (a submission should not wait for a dead storage server each time)."""
+
+    def __init__(self, store: BlobStore, ok_ttl_s: float = 10.0, fail_ttl_s: float = 2.0):
+        self.store, self.ok_ttl_s, self.fail_ttl_s = store, ok_ttl_s, fail_ttl_s
+        self._until = 0.0
+        self._error: Optional[StorageUnavailable] = None
+
+    def ensure(self) -> None:
+        now = time.monotonic()
+        if now >= self._until:
+            try:
+                self.store.check()
+                self._error, self._until = None, now + self.ok_ttl_s
+            except StorageUnavailable as exc:
+                self._error, self._until = exc, now + self.fail_ttl_s
+        if self._error is not None:
+            raise self._error
 
 
 def convert(data: bytes, fmt: str) -> tuple[bytes, str]:

@@ -226,7 +226,8 @@ class BatchWorker(SimpleWorker):
 
     def run_batch(self, jobs: list[Job], queue: Queue) -> None:
         executions = {job.id: self.start_job(job, queue) for job in jobs}
-        items = [WorkItem(job.id, job.meta.get("task") or job.args[0], job.args[1]) for job in jobs]
+        items = [WorkItem(job.id, job.meta.get("task") or job.args[0], job.args[1], job.meta.get("output_format") or "png")
+                 for job in jobs]
         started = time.monotonic()
         reasons: dict[str, dict] = {}
         last_step = [time.monotonic()]

@@ -8,6 +8,7 @@ per job. Every job gets its own outcome; one bad job never fails the others.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 
 from core.provenance import input_echo, parameter_texts, with_text_chunks
 from core.settings import Settings
-from core.storage import ResultStore
+from core.storage import FORMATS, BlobStore, StorageUnavailable, convert, converted_name
 from model.pipeline import Canceled, OneDiffusion, TaskResult
 from model.tasks import TASKS, FramePlan, TaskInputError
 
@@ -34,10 +35,11 @@ class WorkItem:
     job_id: str
     task: str
     payload: dict
+    output_format: str = "png"  # the format the job's output URLs name (object storage stores it too)
 
 
 class Executor:
-    def __init__(self, model: OneDiffusion, store: ResultStore, settings: Settings):
+    def __init__(self, model: OneDiffusion, store: BlobStore, settings: Settings):
         self.model = model
         self.store = store
         self.settings = settings
@@ -45,12 +47,17 @@ class Executor:
     def plan(self, item: WorkItem) -> FramePlan:
         return TASKS[item.task].model_validate(item.payload).plan(self.settings.task_limits())
 
-    def save(self, job_id: str, result: TaskResult, texts: Optional[dict[str, str]] = None) -> dict:
-        """Store the files (PNGs with `texts` as text chunks: the parameters that made them)."""
+    def save(self, job_id: str, result: TaskResult, texts: Optional[dict[str, str]] = None, fmt: str = "png") -> dict:
+        """Store the files (PNGs with `texts` as text chunks: the parameters that made them). A store that
+        clients fetch from directly (object storage) also gets each image in the job's format `fmt`, the
+        name its output URL carries (16-bit depth stays PNG only)."""
         outputs = []
         for file in result.files:
             data = with_text_chunks(file.data, texts) if texts and file.media_type == "image/png" else file.data
             self.store.save(job_id, file.name, data)
+            if self.store.redirects and fmt in FORMATS and fmt != "png" and file.kind != "depth16" \
+                    and file.name.endswith(".png"):
+                self.store.save(job_id, converted_name(file.name, fmt), convert(data, fmt)[0])
             outputs.append(
                 {"name": file.name, "kind": file.kind, "media_type": file.media_type, "width": file.width, "height": file.height}
             )
@@ -67,10 +74,12 @@ class Executor:
         plans, positions = [], []
         for i, item in enumerate(items):
             try:
-                plans.append(self.plan(item))
+                plans.append(self.with_storage(lambda: self.plan(item)))
                 positions.append(i)
             except (TaskInputError, ValidationError, KeyError) as exc:
                 outcomes[i] = Outcome(error={"type": "invalid_request", "message": str(exc)})
+            except StorageUnavailable as exc:
+                outcomes[i] = Outcome(error={"type": "storage_unavailable", "message": str(exc)})
 
         def dropped() -> set[int]:
             wanted = canceled()
@@ -111,7 +120,26 @@ class Executor:
         if isinstance(result, BaseException):
             return Outcome(error={"type": "model_error", "message": f"{type(result).__name__}: {result}"})
         try:
-            return Outcome(result=self.save(item.job_id, result, self._texts(item)))
+            texts = self._texts(item)
+            return Outcome(result=self.with_storage(lambda: self.save(item.job_id, result, texts, item.output_format)))
+        except StorageUnavailable as exc:
+            log.error("could not store outputs: %s", exc, extra={"job_id": item.job_id})
+            return Outcome(error={"type": "storage_unavailable", "message": str(exc)})
         except OSError as exc:
             log.exception("could not store outputs", extra={"job_id": item.job_id})
             return Outcome(error={"type": "storage_error", "message": f"could not store the outputs: {exc.strerror}"})
+
+    def with_storage(self, action):
+        """`action()`, tried again while the storage is unavailable, for up to STORAGE_RETRY_S (a storage
+        server restarting loses no job); then its StorageUnavailable (the job fails saying what to check)."""
+        deadline = time.monotonic() + self.settings.storage_retry_s
+        delay = 0.5
+        while True:
+            try:
+                return action()
+            except StorageUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("storage unavailable (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)

@@ -21,7 +21,7 @@ from rq.worker import SimpleWorker
 from core.connection import connect, queues
 from core.logs import setup_logging
 from core.settings import Settings, get_settings
-from core.storage import open_store
+from core.storage import open_store, wait_until_writable
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def run_gpu_worker(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     setup_logging("worker")
     executor = Executor(load_model(settings), open_store(settings), settings)
+    wait_until_writable(executor.store, log)
 
     def build(redis, name):
         inference, _ = queues(redis, settings)

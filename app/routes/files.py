@@ -1,15 +1,16 @@
 """Job outputs, served from the result store in the format asked: to the job's tenant, or to anyone
-holding an unexpired signed URL."""
+holding an unexpired signed URL. With object storage (STORAGE_URL) the answer is a 307 to a presigned URL
+of the bucket, so output bytes never pass through the API."""
 
 from __future__ import annotations
 
 from typing import Literal, Optional
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from core.job_store import JobNotFound
-from core.storage import LossyConversion, convert, source_of
+from core.storage import BlobStore, LossyConversion, convert, converted_name, source_of
 
 from ..exceptions import ApiError
 from ..schemas import ErrorBody
@@ -26,7 +27,8 @@ MEDIA_TYPES = ("image/png", "image/webp", "image/jpeg", "image/*")
     summary="Download an output",
     description="With the API key of the job's tenant, or with the `expires` and `sig` of a signed URL. "
     "The name's suffix picks the format (`image.jpeg`, `image.webp` of a stored `image.png`), as does `format`; "
-    "16-bit outputs (depth) are served as PNG only (422 otherwise).",
+    "16-bit outputs (depth) are served as PNG only (422 otherwise). With object storage (STORAGE_URL) the "
+    "answer is 307 to a presigned URL of the bucket.",
     response_class=Response,
     responses={
         200: {"description": "The file's bytes, in the media type the name's suffix or `format` picks",
@@ -34,9 +36,12 @@ MEDIA_TYPES = ("image/png", "image/webp", "image/jpeg", "image/*")
               "headers": {"ETag": {"schema": {"type": "string"}, "description": "Send as If-None-Match to get 304"},
                           "Cache-Control": {"schema": {"type": "string"}}}},
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
+        307: {"description": "Object storage: fetch the file from the presigned URL in Location",
+              "headers": {"Location": {"schema": {"type": "string"}}}},
         401: {"model": ErrorBody, "description": "No key and no valid signature"},
         404: {"model": ErrorBody, "description": "No such file (or not yours)"},
         422: {"model": ErrorBody, "description": "A format this output cannot take without losing its meaning"},
+        503: {"model": ErrorBody, "description": "The object storage is unreachable"},
     },
 )
 def get_file(
@@ -59,7 +64,10 @@ def get_file(
             service.view(job_id, tenant=caller.tenant)
         except JobNotFound:
             raise ApiError(404, "not_found", NOT_FOUND) from None
-    path = request.app.state.store.path(job_id, name)
+    store = request.app.state.store
+    if store.redirects:
+        return _redirect(store, job_id, name, format, request.app.state.settings.signed_url_ttl_s)
+    path = store.path(job_id, name)
     fmt = format or "png"
     if path is None:  # `image.jpeg`: the stored `image.png` in another format
         stored, by_suffix = source_of(name)
@@ -81,6 +89,33 @@ def get_file(
     except LossyConversion as exc:
         raise ApiError(422, "invalid_request", f"format: {exc}") from None
     return Response(data, media_type=media_type, headers=headers)
+
+
+def _redirect(store: BlobStore, job_id: str, name: str, format: Optional[str], ttl_s: int) -> RedirectResponse:
+    """307 to a presigned URL of the object in the format asked. The job's own format is stored by the
+    worker; another one is converted here once and kept beside it, so later fetches redirect at once."""
+    if format is None and store.exists(job_id, name):
+        target = name
+    else:
+        source, fmt = name, format or "png"
+        if not store.exists(job_id, name):  # `image.jpeg`: the stored `image.png` in another format
+            source, by_suffix = source_of(name)
+            fmt = format or by_suffix
+            if source == name or not store.exists(job_id, source):
+                raise ApiError(404, "not_found", NOT_FOUND)
+        target = converted_name(source, fmt)
+        if target != source and not store.exists(job_id, target):
+            data = store.read(job_id, source)
+            if data is None:
+                raise ApiError(404, "not_found", NOT_FOUND)
+            try:
+                converted, _ = convert(data, fmt)
+            except LossyConversion as exc:
+                raise ApiError(422, "invalid_request", f"format: {exc}") from None
+            store.save(job_id, target, converted)
+    # the redirect itself is not cached: its URL expires, the object it names does not change
+    return RedirectResponse(store.presigned_url(job_id, target, ttl_s), status_code=307,
+                            headers={"Cache-Control": "no-store"})
 
 
 router.add_api_route(
