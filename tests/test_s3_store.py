@@ -121,3 +121,12 @@ def test_sweep_leaves_the_bucket_to_its_lifecycle_rule(s3_env, s3_bucket):
     assert store.sweep(ttl_s=0, now=time.time() + 10**6) == 0
     assert s3_env.log_path.read_text().count(f"/{s3_bucket}") == requests_before
     assert store.exists("old", "a.png")
+
+
+def test_client_benchmark_runs(capsys):
+    from benchmarks import storage_clients
+
+    rows = storage_clients.main(["--size", "1024", "--repeat", "2"])
+    assert [row["client"] for row in rows] == ["boto3", "obstore"]
+    assert all(row[c] > 0 for row in rows for c in ("put_ms", "get_ms", "head_ms", "presign_ms"))
+    assert "(obstore / boto3)" in capsys.readouterr().out
