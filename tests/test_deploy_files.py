@@ -20,12 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 K8S = ROOT / "deploy" / "k8s"
+OBJECT_STORAGE = K8S / "object-storage"
+LIFECYCLE = ROOT / "deploy" / "s3-lifecycle.json"
 NAMESPACE = "onediffusion"
 APP_SERVICES = ("api", "worker", "webhooks")
 ROLES = {"api": "serve", "worker": "worker", "webhooks": "webhooks"}
 
 # Read by the code (logging, attention backend) or by the runtime, not by Settings.
-EXTRA_ENV = {"PYTHONUNBUFFERED", "LOG_LEVEL", "LOG_FORMAT", "RQ_LOG_LEVEL", "ONEDIFFUSION_ATTENTION", "NVIDIA_VISIBLE_DEVICES"}
+EXTRA_ENV = {"PYTHONUNBUFFERED", "LOG_LEVEL", "LOG_FORMAT", "RQ_LOG_LEVEL", "ONEDIFFUSION_ATTENTION", "NVIDIA_VISIBLE_DEVICES",
+             # read by boto3 when STORAGE_URL names object storage
+             "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 # Image build plumbing in the Dockerfile.
 DOCKERFILE_ENV = {"PATH", "VIRTUAL_ENV", "DEBIAN_FRONTEND", "PYTHONDONTWRITEBYTECODE", "PIP_NO_CACHE_DIR",
                   "PIP_DISABLE_PIP_VERSION_CHECK"}
@@ -38,7 +42,7 @@ def load_all(path: Path) -> list:
 
 
 def yaml_files() -> list[Path]:
-    return [COMPOSE, *sorted(K8S.glob("*.yaml")), *sorted(K8S.glob("*.yml"))]
+    return [COMPOSE, *sorted(K8S.glob("*.yaml")), *sorted(K8S.glob("*.yml")), *sorted(OBJECT_STORAGE.glob("*.yaml"))]
 
 
 @pytest.fixture(scope="module")
@@ -443,3 +447,106 @@ def test_k8s_services_select_pods(manifests):
                     ports[port["containerPort"]] = port["containerPort"]
         for port in service["spec"]["ports"]:
             assert port.get("targetPort", port["port"]) in ports, (name, port)
+
+
+# ---- object storage instead of the shared results volume ----------------------------------------------
+def test_compose_minio_profile_is_optional_and_consistent(compose):
+    services = compose["services"]
+    assert services["minio"]["profiles"] == ["minio"] and services["minio-setup"]["profiles"] == ["minio"]
+    for name in ("redis", *APP_SERVICES):
+        assert "profiles" not in services[name], f"{name} must start without a profile"
+    minio_env = compose_env(services["minio"])
+    published = {str(p).split(":")[0] for p in services["minio"]["ports"]}
+    setup = " ".join(as_args(services["minio-setup"]["entrypoint"]))
+    bucket = re.search(r"mc mb \S* ?local/([a-z0-9.-]+)", setup).group(1)
+    assert "ilm rule add --expire-days" in setup
+    assert "minio-data" in compose["volumes"]
+    for name in APP_SERVICES:
+        env = compose_env(services[name])
+        assert env["STORAGE_URL"] == "", f"{name}: the default must stay the results volume"
+        assert env["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (minio_env["MINIO_ROOT_USER"], minio_env["MINIO_ROOT_PASSWORD"])
+        assert env["STORAGE_PUBLIC_ENDPOINT"].rsplit(":", 1)[1] in published, "presigned URLs must name a published port"
+        settings = Settings.from_env({**dockerfile_env(), **env, "STORAGE_URL": f"s3://{bucket}/outputs"})
+        assert settings.storage_url.startswith(f"s3://{bucket}/")
+    assert f"STORAGE_URL=s3://{bucket}/" in COMPOSE.read_text(), "the header's example names the bucket minio-setup makes"
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    """The strategic merge subset the overlay uses: maps merge, `containers` merge by name, `volumes` and
+    `volumeMounts` items marked `$patch: delete` go (by name / mountPath), other lists are replaced."""
+    out = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = _merge(base[key], value)
+        elif key in ("containers", "volumes", "volumeMounts") and isinstance(base.get(key), list):
+            ident = "mountPath" if key == "volumeMounts" else "name"
+            items = {item[ident]: item for item in base[key]}
+            for item in value:
+                if item.get("$patch") == "delete":
+                    assert item[ident] in items, f"the overlay deletes {key} {item[ident]!r}, which the base lacks"
+                    items.pop(item[ident])
+                else:
+                    assert item[ident] in items, f"the overlay patches {key} {item[ident]!r}, which the base lacks"
+                    items[item[ident]] = _merge(items[item[ident]], item)
+            out[key] = list(items.values())
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def object_storage_manifests(manifests) -> list[dict]:
+    """The base manifests with the overlay's patches applied (what `kubectl apply -k` would create)."""
+    (kustomization,) = load_all(OBJECT_STORAGE / "kustomization.yaml")
+    assert kustomization["resources"] == [".."]
+    by_id = {(doc["kind"], doc["metadata"]["name"]): doc for doc in manifests}
+    for entry in kustomization["patches"]:
+        for patch in load_all(OBJECT_STORAGE / entry["path"]):
+            target = (patch["kind"], patch["metadata"]["name"])
+            assert target in by_id, f"{entry['path']} patches {target}, which the base lacks"
+            if patch.get("$patch") == "delete":
+                by_id.pop(target)
+            else:
+                by_id[target] = _merge(by_id[target], patch)
+    return list(by_id.values())
+
+
+def test_k8s_object_storage_overlay_needs_no_results_volume(object_storage_manifests):
+    assert "onediffusion-results" not in of_kind(object_storage_manifests, "PersistentVolumeClaim")
+    assert "onediffusion-models" in of_kind(object_storage_manifests, "PersistentVolumeClaim")
+    maps = of_kind(object_storage_manifests, "ConfigMap")
+    claims = set(of_kind(object_storage_manifests, "PersistentVolumeClaim"))
+    for name, deployment in of_kind(object_storage_manifests, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for volume in volumes.values():
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims, (name, volume)
+        for container in pod["containers"]:
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in volumes, (name, mount)
+            env = {}
+            for source in container["envFrom"]:
+                if "configMapRef" in source:
+                    env.update(maps[source["configMapRef"]["name"]]["data"])
+                else:  # the credentials: optional, so IAM roles for service accounts work without it
+                    assert source["secretRef"] == {"name": "onediffusion-s3", "optional": True}, (name, source)
+            env.update({item["name"]: item.get("value", "") for item in container.get("env", [])})
+            unknown = set(env) - SETTINGS_ENV - EXTRA_ENV
+            assert not unknown, f"{name} sets variables the service does not read: {sorted(unknown)}"
+            settings = Settings.from_env({**dockerfile_env(), **env})
+            assert settings.storage_url and settings.storage_url.startswith("s3://"), name
+
+
+def test_lifecycle_rule_expires_what_the_examples_store(object_storage_manifests):
+    import json
+
+    (rule,) = json.loads(LIFECYCLE.read_text())["Rules"]
+    assert rule["Status"] == "Enabled"
+    storage_url = of_kind(object_storage_manifests, "ConfigMap")["onediffusion-settings"]["data"]["STORAGE_URL"]
+    from core.storage import parse_url
+
+    _, prefix = parse_url(storage_url)
+    assert rule["Filter"]["Prefix"] == prefix, "the rule must cover the overlay's STORAGE_URL prefix"
+    assert rule["Expiration"]["Days"] * 86400 >= Settings().results_ttl_s, "outputs must outlive their job records"

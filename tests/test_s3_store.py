@@ -130,3 +130,15 @@ def test_client_benchmark_runs(capsys):
     assert [row["client"] for row in rows] == ["boto3", "obstore"]
     assert all(row[c] > 0 for row in rows for c in ("put_ms", "get_ms", "head_ms", "presign_ms"))
     assert "(obstore / boto3)" in capsys.readouterr().out
+
+
+def test_documented_lifecycle_rule_is_accepted_by_s3(s3_server, s3_bucket):
+    """deploy/s3-lifecycle.json, as the README tells to apply it (put-bucket-lifecycle-configuration)."""
+    import json
+    from pathlib import Path
+
+    rule = json.loads((Path(__file__).resolve().parents[1] / "deploy" / "s3-lifecycle.json").read_text())
+    client = s3_server.client()
+    client.put_bucket_lifecycle_configuration(Bucket=s3_bucket, LifecycleConfiguration=rule)
+    (stored,) = client.get_bucket_lifecycle_configuration(Bucket=s3_bucket)["Rules"]
+    assert stored["Expiration"] == {"Days": 7} and stored["Status"] == "Enabled"
