@@ -20,7 +20,9 @@ class Progress(BaseModel):
 class OutputView(BaseModel):
     name: str
     url: str = Field(description="Needs the API key")
-    signed_url: str = Field(description="Works without a key until it expires (for webhook receivers)")
+    signed_url: str = Field(
+        description="Works without a key until it expires (for webhook receivers); with object storage, a presigned URL of the bucket"
+    )
     kind: str = Field(description="image | depth16 | preview | mask")
     media_type: str
     width: int
