@@ -4,8 +4,9 @@ STORAGE_URL and the standard AWS environment variables (`env()`).
 
 moto accepts any presigned URL, expired or forged; S3, MinIO and R2 refuse both. So the server runs moto's
 application behind `PresignedUrlCheck`, which answers a presigned (SigV4 query) request as S3 does: 403
-`AccessDenied` when it has expired, 403 `SignatureDoesNotMatch` when its signature is wrong. Run it alone with
-`python -m tests.s3_server PORT`."""
+`AccessDenied` when it has expired, 403 `SignatureDoesNotMatch` when its signature is wrong. It can also be
+told to refuse every write with 403 `AccessDenied` (`refuse_writes()`), as a bucket policy or a read-only
+key does. Run it alone with `python -m tests.s3_server PORT`."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key"
 REGION = "us-east-1"
 ROOT = Path(__file__).resolve().parents[1]
+CONTROL = "/_test/refuse-writes"
 
 
 def _free_port() -> int:
@@ -87,6 +89,10 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def refuse_writes(self, refuse: bool = True) -> None:
+        """From now on answer PUT, POST and DELETE with 403 AccessDenied (or, with False, no longer)."""
+        httpx.post(f"{self.endpoint}{CONTROL}", params={"refuse": "1" if refuse else "0"}).raise_for_status()
+
     def client(self):
         """A boto3 S3 client of this server, for a test's own look at the bucket."""
         import boto3
@@ -136,20 +142,30 @@ class PresignedUrlCheck:
 
     def __init__(self, app):
         self.app = app
+        self.refusing_writes = False
 
     def __call__(self, environ, start_response):
         from urllib.parse import parse_qsl
 
         query = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
+        if environ.get("PATH_INFO") == CONTROL:
+            self.refusing_writes = query.get("refuse") == "1"
+            start_response("204 No Content", [])
+            return [b""]
+        if self.refusing_writes and environ["REQUEST_METHOD"] in ("PUT", "POST", "DELETE"):
+            return self._refuse(start_response, "AccessDenied", "Access Denied")
         if query.get("X-Amz-Algorithm") == "AWS4-HMAC-SHA256" and "X-Amz-Signature" in query:
             problem = self._problem(environ, query)
             if problem:
-                code, message = problem
-                body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>"
-                        f"<Message>{message}</Message></Error>").encode()
-                start_response("403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
-                return [body]
+                return self._refuse(start_response, *problem)
         return self.app(environ, start_response)
+
+    @staticmethod
+    def _refuse(start_response, code: str, message: str):
+        body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>"
+                f"<Message>{message}</Message></Error>").encode()
+        start_response("403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+        return [body]
 
     @staticmethod
     def _problem(environ, query: dict) -> Optional[tuple[str, str]]:

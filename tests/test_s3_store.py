@@ -92,6 +92,26 @@ def test_missing_bucket_is_unavailable_and_names_the_setting(s3_env):
             action()
 
 
+def test_refused_writes_are_unavailable_and_name_the_credentials(tmp_path, monkeypatch):
+    server = S3Server(tmp_path)
+    server.start()
+    try:
+        server.create_bucket("read-only")
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        store = s3_store("read-only")
+        store.save("job1", "image.png", b"x")
+        server.refuse_writes()
+        for action in (store.check, lambda: store.save("job1", "image.png", b"y"), lambda: store.save_input(b"x")):
+            with pytest.raises(StorageUnavailable, match="STORAGE_URL=s3://read-only/outputs.*refused it .AccessDenied.*AWS_ACCESS_KEY_ID"):
+                action()
+        assert store.read("job1", "image.png") == b"x"  # reads still work; nothing was changed
+        server.refuse_writes(False)
+        store.check()
+    finally:
+        server.stop()
+
+
 def test_dead_server_is_unavailable_and_names_the_endpoint(tmp_path, monkeypatch):
     server = S3Server(tmp_path)
     server.start()

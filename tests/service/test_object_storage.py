@@ -1,7 +1,8 @@
 """The service with STORAGE_URL=s3://...: a real API, worker and deliverer against a real S3 server process
 (moto's, over HTTP). Outputs live in the bucket and are fetched from it (the API answers 307, webhooks carry
-presigned URLs); a missing bucket is a 503 naming the setting while queued jobs wait; a storage server
-killed mid-job costs a retry, or fails the job saying what to check, never leaves it stuck."""
+presigned URLs); a missing bucket or one that refuses writes is a 503 naming the setting while queued jobs
+wait; a storage server killed mid-job costs a retry, or fails the job saying what to check, never leaves it
+stuck."""
 
 from __future__ import annotations
 
@@ -102,6 +103,15 @@ def test_missing_bucket_is_a_503_naming_the_setting_and_queued_jobs_wait(make_se
         service.submit("text-to-image", CASES["text-to-image"][0])), 30, interval=0.5, what="submissions again")
     assert service.wait_job(accepted.json()["id"], timeout=120)["status"] == "succeeded"
 
+    # a bucket that refuses writes (a policy, a read-only key) is refused the same way, saying so
+    s3_server.refuse_writes()
+    try:
+        refusal = wait_until(lambda: (lambda r: r if r.status_code == 503 else None)(
+            service.submit("text-to-image", CASES["text-to-image"][0])), 30, interval=0.5, what="a 503")
+        assert "refused it (AccessDenied)" in refusal.json()["error"]["message"]
+    finally:
+        s3_server.refuse_writes(False)
+
 
 def test_storage_server_killed_mid_job(make_service, tmp_path):
     server = S3Server(tmp_path)
@@ -129,5 +139,9 @@ def test_storage_server_killed_mid_job(make_service, tmp_path):
         assert done["status"] == "failed", done
         assert done["error"]["type"] == "storage_unavailable"
         assert "STORAGE_URL=s3://chaos/od" in done["error"]["message"], done["error"]
+        # and the API says the same of its files
+        response = service.client.get(f"/v1/files/{job['id']}/image.png")
+        assert response.status_code == 503 and response.headers["retry-after"], response.text
+        assert "STORAGE_URL=s3://chaos/od" in response.json()["error"]["message"]
     finally:
         server.stop()
