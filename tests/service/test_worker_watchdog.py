@@ -4,7 +4,6 @@ the queue and exits; the job then succeeds on another worker. The probes a deplo
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
@@ -91,4 +90,5 @@ def test_the_bound_follows_the_measured_steps_and_trips_past_it():
     wait_until(lambda: exits, 10, 0.05, "the watchdog to give up")
     assert exits == [EXIT_STALLED] and len(stalls) == 1 and stalls[0].startswith("no step for")
     assert not watchdog.health.live()[0] and not watchdog.health.ready()[0]
-    assert not any(t.name == "watchdog" and t.is_alive() for t in threading.enumerate() if t is watchdog.thread)
+    watchdog.thread.join(5)
+    assert not watchdog.thread.is_alive()
