@@ -36,7 +36,13 @@ class Settings(BaseSettings):
     # ---- connections and storage
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the queue, jobs and results")
     onediffusion_model: Optional[str] = Field(
-        None, description="Checkpoint folder in the released layout; unset = the tiny demo checkpoint (outputs are noise)"
+        None,
+        description="Checkpoint in the released layout: a folder, `s3://bucket/prefix` or `hf://owner/name[@revision]` "
+        "(fetched once into MODEL_CACHE_DIR); unset = the tiny demo checkpoint (outputs are noise)",
+    )
+    model_cache_dir: str = Field(
+        "var/model-cache",
+        description="Node-local folder that s3:// and hf:// checkpoints are fetched into and loaded from (workers of one node share it; a file lock makes one fetch)",
     )
     demo_checkpoint_dir: str = Field("var/demo-checkpoint", description="Where the demo checkpoint is made when needed")
     results_dir: str = Field("var/results", description="Folder that stores job inputs and outputs when STORAGE_URL is unset")
@@ -80,6 +86,13 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(1800, ge=1, description="A job running longer fails with a timeout message")
     heartbeat_ttl_s: int = Field(20, ge=3, description="A running job whose worker is silent this long is retried")
     maintenance_interval_s: int = Field(5, ge=1, description="How often workers look for abandoned jobs")
+    watchdog_stall_s: float = Field(
+        0, ge=0,
+        description="A worker whose running batch makes no step for this long gives its jobs back to the queue and exits (to be restarted); 0 = derived from the measured step time (see the README's worker health)",
+    )
+    worker_probe_port: int = Field(
+        0, ge=0, le=65535, description="Port of the worker's /livez and /readyz probes (on HOST); 0 = none"
+    )
 
     # ---- webhooks
     webhook_retries: int = Field(8, ge=0, le=30, description="Delivery attempts after the first one")
@@ -126,7 +139,7 @@ class Settings(BaseSettings):
     )
 
     # ---- API server
-    host: str = Field("127.0.0.1", description="Address the API listens on")
+    host: str = Field("127.0.0.1", description="Address the API (and a worker's probe port) listens on")
     port: int = Field(8000, description="Port the API listens on")
     keep_alive_s: int = Field(
         75, ge=1, le=3600,

@@ -15,6 +15,7 @@ import pytest
 yaml = pytest.importorskip("yaml")
 
 from core.settings import Settings  # noqa: E402
+from model.checkpoint_source import HubLocation, S3Location, is_remote  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -329,7 +330,10 @@ def test_k8s_expected_objects(manifests):
     assert "onediffusion-settings" in of_kind(manifests, "ConfigMap")
     claims = of_kind(manifests, "PersistentVolumeClaim")
     assert "ReadWriteMany" in claims["onediffusion-results"]["spec"]["accessModes"]
-    assert "onediffusion-models" in claims
+    assert "onediffusion-models" not in claims, "workers fetch their weights into a node-local cache, not a shared volume"
+    assert "onediffusion-worker" in of_kind(manifests, "ScaledObject")
+    assert "onediffusion-api" in of_kind(manifests, "HorizontalPodAutoscaler")
+    assert {"onediffusion-api", "onediffusion-worker"} <= set(of_kind(manifests, "PodDisruptionBudget"))
 
 
 def test_k8s_deployment_args_are_cli_commands(manifests):
@@ -352,8 +356,15 @@ def test_k8s_worker_requests_a_gpu(manifests):
     assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", []))
     assert pod.get("terminationGracePeriodSeconds", 30) >= 60, "a warm shutdown needs time to finish the batch"
     env = container_env(manifests, container)
-    model_mounts = [m["mountPath"] for m in container["volumeMounts"] if m.get("readOnly")]
-    assert any(env["ONEDIFFUSION_MODEL"].startswith(m.rstrip("/") + "/") for m in model_mounts)
+    assert is_remote(env["ONEDIFFUSION_MODEL"]), "workers fetch the checkpoint (s3:// or hf://), no model volume"
+    if env["ONEDIFFUSION_MODEL"].startswith("hf://"):
+        HubLocation.parse(env["ONEDIFFUSION_MODEL"])
+    else:
+        S3Location.parse(env["ONEDIFFUSION_MODEL"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (cache,) = [m for m in container["volumeMounts"] if m["mountPath"] == env["MODEL_CACHE_DIR"]]
+    assert "hostPath" in volumes[cache["name"]], "the model cache is node-local (shared by the node's workers)"
+    assert not cache.get("readOnly")
     for name in ("api", "webhooks"):
         other = of_kind(manifests, "Deployment")[f"onediffusion-{name}"]["spec"]["template"]["spec"]["containers"]
         assert all("nvidia.com/gpu" not in (c.get("resources", {}).get("limits") or {}) for c in other)
@@ -514,7 +525,6 @@ def object_storage_manifests(manifests) -> list[dict]:
 
 def test_k8s_object_storage_overlay_needs_no_results_volume(object_storage_manifests):
     assert "onediffusion-results" not in of_kind(object_storage_manifests, "PersistentVolumeClaim")
-    assert "onediffusion-models" in of_kind(object_storage_manifests, "PersistentVolumeClaim")
     maps = of_kind(object_storage_manifests, "ConfigMap")
     claims = set(of_kind(object_storage_manifests, "PersistentVolumeClaim"))
     for name, deployment in of_kind(object_storage_manifests, "Deployment").items():
@@ -550,3 +560,226 @@ def test_lifecycle_rule_expires_what_the_examples_store(object_storage_manifests
     _, prefix = parse_url(storage_url)
     assert rule["Filter"]["Prefix"] == prefix, "the rule must cover the overlay's STORAGE_URL prefix"
     assert rule["Expiration"]["Days"] * 86400 >= Settings().results_ttl_s, "outputs must outlive their job records"
+# ---- deploy/k8s: schemas, probes, autoscaling, disruption budgets ---------------------------------------
+# Kubernetes releases the manifests are checked against: an older one still widely run, and the newest the
+# installed kubernetes-validate knows.
+K8S_VERSIONS = ("1.29",)
+
+
+def builtin(doc: dict) -> bool:
+    return "." not in doc["apiVersion"].split("/")[0] or doc["apiVersion"].split("/")[0].endswith(".k8s.io")
+
+
+def test_k8s_manifests_validate_against_kubernetes_schemas(manifests):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    checked = set()
+    for doc in manifests:
+        if not builtin(doc):
+            continue
+        body = {k: v for k, v in doc.items() if k != "_file"}
+        for version in (*K8S_VERSIONS, kubernetes_validate.latest_version()):
+            try:
+                kubernetes_validate.validate(body, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{doc['_file']} {doc['kind']}/{doc['metadata']['name']} (Kubernetes {version}): {exc.message} "
+                            f"at {'.'.join(map(str, exc.path))}")
+        checked.add(doc["kind"])
+    assert {"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= checked
+
+
+def test_kubernetes_validate_rejects_an_unknown_field():
+    """--strict catches a misspelt field (the check above can fail)."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    pdb = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "x"},
+           "spec": {"maxUnavailabel": 1}}
+    with pytest.raises(kubernetes_validate.ValidationError, match="maxUnavailabel"):
+        kubernetes_validate.validate(pdb, K8S_VERSIONS[0], strict=True)
+
+
+def probe_port(container: dict, probe: dict) -> int:
+    port = probe["httpGet"]["port"]
+    named = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+    return named.get(port, port)
+
+
+def test_k8s_worker_probes_are_the_ones_the_worker_serves(manifests):
+    from worker.probes import WorkerHealth, serve_probes
+
+    worker = of_kind(manifests, "Deployment")["onediffusion-worker"]
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    env = container_env(manifests, container)
+    settings = Settings.from_env({**dockerfile_env(), **env})
+    assert settings.worker_probe_port, "the worker serves no probes unless WORKER_PROBE_PORT is set"
+    assert settings.host == "0.0.0.0", "the kubelet reaches the probe port on the pod's address"
+    probes = {name: container[name] for name in ("startupProbe", "readinessProbe", "livenessProbe")}
+    for name, probe in probes.items():
+        assert probe_port(container, probe) == settings.worker_probe_port, name
+    assert probes["startupProbe"]["httpGet"]["path"] == probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/livez"
+    startup = probes["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60, "fetch + load + compile needs time"
+
+    # The paths answer on a real probe server: 503 while loading, 200 once ready.
+    from tests.service.harness import free_port
+
+    import httpx
+
+    health, port = WorkerHealth(), free_port()
+    server = serve_probes("127.0.0.1", port, health)
+    try:
+        paths = {p["httpGet"]["path"] for p in probes.values()}
+        assert {path: httpx.get(f"http://127.0.0.1:{port}{path}").status_code for path in paths} == {"/readyz": 503, "/livez": 200}
+        health.loaded()
+        health.working()
+        assert all(httpx.get(f"http://127.0.0.1:{port}{path}").status_code == 200 for path in paths)
+    finally:
+        server.shutdown()
+
+
+def test_k8s_rolling_updates_wait_for_readiness(manifests):
+    for name in ("onediffusion-api", "onediffusion-worker"):
+        deployment = of_kind(manifests, "Deployment")[name]
+        strategy = deployment["spec"]["strategy"]
+        assert strategy["type"] == "RollingUpdate"
+        rolling = strategy["rollingUpdate"]
+        assert int(rolling["maxUnavailable"]) == 0 and int(rolling["maxSurge"]) == 1, (name, rolling)
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert "readinessProbe" in container, f"{name}: without readiness a rollout does not wait for anything"
+    worker = of_kind(manifests, "Deployment")["onediffusion-worker"]["spec"]
+    assert worker["progressDeadlineSeconds"] >= 1800, "a new worker's first start (fetch, load, compile) is long"
+
+
+def test_k8s_model_cache_is_writable_by_the_worker(manifests):
+    pod = of_kind(manifests, "Deployment")["onediffusion-worker"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    cache_dir = container_env(manifests, container)["MODEL_CACHE_DIR"]
+    (volume_name,) = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == cache_dir]
+    (init,) = [c for c in pod.get("initContainers", []) if any(m["name"] == volume_name for m in c["volumeMounts"])]
+    uid = pod["securityContext"]["runAsUser"]
+    assert f"chown {uid}:" in " ".join(init["command"]), "a hostPath folder is created root-owned"
+    assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+
+
+def test_k8s_autoscaled_deployments_leave_replicas_to_the_autoscaler(manifests):
+    deployments = of_kind(manifests, "Deployment")
+    hpa = of_kind(manifests, "HorizontalPodAutoscaler")["onediffusion-api"]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "onediffusion-api"}
+    assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
+    (api,) = deployments["onediffusion-api"]["spec"]["template"]["spec"]["containers"]
+    assert api["resources"]["requests"]["cpu"], "CPU utilization is measured against the request"
+    scaled = of_kind(manifests, "ScaledObject")["onediffusion-worker"]["spec"]
+    assert scaled["scaleTargetRef"]["name"] in deployments
+    for name in ("onediffusion-api", scaled["scaleTargetRef"]["name"]):
+        assert "replicas" not in deployments[name]["spec"], f"{name}: `kubectl apply` would reset the autoscaler's count"
+
+
+def test_k8s_disruption_budgets_select_pods(manifests):
+    pods = [w["spec"]["template"]["metadata"]["labels"] for w in workloads(manifests).values()]
+    budgets = of_kind(manifests, "PodDisruptionBudget")
+    for name, budget in budgets.items():
+        selector = budget["spec"]["selector"]["matchLabels"]
+        assert any(selector.items() <= labels.items() for labels in pods), f"PodDisruptionBudget {name} selects no pod"
+        assert ("minAvailable" in budget["spec"]) != ("maxUnavailable" in budget["spec"]), name
+    worker = budgets["onediffusion-worker"]["spec"]
+    assert worker.get("maxUnavailable") == 1, "minAvailable would block every drain when the workers scale to zero"
+
+
+# KEDA's ScaledObject (keda.sh/v1alpha1) as its specification documents it (keda.sh/docs, "ScaledObject
+# specification" and the "Redis Lists" scaler): the fields and their types, nothing else allowed.
+_INT = {"type": "integer", "minimum": 0}
+_HPA_BEHAVIOR = {"type": "object"}  # checked with Kubernetes' own HPA schema below
+KEDA_SCALED_OBJECT = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "kind": {"const": "ScaledObject"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["scaleTargetRef", "triggers"],
+            "properties": {
+                "scaleTargetRef": {
+                    "type": "object", "additionalProperties": False, "required": ["name"],
+                    "properties": {k: {"type": "string"} for k in ("apiVersion", "kind", "name", "envSourceContainerName")},
+                },
+                **{k: _INT for k in ("pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
+                                     "minReplicaCount", "maxReplicaCount")},
+                "fallback": {
+                    "type": "object", "additionalProperties": False, "required": ["failureThreshold", "replicas"],
+                    "properties": {"failureThreshold": _INT, "replicas": _INT, "behavior": {"type": "string"}},
+                },
+                "advanced": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {
+                        "restoreToOriginalReplicaCount": {"type": "boolean"},
+                        "horizontalPodAutoscalerConfig": {
+                            "type": "object", "additionalProperties": False,
+                            "properties": {"name": {"type": "string"}, "behavior": _HPA_BEHAVIOR},
+                        },
+                        "scalingModifiers": {"type": "object"},
+                    },
+                },
+                "triggers": {
+                    "type": "array", "minItems": 1,
+                    "items": {
+                        "type": "object", "additionalProperties": False, "required": ["type", "metadata"],
+                        "properties": {
+                            "type": {"type": "string"},
+                            "name": {"type": "string"},
+                            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "authenticationRef": {"type": "object", "required": ["name"]},
+                            "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                            "useCachedMetrics": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+KEDA_REDIS_PARAMETERS = {"address", "host", "port", "usernameFromEnv", "passwordFromEnv", "listName", "listLength",
+                         "activationListLength", "enableTLS", "unsafeSsl", "databaseIndex", "addressFromEnv",
+                         "hostFromEnv", "portFromEnv"}
+
+
+def test_k8s_scaled_object_follows_kedas_spec(manifests):
+    jsonschema = pytest.importorskip("jsonschema")
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    scaled = of_kind(manifests, "ScaledObject")["onediffusion-worker"]
+    body = {k: v for k, v in scaled.items() if k != "_file"}
+    jsonschema.validate(body, KEDA_SCALED_OBJECT)
+    spec = scaled["spec"]
+    assert 0 <= spec.get("minReplicaCount", 0) <= spec.get("maxReplicaCount", 100)
+    # The HPA behavior KEDA passes on is Kubernetes' own type: check it with Kubernetes' schema.
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "check"},
+           "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 1, "behavior": behavior}}
+    kubernetes_validate.validate(hpa, K8S_VERSIONS[0], strict=True)
+
+
+def test_k8s_scaled_object_reads_the_queue_the_workers_take_from(manifests):
+    from rq import Queue
+
+    from core.connection import Keys
+
+    (trigger,) = of_kind(manifests, "ScaledObject")["onediffusion-worker"]["spec"]["triggers"]
+    assert trigger["type"] == "redis"
+    metadata = trigger["metadata"]
+    assert set(metadata) <= KEDA_REDIS_PARAMETERS, sorted(set(metadata) - KEDA_REDIS_PARAMETERS)
+    assert int(metadata["listLength"]) >= 1 and int(metadata.get("activationListLength", "0")) >= 0
+    (worker,) = of_kind(manifests, "Deployment")["onediffusion-worker"]["spec"]["template"]["spec"]["containers"]
+    settings = Settings.from_env({**dockerfile_env(), **container_env(manifests, worker)})
+    queue_name = Keys(settings.queue_prefix).inference_queue
+    assert metadata["listName"] == Queue.redis_queue_namespace_prefix + queue_name, "not the workers' queue"
+    # The same Redis (host, port, database) as the workers' REDIS_URL.
+    from urllib.parse import urlsplit
+
+    url = urlsplit(settings.redis_url)
+    host, port = metadata["address"].rsplit(":", 1)
+    service = host.split(".")[0]
+    assert service == url.hostname and service in of_kind(manifests, "Service"), (host, url.hostname)
+    assert host in (service, f"{service}.{NAMESPACE}", f"{service}.{NAMESPACE}.svc", f"{service}.{NAMESPACE}.svc.cluster.local")
+    assert int(port) == (url.port or 6379)
+    assert int(metadata.get("databaseIndex", "0")) == int((url.path or "/0").lstrip("/") or 0)

@@ -28,6 +28,7 @@ from core.settings import Settings
 
 from .execution import Executor, WorkItem
 from .model_host import worker_info
+from .watchdog import for_batch_worker
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class BatchWorker(SimpleWorker):
         self._claim = connection.register_script(_CLAIM)
         self._return = connection.register_script(_RETURN)
         self.beats = Heartbeat(self, interval=max(1.0, settings.heartbeat_ttl_s / 4))
+        self.watchdog = for_batch_worker(self, settings)  # a stuck main thread: jobs back to the queue, exit
         self._last_sweep = -float("inf")
 
     def get_heartbeat_ttl(self, job: Job) -> int:
@@ -151,9 +153,11 @@ class BatchWorker(SimpleWorker):
         self.job_store.rename_old_callbacks()  # before RQ's maintenance resolves them
         if not self.beats.is_alive():
             self.beats.start()
+        self.watchdog.start()
         try:
             return super().work(*args, **kwargs)
         finally:
+            self.watchdog.stop()
             self.beats.stop_event.set()
 
     def run_maintenance_tasks(self) -> None:
@@ -203,9 +207,11 @@ class BatchWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         _taken_not_started.add(job.id)
         jobs = [job] + self.take_companions(job, queue)
+        self.watchdog.batch_started()
         try:
             self.run_batch(jobs, queue)
         finally:
+            self.watchdog.batch_ended()
             self.set_state(WorkerStatus.IDLE)
 
     # ---- one batch -----------------------------------------------------------------------------------
@@ -235,6 +241,7 @@ class BatchWorker(SimpleWorker):
         self.job_store.metrics.observe("batch_size", {}, len(jobs))
 
         def on_step(step: int, total: int) -> None:
+            self.watchdog.progress()
             elapsed = time.monotonic() - last_step[0]
             last_step[0] = time.monotonic()
             try:

@@ -83,11 +83,15 @@ def run_gpu_worker(settings: Settings | None = None) -> None:
     from .batch_worker import BatchWorker
     from .execution import Executor
     from .model_host import load_model
+    from .probes import HEALTH, serve_probes
 
     settings = settings or get_settings()
     setup_logging("worker")
+    if settings.worker_probe_port:  # answering (not ready) while the model is fetched, loaded and warmed
+        serve_probes(settings.host, settings.worker_probe_port)
     executor = Executor(load_model(settings), open_store(settings), settings)
     wait_until_writable(executor.store, log)
+    HEALTH.loaded()
 
     def build(redis, name):
         inference, _ = queues(redis, settings)

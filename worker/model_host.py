@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from core.settings import Settings
+from model.checkpoint_source import resolve_checkpoint
 from model.demo_checkpoint import make_demo_checkpoint
 from model.pipeline import OneDiffusion
 from model.precision import apply_precision
@@ -21,9 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def checkpoint_path(settings: Settings) -> Path:
-    """ONEDIFFUSION_MODEL, or the demo checkpoint (made on first use)."""
+    """ONEDIFFUSION_MODEL (an s3:// or hf:// one fetched into MODEL_CACHE_DIR first), or the demo
+    checkpoint (made on first use)."""
     if settings.onediffusion_model:
-        return Path(settings.onediffusion_model)
+        return resolve_checkpoint(settings.onediffusion_model, settings.model_cache_dir)
     path = Path(settings.demo_checkpoint_dir)
     if not (path / "model_index.json").is_file():
         log.warning("ONEDIFFUSION_MODEL is not set: making the tiny demo checkpoint in %s (outputs are noise)", path)
