@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Optional
 
-from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -24,6 +24,7 @@ from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from core.job_store import JobStore
+from core.redis_errors import is_transient
 from core.settings import Settings
 
 from .execution import Executor, WorkItem
@@ -56,13 +57,16 @@ RESULTS_SWEEP_INTERVAL_S = 60
 
 
 def retry_redis(action, what: str, stop: Optional[threading.Event] = None, max_wait: float = 30.0):
-    """Run `action` until Redis answers: results are already on disk, so waiting loses nothing."""
+    """Run `action` until Redis takes it (back from an outage or a failover, or with room again when it
+    was full): results are already on disk, so waiting loses nothing."""
     delay = 0.5
     while True:
         try:
             return action()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            log.warning("redis unavailable while %s (%s); retrying in %.1fs", what, exc, delay)
+        except RedisError as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("redis unavailable while %s (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
             if stop is not None and stop.is_set():
                 raise
             time.sleep(delay)
@@ -241,13 +245,13 @@ class BatchWorker(SimpleWorker):
                     self.job_store.record_progress([job.id for job in jobs], step, total, pipe=pipe)
                     self.job_store.metrics.observe("step_seconds", {}, elapsed, pipe=pipe)
                     pipe.execute()
-            except (RedisConnectionError, RedisTimeoutError):
-                pass  # progress is best effort; the result is not
+            except RedisError:  # away or full: progress is best effort, the result is not (and never the model's error)
+                pass
 
         def canceled() -> set[int]:
             try:
                 flags = self.job_store.cancel_requested([job.id for job in jobs])
-            except (RedisConnectionError, RedisTimeoutError):
+            except RedisError:
                 flags = [False] * len(jobs)
             dropped = set()
             over_time = time.monotonic() - started > self.settings.job_timeout_s
@@ -263,7 +267,10 @@ class BatchWorker(SimpleWorker):
             return dropped
 
         for job, item in zip(jobs, items):
-            self.job_store.record_progress([job.id], 0, item.payload.get("num_inference_steps", 0))
+            try:
+                self.job_store.record_progress([job.id], 0, item.payload.get("num_inference_steps", 0))
+            except RedisError:
+                pass
         outcomes = self.executor.run(items, on_step=on_step, canceled=canceled)
         for job, outcome in zip(jobs, outcomes):
             if job.id in reasons:
