@@ -44,9 +44,11 @@ def describe(settings: Settings) -> str:
     return f"REDIS_URL=redis://{url.get('host', '127.0.0.1')}:{url.get('port', 6379)}/{url.get('db', 0)}"
 
 
-def wait_replicated(redis: Redis, settings: Settings) -> int | None:
+def wait_replicated(redis: Redis, settings: Settings, what: str = "submission") -> int | None:
     """Block until REDIS_WAIT_REPLICAS replicas hold every write acknowledged so far (at most
-    REDIS_WAIT_TIMEOUT_MS); the number of replicas that do, or None when nothing was asked.
+    REDIS_WAIT_TIMEOUT_MS); the number of replicas that do, or None when nothing was asked. `what` names
+    the writes for the log and the metric: a "submission" (before its 202), a worker's "job_start" and
+    "job_end".
 
     Redis's WAIT counts the writes of the connection it is sent on, and a pooled client may send it on
     another connection than the one that queued the job; so a PUBLISH (replicated, never stored nor
@@ -62,9 +64,9 @@ def wait_replicated(redis: Redis, settings: Settings) -> int | None:
         pipe.execute_command("WAIT", wanted, settings.redis_wait_timeout_ms)
         _, acked = pipe.execute()
     if acked < wanted:
-        log.warning("a submission is held by %d of %d replicas after %d ms", acked, wanted, settings.redis_wait_timeout_ms)
+        log.warning("%s held by %d of %d replicas after %d ms", what, acked, wanted, settings.redis_wait_timeout_ms)
         try:
-            Metrics(redis, keys).inc("submissions_unreplicated_total", {})
+            Metrics(redis, keys).inc("unreplicated_writes_total", {"what": what})
         except RedisError:  # a count, never a reason to fail the submission
             pass
     return acked

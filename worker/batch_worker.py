@@ -23,6 +23,7 @@ from rq.queue import Queue
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
+from core.connection import wait_replicated
 from core.job_store import JobStore
 from core.redis_errors import is_transient
 from core.settings import Settings
@@ -199,12 +200,25 @@ class BatchWorker(SimpleWorker):
                     if meta.get("bucket") == bucket and self._claim(keys=[queue.key, queue.intermediate_queue_key], args=[job_id]):
                         _taken_not_started.add(job_id)
                         companion = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
-                        taken.append(companion)
+                        if not self.already_ended(companion, queue):
+                            taken.append(companion)
             if len(taken) >= want or time.monotonic() >= deadline:
                 return taken
             time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
+    def already_ended(self, job: Job, queue: Queue) -> bool:
+        """A job that ended but is queued again: a Redis failover can promote a replica that had not yet
+        heard the job leave the queue. Dropped here (not run twice); its result stands."""
+        if job.get_status() not in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED):
+            return False
+        log.warning("dropped a queue entry of a job that already ended", extra={"job_id": job.id})
+        self.connection.lrem(queue.intermediate_queue_key, 1, job.id)
+        _taken_not_started.discard(job.id)
+        return True
+
     def execute_job(self, job: Job, queue: Queue) -> None:
+        if self.already_ended(job, queue):
+            return
         _taken_not_started.add(job.id)
         jobs = [job] + self.take_companions(job, queue)
         try:
@@ -230,6 +244,9 @@ class BatchWorker(SimpleWorker):
 
     def run_batch(self, jobs: list[Job], queue: Queue) -> None:
         executions = {job.id: self.start_job(job, queue) for job in jobs}
+        # With a replica, it knows these jobs started before they run: after a failover no other worker
+        # takes them from a queue that still lists them (an error here stops the batch before it runs).
+        wait_replicated(self.connection, self.settings, "job_start")
         items = [WorkItem(job.id, job.meta.get("task") or job.args[0], job.args[1]) for job in jobs]
         started = time.monotonic()
         reasons: dict[str, dict] = {}
@@ -275,7 +292,9 @@ class BatchWorker(SimpleWorker):
         for job, outcome in zip(jobs, outcomes):
             if job.id in reasons:
                 outcome.canceled, outcome.error = False, reasons[job.id]
-            retry_redis(lambda: self.finish_job(job, queue, executions[job.id], outcome), f"finishing job {job.id}")
+            # the job's end and, with a replica, the replica holding it (a failover cannot bring it back)
+            retry_redis(lambda: (self.finish_job(job, queue, executions[job.id], outcome),
+                                 wait_replicated(self.connection, self.settings, "job_end")), f"finishing job {job.id}")
             self.beats.untrack(job.id)
 
     def finish_job(self, job: Job, queue: Queue, execution: Execution, outcome) -> None:
