@@ -44,7 +44,7 @@ def test_master_killed_midway_loses_no_job_and_runs_none_twice(redis_set, make_s
         redis="redis://127.0.0.1:1/0", redis_sentinels=redis_set.sentinels, redis_sentinel_master=MASTER_NAME,
         redis_wait_timeout_ms=200, heartbeat_ttl_s=20, max_batch=8,
     )
-    request.addfinalizer(lambda: print(redis_set.logs()) if request.node.rep_call.failed else None)
+    request.addfinalizer(lambda: print(redis_set.logs()) if getattr(request.node, "rep_call", None) and request.node.rep_call.failed else None)
     accepted: list[str] = []
     refused: list[tuple[int, str, str]] = []  # (status, Retry-After, error type) of every answer but 202
     killed = threading.Event()
