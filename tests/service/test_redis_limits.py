@@ -61,6 +61,10 @@ def test_a_full_redis_refuses_new_work_with_503_keeps_reads_and_loses_nothing(ma
                 assert service.client.get(output["signed_url"].replace(service.url, base)).status_code == 200
                 assert service.client.get(f"{base}/v1/jobs", headers=bearer(keys["acme"])).status_code == 200
                 assert service.client.get(f"{base}/metrics").status_code == 200
+                with service.client.stream("GET", f"{base}/v1/jobs/{finished['id']}/events",
+                                           headers=bearer(keys["acme"])) as events:
+                    assert events.status_code == 200
+                    assert "event: finished" in "".join(events.iter_text())
 
             # the batch ends while the store is full: the worker waits to record it
             wait_until(lambda: "while finishing job" in (service.tmp / "worker1.log").read_text(errors="replace"),
