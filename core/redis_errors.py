@@ -8,19 +8,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.sentinel import MasterNotFoundError
 from redis.exceptions import (
     BusyLoadingError,
     ConnectionError as RedisConnectionError,
+    MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
     TimeoutError as RedisTimeoutError,
+    TryAgainError,
 )
+from redis.sentinel import MasterNotFoundError
 
 # Error replies that mean "not now" rather than "never": a replica promoted or demoted, a master that lost
-# its replicas (min-replicas-to-write), a server loading its data or busy with a script.
-_SWITCHING = ("READONLY", "MASTERDOWN", "NOREPLICAS", "LOADING", "TRYAGAIN", "BUSY ")
+# its replicas (min-replicas-to-write), a server loading its data or busy with a script. redis-py has
+# classes for some (SWITCHING_ERRORS); the others keep their code at the start of the message.
+SWITCHING_ERRORS = (ReadOnlyError, BusyLoadingError, MasterDownError, TryAgainError, MasterNotFoundError)
+_SWITCHING_CODES = ("READONLY", "MASTERDOWN", "NOREPLICAS", "LOADING", "TRYAGAIN", "BUSY ")
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,8 @@ class RedisFailure:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """The Redis reached maxmemory (noeviction) and refuses writes; reads and deletes still work."""
+    """The Redis reached maxmemory (noeviction) and refuses writes (and every command queued in a
+    MULTI); reads and plain deletes still work."""
     return isinstance(exc, OutOfMemoryError) or (isinstance(exc, RedisError) and "used memory > 'maxmemory'" in str(exc))
 
 
@@ -46,7 +51,7 @@ def classify(exc: BaseException) -> RedisFailure:
         return RedisFailure("full", "the job store (Redis) is full and accepts no new work for now; "
                                     "jobs already accepted are kept and finish. Retry later", 30)
     text = str(exc).upper()
-    if isinstance(exc, (ReadOnlyError, BusyLoadingError, MasterNotFoundError)) or any(text.startswith(p) or f" {p}" in text for p in _SWITCHING):
+    if isinstance(exc, SWITCHING_ERRORS) or any(text.startswith(c) or f"ERROR: {c}" in text for c in _SWITCHING_CODES):
         return RedisFailure("switching", "the job store (Redis) is switching to another server or starting; retry shortly", 5)
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
         return RedisFailure("unreachable", "the job store (Redis) is unreachable; retry shortly", 5)
