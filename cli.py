@@ -53,11 +53,26 @@ def cmd_serve(args) -> None:
     from core.logs import setup_logging
 
     setup_logging("api")  # uvicorn's own lines go through it too (log_config=None: no handlers of its own)
+    check_redis_policy(settings)
     uvicorn.run(
         "app.main:create_app", factory=True, host=args.host or settings.host, port=args.port or settings.port,
         log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False, log_config=None,
         timeout_keep_alive=settings.keep_alive_s,
     )
+
+
+def check_redis_policy(settings) -> None:
+    """Refuse to start on a Redis that evicts keys (core/redis_policy.py); a Redis that does not answer
+    yet is the API's to wait out (it answers 503 meanwhile)."""
+    from redis.exceptions import RedisError
+
+    from core.connection import connect
+    from core.redis_policy import check_eviction
+
+    try:
+        check_eviction(connect(settings))
+    except RedisError:
+        pass
 
 
 def cmd_worker(args) -> None:
@@ -125,8 +140,8 @@ def cmd_up(args) -> None:
     from core.settings import get_settings
 
     settings = get_settings()
-    try:
-        redis_process = ensure_redis(settings.redis_url, Path("var") / "redis")
+    try:  # a Sentinel-managed Redis is found through the sentinels, never started here
+        redis_process = None if settings.redis_sentinels.strip() else ensure_redis(settings.redis_url, Path("var") / "redis")
     except RedisUnavailable as exc:
         sys.exit(f"error: {exc}")
     env = dict(os.environ)
@@ -339,13 +354,16 @@ def user_error(exc: BaseException):
     """One line for the failures a user causes or can fix (a bad setting, Redis down); None for bugs."""
     from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
 
+    from core.redis_policy import EvictingRedis
     from core.settings import SettingsError
 
-    if isinstance(exc, SettingsError):
+    if isinstance(exc, (SettingsError, EvictingRedis)):
         return str(exc)
     if isinstance(exc, (RedisConnectionError, RedisTimeout)):
-        url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-        return f"cannot reach Redis at REDIS_URL={url} ({exc}); start it, or point REDIS_URL at one"
+        from core.connection import describe
+        from core.settings import get_settings
+
+        return f"cannot reach Redis at {describe(get_settings())} ({exc}); start it, or point REDIS_URL at one"
     return None
 
 

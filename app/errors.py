@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.job_store import JobNotFound
 from core.storage import StorageUnavailable
+from core.redis_errors import classify
 from model.tasks import TaskInputError
 
 from .exceptions import ApiError, CannotCancel
@@ -75,9 +76,13 @@ def install(app: FastAPI) -> None:
         return error_response(409, "conflict", f"cannot cancel: {exc}")
 
     @app.exception_handler(RedisError)
-    async def _redis_down(request: Request, exc: RedisError):
-        log.error("redis unavailable: %s", exc)
-        return error_response(503, "unavailable", "the job store (Redis) is unreachable; retry shortly", {"Retry-After": "5"})
+    async def _redis_failed(request: Request, exc: RedisError):
+        # 503 whatever Redis said (nothing a client sent makes Redis fail), with what happened in words;
+        # the exception's text (it can name keys) goes to the log only.
+        failure = classify(exc)
+        log.error("redis %s on %s %s: %s: %s", failure.kind, request.method, request.url.path, type(exc).__name__, exc)
+        type_ = "store_full" if failure.kind == "full" else "unavailable"
+        return error_response(503, type_, failure.message, {"Retry-After": str(failure.retry_after_s)})
 
     @app.exception_handler(StorageUnavailable)
     async def _storage_down(request: Request, exc: StorageUnavailable):

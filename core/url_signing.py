@@ -26,6 +26,9 @@ class UrlSigner:
     @property
     def secret(self) -> bytes:
         if self._secret is None:
+            # Read first: a process that starts while Redis refuses writes (full) still signs URLs.
+            self._secret = self.redis.get(self.redis_key)
+        if self._secret is None:
             self.redis.set(self.redis_key, secrets.token_hex(32), nx=True)
             self._secret = self.redis.get(self.redis_key)
         return self._secret

@@ -104,7 +104,7 @@ def test_every_error_status_has_an_example_of_its_body(schema):
             for example in examples:
                 validate_against(doc, error_body, example)
                 seen.setdefault(code, set()).add(example["error"]["type"])
-    assert seen["401"] == {"unauthorized"} and seen["404"] == {"not_found"} and seen["503"] == {"unavailable"}
+    assert seen["401"] == {"unauthorized"} and seen["404"] == {"not_found"} and seen["503"] == {"unavailable", "store_full"}
     assert seen["429"] >= {"rate_limited", "quota_exceeded", "queue_full", "too_many_streams"}
     assert seen["409"] == {"conflict", "idempotency_mismatch"} and seen["422"] == {"invalid_request"}
     too_large = doc["paths"]["/v1/text-to-image"]["post"]["responses"]["413"]["content"]["application/json"]

@@ -16,14 +16,16 @@ import threading
 import time
 from typing import Optional
 
-from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
+from core.connection import wait_replicated
 from core.job_store import JobStore
+from core.redis_errors import is_transient
 from core.settings import Settings
 
 from .execution import Executor, WorkItem
@@ -57,13 +59,16 @@ RESULTS_SWEEP_INTERVAL_S = 60
 
 
 def retry_redis(action, what: str, stop: Optional[threading.Event] = None, max_wait: float = 30.0):
-    """Run `action` until Redis answers: results are already on disk, so waiting loses nothing."""
+    """Run `action` until Redis takes it (back from an outage or a failover, or with room again when it
+    was full): results are already on disk, so waiting loses nothing."""
     delay = 0.5
     while True:
         try:
             return action()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            log.warning("redis unavailable while %s (%s); retrying in %.1fs", what, exc, delay)
+        except RedisError as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("redis unavailable while %s (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
             if stop is not None and stop.is_set():
                 raise
             time.sleep(delay)
@@ -199,12 +204,25 @@ class BatchWorker(SimpleWorker):
                     if meta.get("bucket") == bucket and self._claim(keys=[queue.key, queue.intermediate_queue_key], args=[job_id]):
                         _taken_not_started.add(job_id)
                         companion = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
-                        taken.append(companion)
+                        if not self.already_ended(companion, queue):
+                            taken.append(companion)
             if len(taken) >= want or time.monotonic() >= deadline:
                 return taken
             time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
+    def already_ended(self, job: Job, queue: Queue) -> bool:
+        """A job that ended but is queued again: a Redis failover can promote a replica that had not yet
+        heard the job leave the queue. Dropped here (not run twice); its result stands."""
+        if job.get_status() not in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED):
+            return False
+        log.warning("dropped a queue entry of a job that already ended", extra={"job_id": job.id})
+        self.connection.lrem(queue.intermediate_queue_key, 1, job.id)
+        _taken_not_started.discard(job.id)
+        return True
+
     def execute_job(self, job: Job, queue: Queue) -> None:
+        if self.already_ended(job, queue):
+            return
         _taken_not_started.add(job.id)
         jobs = [job] + self.take_companions(job, queue)
         self.watchdog.batch_started()
@@ -232,6 +250,9 @@ class BatchWorker(SimpleWorker):
 
     def run_batch(self, jobs: list[Job], queue: Queue) -> None:
         executions = {job.id: self.start_job(job, queue) for job in jobs}
+        # With a replica, it knows these jobs started before they run: after a failover no other worker
+        # takes them from a queue that still lists them (an error here stops the batch before it runs).
+        wait_replicated(self.connection, self.settings, "job_start")
         items = [WorkItem(job.id, job.meta.get("task") or job.args[0], job.args[1], job.meta.get("output_format") or "png")
                  for job in jobs]
         started = time.monotonic()
@@ -249,13 +270,13 @@ class BatchWorker(SimpleWorker):
                     self.job_store.record_progress([job.id for job in jobs], step, total, pipe=pipe)
                     self.job_store.metrics.observe("step_seconds", {}, elapsed, pipe=pipe)
                     pipe.execute()
-            except (RedisConnectionError, RedisTimeoutError):
-                pass  # progress is best effort; the result is not
+            except RedisError:  # away or full: progress is best effort, the result is not (and never the model's error)
+                pass
 
         def canceled() -> set[int]:
             try:
                 flags = self.job_store.cancel_requested([job.id for job in jobs])
-            except (RedisConnectionError, RedisTimeoutError):
+            except RedisError:
                 flags = [False] * len(jobs)
             dropped = set()
             over_time = time.monotonic() - started > self.settings.job_timeout_s
@@ -271,12 +292,17 @@ class BatchWorker(SimpleWorker):
             return dropped
 
         for job, item in zip(jobs, items):
-            self.job_store.record_progress([job.id], 0, item.payload.get("num_inference_steps", 0))
+            try:
+                self.job_store.record_progress([job.id], 0, item.payload.get("num_inference_steps", 0))
+            except RedisError:
+                pass
         outcomes = self.executor.run(items, on_step=on_step, canceled=canceled)
         for job, outcome in zip(jobs, outcomes):
             if job.id in reasons:
                 outcome.canceled, outcome.error = False, reasons[job.id]
-            retry_redis(lambda: self.finish_job(job, queue, executions[job.id], outcome), f"finishing job {job.id}")
+            # the job's end and, with a replica, the replica holding it (a failover cannot bring it back)
+            retry_redis(lambda: (self.finish_job(job, queue, executions[job.id], outcome),
+                                 wait_replicated(self.connection, self.settings, "job_end")), f"finishing job {job.id}")
             self.beats.untrack(job.id)
 
     def finish_job(self, job: Job, queue: Queue, execution: Execution, outcome) -> None:

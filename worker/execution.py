@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from core.provenance import input_echo, parameter_texts, with_text_chunks
 from core.settings import Settings
@@ -117,6 +118,9 @@ class Executor:
     def _outcome(self, item: WorkItem, result) -> Outcome:
         if isinstance(result, Canceled):
             return Outcome(canceled=True)
+        if isinstance(result, RedisError):  # its text can name other jobs' keys: never in a job's error
+            log.error("job failed on a Redis error: %s", result, extra={"job_id": item.job_id})
+            return Outcome(error={"type": "internal", "message": "the job store (Redis) failed while this job ran"})
         if isinstance(result, BaseException):
             return Outcome(error={"type": "model_error", "message": f"{type(result).__name__}: {result}"})
         try:

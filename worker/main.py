@@ -20,6 +20,7 @@ from rq.worker import SimpleWorker
 
 from core.connection import connect, queues
 from core.logs import setup_logging
+from core.redis_policy import EvictingRedis, check_eviction
 from core.settings import Settings, get_settings
 from core.storage import open_store, wait_until_writable
 
@@ -27,12 +28,18 @@ log = logging.getLogger(__name__)
 
 
 def _make_when_redis_answers(make_worker):
-    """Build the worker (which talks to Redis already) once Redis answers, however long that takes."""
+    """Build the worker (which talks to Redis already) once Redis answers, however long that takes; stop
+    the process on a Redis that evicts keys (it would drop jobs and results)."""
     delay = 0.5
     while True:
         try:
             worker = make_worker()
             worker.connection.ping()
+            try:
+                check_eviction(worker.connection)
+            except EvictingRedis as exc:
+                log.error("refusing to work: %s", exc)
+                raise SystemExit(f"error: {exc}") from None
             return worker
         except RedisError as exc:
             log.warning("waiting for Redis: %s", exc)

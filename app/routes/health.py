@@ -50,7 +50,8 @@ def metrics(request: Request) -> PlainTextResponse:
     ready = service.ready_workers()
     gauges = [
         ("queue_depth", "Jobs waiting in the inference queue", {}, service.queue.count),
-        ("jobs_running", "Jobs being run by workers", {}, StartedJobRegistry(queue=service.queue).count),
+        ("jobs_running", "Jobs being run by workers", {},
+         StartedJobRegistry(queue=service.queue).get_job_count(cleanup=False)),  # a read: workers clean up
         ("workers_ready", "Workers with a loaded model and a recent heartbeat", {}, len(ready)),
         ("webhooks_pending", "Webhook deliveries waiting to be sent", {}, service.webhook_queue.count),
     ]
