@@ -18,6 +18,7 @@ from core.connection import connect
 from core.logs import setup_logging
 from core.settings import Settings, get_settings
 from core.storage import open_store
+from model.decode_budget import DECODE_BUDGET, map_large_blocks
 
 from . import errors
 from .access_log import AccessLog
@@ -47,6 +48,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app = FastAPI(title="OneDiffusion service", version="0.1.0", description=DESCRIPTION, docs_url=None, redoc_url=None,
                   generate_unique_id_function=operation_id)
     app.state.settings = settings
+    map_large_blocks()  # decoded images go back to the system when freed
+    DECODE_BUDGET.configure(settings.decode_budget_mb * 1024 * 1024, settings.decode_wait_s)
     app.state.redis = connect(settings)
     app.state.jobs = JobService(app.state.redis, settings)
     app.state.store = open_store(settings)

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     max_job_cost: int = Field(
         4_000_000, ge=1, description="Most work one job may ask for: tokens per frame (16x16 px) x frames x steps"
     )
+    decode_budget_mb: int = Field(
+        512, ge=64, description="Memory the API may spend decoding input images at once, all requests together (MB); "
+        "a decode that does not fit waits its turn (DECODE_WAIT_S), then gets 503"
+    )
+    decode_wait_s: float = Field(15.0, ge=0, le=300, description="Longest a request waits for room in DECODE_BUDGET_MB")
     max_streams_per_key: int = Field(20, ge=0, description="Open event streams (SSE) per API key (0 = no limit)")
     max_streams_per_tenant: int = Field(100, ge=0, description="Open event streams (SSE) per tenant (0 = no limit)")
 
