@@ -25,6 +25,7 @@ from .access_log import AccessLog
 from .body import BodyLimit
 from .docs import mount_docs
 from .form_schema import add_forms
+from .image_urls import ImageFetcher
 from .openapi_doc import operation_id, refine
 from .auth import KeyStore
 from .jobs import JobService
@@ -53,6 +54,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.redis = connect(settings)
     app.state.jobs = JobService(app.state.redis, settings)
     app.state.store = open_store(settings)
+    app.state.image_fetcher = ImageFetcher(settings)
     app.state.keystore = KeyStore(app.state.redis, app.state.jobs.keys)
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -114,7 +114,15 @@ class Settings(BaseSettings):
     image_url_max_bytes: int = Field(
         20 * 1024 * 1024, ge=1, description="Largest input image fetched from a URL (http(s) URLs in image fields)"
     )
-    image_url_timeout_s: float = Field(10.0, gt=0, description="Deadline for fetching one input image from a URL, all of it")
+    image_url_timeout_s: float = Field(
+        10.0, gt=0, description="Deadline for fetching the input images of one request from their URLs, all of it"
+    )
+    image_url_allowlist: str = Field(
+        "", description="Hosts, IPs or CIDRs that input images may be fetched from although private (e.g. '10.0.0.0/8'); "
+        "loopback and link-local addresses are never fetched. Apart from WEBHOOK_ALLOWLIST"
+    )
+    image_url_concurrency: int = Field(64, ge=1, le=4096, description="Image fetches in flight in one API process, all tenants together")
+    image_url_per_tenant: int = Field(8, ge=1, le=4096, description="Image fetches in flight for one tenant in one API process")
     cors_allow_origins: str = Field(
         "", description="Browser origins allowed to call the API (CORS), e.g. 'https://app.example.com,http://localhost:3000'; empty = none"
     )

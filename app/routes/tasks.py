@@ -15,7 +15,6 @@ from core.views import TERMINAL, BatchView, JobView
 from model.tasks import TASKS
 
 from ..body import idempotency_key, parse_request
-from ..image_urls import fetch_image_urls
 from ..schemas import REQUEST_MODELS, ErrorBody, task_part
 from ..security import Caller, require_caller
 
@@ -77,7 +76,9 @@ def _endpoint(task: str):
         if not await run_in_threadpool(service.is_replay, caller.tenant, idem):
             await run_in_threadpool(service.admit, caller.tenant, caller.key_id, 1)
         body = await parse_request(request, model)
-        body = await run_in_threadpool(fetch_image_urls, body, settings)  # images given by URL, through the guard
+        limits = settings.task_limits()
+        body = await request.app.state.image_fetcher.fetch_all(  # images given by URL, checked first, off the request threads
+            body, caller.tenant, lambda checked: task_part(checked, task).plan(limits))
         if body.num_outputs > 1:
             return await _submit_outputs(service, task, body, caller, idem)
         view, replayed = await run_in_threadpool(

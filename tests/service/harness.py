@@ -29,6 +29,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def local_address() -> str:
+    """This machine's address on its network (not loopback): where test servers of input images listen,
+    since the API never fetches images from loopback addresses."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("10.255.255.255", 1))  # no packet is sent; the kernel picks the outgoing address
+        return s.getsockname()[0]
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,6 +103,7 @@ class Service:
             "ONEDIFFUSION_ATTENTION": "math",
             "AUTH_DISABLED": "true",  # tests of keys and tenants turn it off explicitly
             "WEBHOOK_ALLOWLIST": "127.0.0.1",  # the local receiver
+            "IMAGE_URL_ALLOWLIST": local_address(),  # the tests' image servers
             "RATE_LIMIT_PER_MINUTE": "0",
             "PYTHONUNBUFFERED": "1",
             **{k.upper(): str(v) for k, v in settings.items()},

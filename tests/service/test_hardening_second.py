@@ -1,0 +1,194 @@
+"""The second outside probe (keys on, two tenants), each finding reproduced against real processes: decode
+cost by format, one tenant stalling the API with slow image URLs, image-URL SSRF through the webhook
+allowlist, connections that never time out, webhooks held after deliverer kills, and the small 4xx/5xx
+findings. The cheap cases run here; `python -m benchmarks.hardening_probe` gives the figures."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.service.harness import wait_until
+
+
+def status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def lossless_webp(side: int) -> str:
+    """A flat lossless WebP: about 1.6 KB on the wire at 6300x6300, 159 MB as RGBA."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (40, 90, 160)).save(buffer, format="WEBP", lossless=True)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+# ---- 1: what decoding costs, per request and per process, whatever the format ------------------------------
+def test_four_requests_of_large_lossless_webps_grow_the_api_by_at_most_600_mb(make_service):
+    service = make_service(workers=0, deliverer=False)
+    api = service.processes["api"].pid
+    image = lossless_webp(6300)  # 39.7 megapixels each: inside MAX_INPUT_PIXELS, two inside MAX_REQUEST_PIXELS
+    body = {"images": [image, image], "num_inference_steps": 1}
+    before_kb = status_kb(api, "VmRSS")
+
+    def post(_):
+        with httpx.Client(base_url=service.url, timeout=120) as client:
+            return client.post("/v1/camera-pose-estimation", json=body).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(post, range(4)))
+    grown_mb = (status_kb(api, "VmHWM") - before_kb) / 1024
+    assert codes == [202] * 4, codes
+    assert grown_mb <= 600, f"the API grew by {grown_mb:.0f} MB"
+    # and the memory goes back once the decodes are over
+    wait_until(lambda: (status_kb(api, "VmRSS") - before_kb) / 1024 < 100, 10, what="decode memory given back")
+
+
+def test_a_full_decode_budget_answers_503_with_retry_after(make_service):
+    service = make_service(workers=0, deliverer=False, decode_budget_mb=64, decode_wait_s=0)
+    image = lossless_webp(6300)
+    body = {"images": [image, image], "num_inference_steps": 1}
+
+    def post(_):
+        with httpx.Client(base_url=service.url, timeout=120) as client:
+            return client.post("/v1/camera-pose-estimation", json=body)
+
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(post, range(3)))
+    busy = [a for a in answers if a.status_code == 503]
+    assert busy and all(a.status_code in (202, 503) for a in answers), [a.text for a in answers]
+    assert busy[0].headers["retry-after"] and "retry shortly" in busy[0].json()["error"]["message"]
+
+
+# ---- 2: one tenant's slow image URLs stall nobody else -----------------------------------------------------
+class SlowImages:
+    """An image server on this machine's network address that answers after `delay` seconds, counting
+    the requests it gets and the most it had in flight at once."""
+
+    def __init__(self, delay: float, image: bytes, address: str = ""):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from tests.service.harness import local_address
+
+        outer = self
+        self.requests = self.in_flight = self.most = 0
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                with outer.lock:
+                    outer.requests += 1
+                    outer.in_flight += 1
+                    outer.most = max(outer.most, outer.in_flight)
+                try:
+                    import select
+
+                    if select.select([self.connection], [], [], delay)[0]:
+                        return  # the client gave up and closed the connection: no longer in flight
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Content-Length", str(len(image)))
+                    self.end_headers()
+                    self.wfile.write(image)
+                except OSError:
+                    pass
+                finally:
+                    with outer.lock:
+                        outer.in_flight -= 1
+
+            def log_message(self, *args):
+                pass
+
+        address = address or local_address()
+        self.server = ThreadingHTTPServer((address, 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://{address}:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def new_key(service, tenant: str) -> str:
+    return service.cli("keys", "create", "--tenant", tenant).strip().splitlines()[-1]
+
+
+def test_too_many_views_by_url_are_refused_before_anything_is_fetched(make_service):
+    service = make_service(workers=0, deliverer=False, auth_disabled="false")
+    key = new_key(service, "many")
+    slow = SlowImages(3, _png())
+    try:
+        started = time.monotonic()
+        response = service.client.post("/v1/camera-pose-estimation", json={"images": [f"{slow.url}/{i}.png" for i in range(16)]},
+                                       headers={"Authorization": f"Bearer {key}"})
+        took = time.monotonic() - started
+        assert response.status_code == 422 and "16 views is more than the limit of 8" in response.text, response.text
+        assert slow.requests == 0 and took < 3, (slow.requests, took)
+    finally:
+        slow.close()
+
+
+def test_one_tenants_slow_image_urls_leave_other_tenants_reads_fast(make_service):
+    service = make_service(workers=0, deliverer=False, auth_disabled="false", image_url_timeout_s=5,
+                           image_url_per_tenant=4, rate_limit_per_minute=0, max_active_jobs_per_tenant=0)
+    slow_key, other_key = new_key(service, "slow"), new_key(service, "other")
+    other = {"Authorization": f"Bearer {other_key}"}
+    job = service.client.post("/v1/text-to-image", json={"prompt": "x", "width": 64, "height": 64}, headers=other).json()["id"]
+    slow = SlowImages(3, _png())
+    try:
+        body = {"images": [f"{slow.url}/{i}.png" for i in range(4)], "num_inference_steps": 1}
+
+        def post(_):
+            with httpx.Client(base_url=service.url, timeout=60) as client:
+                return client.post("/v1/camera-pose-estimation", json=body, headers={"Authorization": f"Bearer {slow_key}"}).status_code
+
+        with ThreadPoolExecutor(40) as pool:
+            flood = [pool.submit(post, i) for i in range(40)]
+            wait_until(lambda: slow.requests >= 1, 10, what="the first slow fetch")
+            latencies = []
+            with httpx.Client(base_url=service.url, timeout=60) as client:
+                while not all(f.done() for f in flood) and len(latencies) < 200:
+                    started = time.monotonic()
+                    assert client.get(f"/v1/jobs/{job}", headers=other).status_code == 200
+                    latencies.append(time.monotonic() - started)
+                    time.sleep(0.02)
+            codes = [f.result() for f in flood]
+        latencies.sort()
+        p99 = latencies[int(0.99 * (len(latencies) - 1))]
+        assert p99 < 2.0, f"another tenant's GET took {p99:.2f} s at p99 ({len(latencies)} reads)"
+        assert slow.most <= 4, f"{slow.most} fetches of one tenant in flight at once"
+        assert set(codes) <= {202, 422}, codes  # fetched in time, or past the request's one deadline
+    finally:
+        slow.close()
+
+
+# ---- 3: image URLs have their own allowlist and never reach loopback or link-local ------------------------
+def test_image_urls_do_not_go_through_the_webhook_allowlist_nor_to_loopback(make_service):
+    loopback = SlowImages(0, _png(), "127.0.0.1")  # an image server on loopback that counts what reaches it
+    try:
+        opened = make_service(workers=0, deliverer=False, webhook_allowlist="127.0.0.0/8", image_url_allowlist="")
+        for allowed in (opened, make_service(workers=0, deliverer=False, image_url_allowlist="127.0.0.0/8,169.254.0.0/16,::1")):
+            for url in (f"{loopback.url}/x.png", "http://169.254.169.254/latest/meta-data", "http://[::1]:9/x.png"):
+                response = allowed.submit("depth-estimation", {"image": url})
+                assert response.status_code == 422, response.text
+                assert "public addresses" in response.json()["error"]["message"], response.text
+        assert loopback.requests == 0
+    finally:
+        loopback.close()
