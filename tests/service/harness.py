@@ -205,7 +205,8 @@ class Service:
 class WebhookReceiver:
     """An HTTP server that records POSTs; `down()` closes its port, `up()` opens it again."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
         self.port = free_port()
         self.calls: list[dict] = []
         self.lock = threading.Lock()
@@ -213,7 +214,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"http://{self.host}:{self.port}/hook"
 
     def up(self) -> None:
         receiver = self
@@ -232,7 +233,7 @@ class WebhookReceiver:
                 pass
 
         ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = ThreadingHTTPServer((self.host, self.port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def down(self) -> None:
@@ -250,19 +251,20 @@ class StalledReceiver:
     """A webhook receiver that accepts each POST and then trickles a header line a second for a minute
     (a per-read timeout never fires); `connections` counts the attempts it saw."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
         self.port = free_port()
         self.connections = 0
         self.open: list[socket.socket] = []
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.bind((host, self.port))
         self.sock.listen(16)
         threading.Thread(target=self._serve, daemon=True).start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/stall"
+        return f"http://{self.host}:{self.port}/stall"
 
     def _serve(self) -> None:
         while True:

@@ -126,6 +126,14 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
+def wait_job(service, job_id: str, headers: dict) -> dict:
+    def ended():
+        job = service.client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        return job if job["status"] in ("succeeded", "failed", "canceled") else None
+
+    return wait_until(ended, 120, 0.2, f"job {job_id}")
+
+
 def new_key(service, tenant: str) -> str:
     return service.cli("keys", "create", "--tenant", tenant).strip().splitlines()[-1]
 
@@ -192,3 +200,37 @@ def test_image_urls_do_not_go_through_the_webhook_allowlist_nor_to_loopback(make
         assert loopback.requests == 0
     finally:
         loopback.close()
+
+
+# ---- 4: webhook limits per resolved address and per tenant ------------------------------------------------
+def test_webhook_limits_count_resolved_addresses_and_tenants(make_service):
+    from tests.service.harness import StalledReceiver, WebhookReceiver, local_address
+
+    service = make_service(auth_disabled="false", webhook_timeout_s=20, webhook_per_host=1, webhook_per_tenant=2,
+                           webhook_allowlist=f"127.0.0.0/8,::1,{local_address()}", rate_limit_per_minute=0)
+    a = {"Authorization": f"Bearer {new_key(service, 'stalls')}"}
+    b = {"Authorization": f"Bearer {new_key(service, 'waits')}"}
+    one, two = StalledReceiver("127.0.0.1"), StalledReceiver("127.0.0.2")
+    other = WebhookReceiver(local_address())
+    other.up()
+    small = {"prompt": "x", "width": 64, "height": 64, "num_inference_steps": 1}
+    try:
+        port = one.port
+        names = [f"http://127.0.0.1:{port}/a", f"http://localhost:{port}/b", f"http://127.1:{port}/c"]  # one address
+        jobs = [service.client.post("/v1/text-to-image", json={**small, "seed": i, "webhook": {"url": url}}, headers=a).json()
+                for i, url in enumerate(names + [two.url])]
+        for job in jobs:
+            wait_job(service, job["id"], a)
+        wait_until(lambda: one.connections >= 1 and two.connections >= 1, 20, what="the stalled deliveries")
+        late = service.client.post("/v1/text-to-image", json={**small, "webhook": {"url": other.url}}, headers=b).json()
+        wait_job(service, late["id"], b)
+        ended = time.monotonic()
+        wait_until(lambda: other.calls, 30, interval=0.05, what="the other tenant's webhook")
+        assert time.monotonic() - ended <= 2.0
+        time.sleep(2)  # postponed deliveries of the stalling tenant keep being put back, not sent
+        assert one.connections == 1, f"{one.connections} deliveries in flight to one address under three names"
+        assert one.connections + two.connections <= 2
+    finally:
+        one.close()
+        two.close()
+        other.down()
