@@ -136,6 +136,16 @@ class Settings(BaseSettings):
         description="Idle HTTP keep-alive kept open by the API; longer than a client's or load balancer's (60 s), so the server never closes a connection a client is about to reuse",
     )
 
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A connection whose request headers are not all in this long after it opened (or after their first byte) is closed"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="A request whose body is not all in this long after its headers is cut off (put a buffering proxy in front for slow clients)"
+    )
+    max_connections: int = Field(
+        1000, ge=16, description="Open connections the API keeps; past it a new connection is answered 503 and closed (bounded by the open-files limit)"
+    )
+
     @field_validator("precision", mode="before")
     @classmethod
     def _known_precision(cls, value):

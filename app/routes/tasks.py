@@ -24,7 +24,10 @@ _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 
 def prefer_wait(request: Request, limit: int) -> Optional[int]:
     match = _PREFER_WAIT.search(request.headers.get("prefer", ""))
-    return min(int(match.group(1)), limit) if match else None
+    if not match:
+        return None
+    digits = match.group(1).lstrip("0") or "0"
+    return min(int(digits), limit) if len(digits) <= 9 else limit  # wait=<5000 digits> is a long wait, not a 500
 
 
 async def wait_for(service, job_id: str, seconds: int, tenant: str) -> JobView:

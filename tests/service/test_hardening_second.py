@@ -234,3 +234,89 @@ def test_webhook_limits_count_resolved_addresses_and_tenants(make_service):
         one.close()
         two.close()
         other.down()
+
+
+# ---- 5: connections that never finish a request are closed; too many are answered 503 ----------------------
+def _closed_within(sock, seconds: float) -> bytes | None:
+    """What the server sent before closing the connection, or None if it was still open after `seconds`."""
+    import socket as _socket
+
+    sock.settimeout(0.2)
+    got, deadline = b"", time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(4096)
+        except _socket.timeout:
+            continue
+        except OSError:
+            return got
+        if not chunk:
+            return got
+        got += chunk
+    return None
+
+
+def test_idle_trickling_and_slow_connections_are_closed_and_extra_ones_get_503(make_service):
+    import socket
+
+    service = make_service(workers=0, deliverer=False, header_timeout_s=1, body_timeout_s=2, max_connections=30)
+    address = ("127.0.0.1", service.port)
+    idle = [socket.create_connection(address) for _ in range(50)]  # 20 over the limit
+    try:
+        answers = [_closed_within(s, 6) for s in idle]
+        assert all(a is not None for a in answers), "some idle connections were still open after 6 s"
+        busy = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+        assert len(busy) >= 15 and b"too many open connections" in busy[0], answers[:3]
+    finally:
+        for s in idle:
+            s.close()
+    assert service.client.get("/healthz").status_code == 200  # reachable again
+
+    trickle = socket.create_connection(address)
+    started = time.monotonic()
+    try:
+        trickle.sendall(b"GET /healthz HTTP/1.1\r\n")
+        for _ in range(20):  # a header byte every 0.3 s: never complete
+            try:
+                trickle.sendall(b"X")
+            except OSError:
+                break
+            time.sleep(0.3)
+        assert time.monotonic() - started < 4, "trickled headers kept the connection open"
+    finally:
+        trickle.close()
+
+    upload = socket.create_connection(address)
+    try:
+        upload.sendall(b"POST /v1/text-to-image HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        answer = _closed_within(upload, 6)
+        assert answer is not None, "a slow upload kept its connection past the body deadline"
+    finally:
+        upload.close()
+    time.sleep(0.5)
+    logs = service.logs(full=True)
+    assert "Traceback" not in logs and " 500 " not in logs, logs[-3000:]
+
+
+def test_repeated_error_lines_are_rate_limited():
+    import logging
+
+    from app.connections import RateLimitedLog
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    log = logging.getLogger("test.ratelimited")
+    log.propagate = False
+    handler = Keep()
+    handler.addFilter(RateLimitedLog(burst=5, window_s=0.5))
+    log.addHandler(handler)
+    for _ in range(1000):
+        log.error("socket.accept() out of system resource")
+    assert len(records) == 5
+    time.sleep(0.6)
+    log.error("socket.accept() out of system resource")
+    assert len(records) == 6 and "995 more like this" in records[-1]
