@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import unicodedata
 import typing
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal, Optional
@@ -73,9 +74,15 @@ def _no_bool(value):
     return value
 
 
+def _visible(text: str) -> str:
+    """The text without spaces, control and format characters (zero-width spaces and joiners, BOMs,
+    direction marks): what a prompt says, as far as a person reading it can tell."""
+    return "".join(c for c in text if not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf", "Zs", "Zl", "Zp"))
+
+
 def _not_blank(value):
-    if isinstance(value, str) and value and not value.strip():
-        raise ValueError("must contain more than spaces")
+    if isinstance(value, str) and value and not _visible(value):
+        raise ValueError("must contain more than spaces (and invisible characters)")
     return value
 
 
@@ -181,7 +188,10 @@ class ClassSpec(BaseModel):
     """A class to segment or detect (or drawn in a map to generate from), and the colour that marks it."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100, examples=["dragon"])
+    name: str = Field(
+        min_length=1, max_length=100, examples=["dragon"], json_schema_extra={"pattern": r"^[^<>\[\]]*$"},
+        description="The class's name; it goes into the prompt inside <...>, so it cannot contain <, >, [ or ]",
+    )  # the pattern is documented; `_plain_name` checks it with a message that says what to change
     colour: Optional[str] = Field(
         None, max_length=32, description=f"one of: {', '.join(COLOURS)}; assigned in that order when omitted"
     )
