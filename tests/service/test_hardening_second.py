@@ -320,3 +320,123 @@ def test_repeated_error_lines_are_rate_limited():
     time.sleep(0.6)
     log.error("socket.accept() out of system resource")
     assert len(records) == 6 and "995 more like this" in records[-1]
+
+
+# ---- the low findings, against the real API -------------------------------------------------------------------
+SMALL = {"prompt": "a small test", "width": 64, "height": 64, "num_inference_steps": 2}
+
+
+def _raw_http(port: int, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return answer
+            answer += chunk
+
+
+def test_huge_numbers_are_4xx_and_logged_without_traceback(shared_service):
+    body = '{"prompt": "x", "width": 64, "height": 64, "seed": ' + "9" * 5000 + "}"
+    response = shared_service.client.post("/v1/text-to-image", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "too many digits" in response.text, response.text
+    waited = shared_service.client.post("/v1/text-to-image", json={**SMALL, "prompt": "does not wait long"},
+                                        headers={"Prefer": "wait=" + "9" * 5000, "Idempotency-Key": f"huge-{time.time_ns()}"})
+    assert waited.status_code in (200, 202), waited.text  # the longest wait the server allows, not a 500
+    assert shared_service.client.get("/healthz").status_code == 200  # the kept-alive connection still works
+    assert "Traceback" not in shared_service.logs(full=True).split("--- api.log")[-1]
+
+
+def test_a_nan_cursor_is_422(shared_service):
+    cursor = base64.urlsafe_b64encode(b'[NaN, "x"]').decode().rstrip("=")
+    response = shared_service.client.get("/v1/jobs", params={"cursor": cursor})
+    assert response.status_code == 422 and "cursor" in response.text, response.text
+
+
+def test_multipart_without_its_closing_boundary_is_a_400(shared_service):
+    boundary = "probe7d1"
+    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\na cat\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"width\"\r\n\r\n64\r\n")
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    cut = shared_service.client.post("/v1/text-to-image", content=part.encode(), headers=headers)
+    assert cut.status_code == 400 and "closing boundary" in cut.text, cut.text
+    whole = part + f"--{boundary}\r\nContent-Disposition: form-data; name=\"height\"\r\n\r\n64\r\n--{boundary}--\r\n"
+    sent = shared_service.client.post("/v1/text-to-image", content=whole.encode(), headers=headers)
+    assert sent.status_code == 202, sent.text
+    shared_service.client.post(f"/v1/jobs/{sent.json()['id']}/cancel")
+
+
+def test_content_length_with_transfer_encoding_is_a_400_and_closes(shared_service):
+    body = b'{"prompt": "x"}'
+    request = (b"POST /v1/text-to-image HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), len(body), body))
+    answer = _raw_http(shared_service.port, request)  # returns once the server closes the connection
+    assert answer.startswith(b"HTTP/1.1 400") and b"not both" in answer, answer[:300]
+
+
+def test_an_idempotency_key_of_a_job_cannot_be_reused_for_a_batch(shared_service):
+    headers = {"Idempotency-Key": f"job-then-batch-{time.time_ns()}"}
+    job = shared_service.submit("text-to-image", SMALL, headers=headers)
+    assert job.status_code == 202, job.text
+    batch = shared_service.client.post("/v1/batches", json={"items": [{"task": "text-to-image", **SMALL}]}, headers=headers)
+    assert batch.status_code == 409 and "different request" in batch.text, batch.text
+    headers = {"Idempotency-Key": f"batch-then-job-{time.time_ns()}"}
+    first = shared_service.client.post("/v1/batches", json={"items": [{"task": "text-to-image", **SMALL}]}, headers=headers)
+    assert first.status_code == 202 and shared_service.submit("text-to-image", SMALL, headers=headers).status_code == 409
+    shared_service.client.post(f"/v1/jobs/{job.json()['id']}/cancel")
+
+
+def test_a_prompt_of_zero_width_spaces_is_422(shared_service):
+    response = shared_service.submit("text-to-image", {**SMALL, "prompt": "\u200b" * 20})
+    assert response.status_code == 422 and "prompt" in response.text, response.text
+
+
+def test_tenant_with_a_final_newline_is_refused_by_the_cli(shared_service):
+    with pytest.raises(RuntimeError, match="tenant"):
+        shared_service.cli("keys", "create", "--tenant", "acme\n")
+    assert "acme" not in shared_service.cli("keys", "list")
+
+
+def test_readyz_is_unavailable_when_the_results_disk_is_full(make_service):
+    from tests.service.harness import free_port
+
+    service = make_service(workers=1, deliverer=False)
+    assert service.client.get("/readyz").status_code == 200
+    port = free_port()  # a second API whose results disk has less free than it needs
+    service.start("api-full", "serve", port=port, results_min_free_mb=10**9)
+    url = f"http://127.0.0.1:{port}/readyz"
+    wait_until(lambda: _answers(url), 30, what="the second API")
+    response = httpx.get(url)
+    assert response.status_code == 503 and "results disk" in response.json()["reason"], response.text
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def test_the_playground_says_ready_when_keys_are_on(make_service):
+    """With keys on /readyz gives worker_count and no names: the playground's pill reads the count."""
+    import os
+    import shutil
+
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on this machine")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    service = make_service(workers=1, deliverer=False, auth_disabled="false")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"], headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(service.url + "/playground/")
+            page.wait_for_function("document.querySelector('#service-status').textContent.includes('ready')", timeout=20_000)
+            assert page.inner_text("#service-status") == "1 worker ready"
+        finally:
+            browser.close()
