@@ -440,3 +440,85 @@ def test_the_playground_says_ready_when_keys_are_on(make_service):
             assert page.inner_text("#service-status") == "1 worker ready"
         finally:
             browser.close()
+
+
+# ---- 6: killed deliverers: no orphans, deliveries resume within seconds ---------------------------------------
+class FirstCallStalls:
+    """A webhook receiver that holds its first call open (never answers it) and answers 200 to the others."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.connections, self.delivered, self.held = 0, [], []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.connections == 1:
+                self.held.append(conn)
+                continue
+            data = conn.recv(65536)
+            self.delivered.append((time.monotonic(), data))
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_killed_deliverers_leave_no_orphans_and_deliveries_resume_within_seconds(make_service):
+    service = make_service(workers=1, webhook_timeout_s=3)  # HEARTBEAT_TTL_S=4, MAINTENANCE_INTERVAL_S=1
+    hook = FirstCallStalls()
+    try:
+        job = service.submit("text-to-image", {**SMALL, "num_inference_steps": 1, "webhook": {"url": hook.url}}).json()
+        service.wait_job(job["id"])
+        wait_until(lambda: hook.connections >= 1, 20, interval=0.02, what="the delivery in flight")
+        orphans = []
+        for round_ in range(3):  # killed mid-delivery, then twice more while starting up and cleaning
+            deliverer = service.processes["webhooks"]
+            wait_until(lambda: len(_children(deliverer.pid)) >= 2, 20, what="the scheduler and helper processes")
+            children = _children(deliverer.pid)
+            service.kill("webhooks")
+            time.sleep(3)
+            orphans += [pid for pid in children if _alive(pid)]
+            service.start("webhooks", "webhooks")
+            time.sleep(1.5 if round_ < 2 else 0)
+        restarted = time.monotonic()
+        wait_until(lambda: hook.delivered, 60, interval=0.1, what="the delivery after the restarts")
+        late = hook.delivered[0][0] - restarted
+        assert not orphans, f"processes of killed deliverers still running: {orphans}"
+        assert late <= 4 + 3 + 5 + 5, f"the delivery came {late:.1f} s after the restart"  # TTL, deadline, backoff, slack
+        assert hook.delivered[0][1].startswith(b"POST /hook")
+    finally:
+        hook.close()
