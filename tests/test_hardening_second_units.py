@@ -164,3 +164,25 @@ def test_json_error_messages_do_not_crash_on_huge_numbers_in_forms():
     with pytest.raises(ApiError) as refused:
         load_json(json.dumps({"x": 1}).replace("1", "1" * 4400).encode(), "the form field 'cameras'")
     assert refused.value.status == 400 and "'cameras'" in refused.value.message
+
+
+# ---- 20: a job that runs twice sends its webhook once, under one delivery id --------------------------------
+def test_a_jobs_event_is_queued_once_under_one_delivery_id(redis_url):
+    from redis import Redis
+
+    from core.connection import queues
+    from core.job_store import JobStore
+    from core.settings import Settings
+
+    settings = Settings(redis_url=redis_url, queue_prefix=f"odonce{time.time_ns()}")
+    store = JobStore(Redis.from_url(redis_url), settings)
+    body = {"event": "job.succeeded", "job": {"id": "j1", "status": "succeeded"}}
+    store.enqueue_webhook("job", "j1", body)
+    store.enqueue_webhook("job", "j1", {**body, "job": {"id": "j1", "status": "succeeded", "finished_at": "later"}})
+    store.enqueue_webhook("batch", "b1", {"event": "batch.item.succeeded", "job": {"id": "j1"}, "batch_id": "b1"})
+    store.enqueue_webhook("batch", "b1", {"event": "batch.item.succeeded", "job": {"id": "j2"}, "batch_id": "b1"})
+    _, queue = queues(store.redis, settings)
+    jobs = queue.get_jobs()
+    assert len(jobs) == 3, [j.description for j in jobs]
+    ids = [j.args[2] for j in jobs]
+    assert len(set(ids)) == 3
