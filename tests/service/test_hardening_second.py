@@ -34,7 +34,7 @@ def lossless_webp(side: int) -> str:
 
 # ---- 1: what decoding costs, per request and per process, whatever the format ------------------------------
 def test_four_requests_of_large_lossless_webps_grow_the_api_by_at_most_600_mb(make_service):
-    service = make_service(workers=0, deliverer=False)
+    service = make_service(workers=0, deliverer=False, decode_wait_s=240)  # queued, however loaded the machine
     api = service.processes["api"].pid
     image = lossless_webp(6300)  # 39.7 megapixels each: inside MAX_INPUT_PIXELS, two inside MAX_REQUEST_PIXELS
     body = {"images": [image, image], "num_inference_steps": 1}
