@@ -138,7 +138,11 @@ class ImageFetcher:
                 limiter=self.dns,
             )
         except UnsafeWebhook as exc:
-            raise _refuse(field, str(exc)) from None
+            reason = str(exc)
+            if "resolves to" in reason or "does not resolve" in reason:  # what a name resolves to is not told
+                reason = ("image URLs may only name public addresses that resolve (an operator can allow private "
+                          "ones with IMAGE_URL_ALLOWLIST; loopback and link-local never)")
+            raise _refuse(field, reason) from None
         async with self.slot(tenant):
             try:
                 return await _get(url, host, address, settings)

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     demo_checkpoint_dir: str = Field("var/demo-checkpoint", description="Where the demo checkpoint is made when needed")
     results_dir: str = Field("var/results", description="Folder that stores job outputs")
     results_min_free_mb: int = Field(
-        256, ge=0, description="Free space the results folder needs for /readyz to say ready (0 = not checked)"
+        64, ge=0, description="Free space the results folder needs for /readyz to say ready (0 = not checked)"
     )
     results_ttl_s: int = Field(7 * 24 * 3600, description="How long outputs and job records are kept")
     public_url: Optional[str] = Field(

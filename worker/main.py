@@ -86,8 +86,11 @@ def run_gpu_worker(settings: Settings | None = None) -> None:
     from .execution import Executor
     from .model_host import load_model
 
+    from model.decode_budget import map_large_blocks
+
     settings = settings or get_settings()
     setup_logging("worker")
+    map_large_blocks()  # decoded input images go back to the system when freed
     executor = Executor(load_model(settings), open_store(settings), settings)
 
     class GpuWorker(PromptMaintenance, BatchWorker):
