@@ -7,7 +7,8 @@ for one tenant, all the images of one request within one deadline (IMAGE_URL_TIM
 pointing many requests at a slow server waits for its own slots and holds nobody else's.
 
 Every fetch goes through the SSRF guard with its own allowlist (IMAGE_URL_ALLOWLIST, apart from the
-webhooks'); loopback and link-local addresses are never fetched, allowlisted or not; the connection goes
+webhooks'); link-local and metadata addresses are never fetched, allowlisted or not, and loopback only at
+an address the allowlist names exactly (a development image server); the connection goes
 to the address that was checked; no redirects; a byte limit per image. A failed fetch is answered with
 one message whatever went wrong, so answers do not tell open ports, status codes or contents apart.
 The fetched bytes then take the base64 path, so the job, its input echo and its outputs are as if sent inline."""
@@ -141,7 +142,7 @@ class ImageFetcher:
             reason = str(exc)
             if "resolves to" in reason or "does not resolve" in reason:  # what a name resolves to is not told
                 reason = ("image URLs may only name public addresses that resolve (an operator can allow private "
-                          "ones with IMAGE_URL_ALLOWLIST; loopback and link-local never)")
+                          "ones with IMAGE_URL_ALLOWLIST; link-local never)")
             raise _refuse(field, reason) from None
         async with self.slot(tenant):
             try:

@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     )
     image_url_allowlist: str = Field(
         "", description="Hosts, IPs or CIDRs that input images may be fetched from although private (e.g. '10.0.0.0/8'); "
-        "loopback and link-local addresses are never fetched. Apart from WEBHOOK_ALLOWLIST"
+        "link-local and metadata addresses are never fetched, loopback only at an address named exactly. Apart from WEBHOOK_ALLOWLIST"
     )
     image_url_concurrency: int = Field(64, ge=1, le=4096, description="Image fetches in flight in one API process, all tenants together")
     image_url_per_tenant: int = Field(8, ge=1, le=4096, description="Image fetches in flight for one tenant in one API process")

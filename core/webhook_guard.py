@@ -1,7 +1,7 @@
 """URLs the service calls that cannot be turned against it: no loopback, private, link-local, shared,
 reserved or cloud-metadata addresses unless an allowlist names them (WEBHOOK_ALLOWLIST for webhooks,
-IMAGE_URL_ALLOWLIST for input images by URL; image fetches never reach loopback or link-local addresses,
-allowlisted or not). Checked when a job is submitted and again at every call, where the connection goes
+IMAGE_URL_ALLOWLIST for input images by URL; image fetches never reach link-local or metadata addresses,
+allowlisted or not, and loopback only at an address named exactly). Checked when a job is submitted and again at every call, where the connection goes
 to the address that was checked (no DNS rebinding)."""
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ _NEVER_IF_LOCAL = ("a loopback address", "a link-local address", "a cloud metada
 def resolve_checked(url: str, allowlist: Iterable[str], subject: str = "webhook", setting: str = "WEBHOOK_ALLOWLIST",
                     local_never: bool = False) -> tuple[str, str]:
     """(host, an IP address it resolves to that may be called). Raises UnsafeWebhook saying why not.
-    `subject` names what the URL is for in messages; with `local_never` loopback, link-local, metadata
-    and reserved addresses are refused even when the allowlist names them."""
+    `subject` names what the URL is for in messages; with `local_never` link-local, metadata and reserved
+    addresses are refused even when the allowlist names them, and loopback unless it names that very
+    address (a development image server on this machine), not a range or a host name."""
     try:
         parts = urlsplit(url)
         hostname, port = parts.hostname, parts.port
@@ -115,7 +116,8 @@ def resolve_checked(url: str, allowlist: Iterable[str], subject: str = "webhook"
         reason = _forbidden(address)
         if not reason:
             continue
-        if local_never and reason.split(" (")[0] in _NEVER_IF_LOCAL:
+        named = str(address) in allow  # loopback only where the allowlist names that very address
+        if local_never and reason.split(" (")[0] in _NEVER_IF_LOCAL and not (named and address.is_loopback):
             raise UnsafeWebhook(f"the {subject} host {host!r} resolves to {reason}; {subject}s may only name public addresses")
         if not _allowed(host, address, allow):
             raise UnsafeWebhook(

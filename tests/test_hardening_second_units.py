@@ -76,11 +76,17 @@ def test_guard_refuses_metadata_and_non_public_ranges(url, words):
 
 
 def test_image_urls_never_reach_loopback_or_link_local_even_when_allowlisted():
-    allow = ["127.0.0.0/8", "169.254.0.0/16", "::1"]
+    allow = ["127.0.0.0/8", "169.254.0.0/16", "fe80::/10", "localhost"]
     assert resolve_checked("http://127.0.0.1/x", allow)[1] == "127.0.0.1"  # webhooks may, when allowed
-    for url in ("http://127.0.0.1/x", "http://169.254.169.254/x", "http://[::1]/x"):
+    for url in ("http://127.0.0.1/x", "http://localhost/x", "http://169.254.169.254/x", "http://[fe80::1]/x"):
         with pytest.raises(UnsafeWebhook, match="image URLs may only name public addresses"):
             resolve_checked(url, allow, "image URL", "IMAGE_URL_ALLOWLIST", local_never=True)
+    # A development image server on this machine: only the very address the allowlist names; metadata never.
+    exact = ["127.0.0.2", "169.254.169.254"]
+    assert resolve_checked("http://127.0.0.2/x", exact, "image URL", "IMAGE_URL_ALLOWLIST", local_never=True)[1] == "127.0.0.2"
+    for url in ("http://127.0.0.1/x", "http://169.254.169.254/x"):
+        with pytest.raises(UnsafeWebhook):
+            resolve_checked(url, exact, "image URL", "IMAGE_URL_ALLOWLIST", local_never=True)
 
 
 # ---- 8: numbers Python will not convert are a 400 -----------------------------------------------------------

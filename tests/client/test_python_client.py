@@ -279,7 +279,7 @@ def image_server(tmp_path):
     (tmp_path / "photo.png").write_bytes(make_image(96, 64, seed=3))
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
     handler.log_message = lambda *a: None
-    address = local_address()  # images are never fetched from loopback
+    address = local_address()  # a loopback address the harness names in IMAGE_URL_ALLOWLIST
     server = ThreadingHTTPServer((address, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://{address}:{server.server_address[1]}"

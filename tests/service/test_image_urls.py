@@ -46,7 +46,7 @@ class _Files(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def files():
-    address = local_address()  # images are never fetched from loopback; the harness allowlists this address
+    address = local_address()  # a loopback address the harness names in IMAGE_URL_ALLOWLIST
     server = ThreadingHTTPServer((address, 0), _Files)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://{address}:{server.server_address[1]}"
