@@ -52,12 +52,18 @@ def cmd_serve(args) -> None:
         os.environ["PORT"] = str(args.port)
     from core.logs import setup_logging
 
+    from app.connections import DeadlineProtocol, limit_error_logs, open_files_limit
+
     setup_logging("api")  # uvicorn's own lines go through it too (log_config=None: no handlers of its own)
     check_redis_policy(settings)
+    limit_error_logs()
+    # room for MAX_CONNECTIONS connections plus Redis, files and fetches; fewer connections if the system allows less
+    max_connections = min(settings.max_connections, open_files_limit(settings.max_connections + 256) - 128)
     uvicorn.run(
         "app.main:create_app", factory=True, host=args.host or settings.host, port=args.port or settings.port,
         log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False, log_config=None,
         timeout_keep_alive=settings.keep_alive_s,
+        http=DeadlineProtocol.configure(settings.header_timeout_s, settings.body_timeout_s, max(16, max_connections)),
     )
 
 

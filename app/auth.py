@@ -23,7 +23,7 @@ from core.connection import Keys
 
 PUBLIC_TENANT = "public"
 KEY_PREFIX = "od_"
-TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # whole-string match: `$` would let a final newline through
 
 
 @dataclass
@@ -46,7 +46,7 @@ class KeyStore:
 
     def create(self, tenant: str, name: str = "") -> tuple[str, ApiKey]:
         """A new key for `tenant`: returns (the full key, shown only now; its record)."""
-        if not TENANT_NAME.match(tenant or ""):
+        if not TENANT_NAME.fullmatch(tenant or ""):
             raise ValueError("a tenant name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         if tenant.lower() == PUBLIC_TENANT:
             raise ValueError(f"{PUBLIC_TENANT!r} is reserved (every caller is that tenant when AUTH_DISABLED is set)")

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_response
@@ -49,6 +50,8 @@ def load_json(raw: bytes, field: str = "the body") -> Any:
         raise ApiError(400, "invalid_json", f"{field} is nested too deeply to be a request") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"{field} is not valid JSON: {exc}") from None
+    except ValueError:  # an integer of more digits than Python converts (4300): no request needs one
+        raise ApiError(400, "invalid_json", f"{field} holds a number with too many digits") from None
 
 
 def idempotency_key(request) -> typing.Optional[str]:
@@ -61,7 +64,8 @@ def idempotency_key(request) -> typing.Optional[str]:
 
 
 class BodyLimit:
-    """ASGI middleware: refuse bodies over `limit` bytes with 413, by Content-Length or while streaming."""
+    """ASGI middleware: refuse bodies over `limit` bytes with 413, by Content-Length or while streaming,
+    and a request framed both by Content-Length and Transfer-Encoding with 400 (and the connection closed)."""
 
     def __init__(self, app: ASGIApp, limit: int):
         self.app = app
@@ -72,6 +76,10 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
+        if length is not None and b"transfer-encoding" in headers:
+            # two framings of one body: a proxy in front may read it the other way (request smuggling)
+            return await error_response(400, "invalid_request", "send Content-Length or Transfer-Encoding, not both",
+                                        {"Connection": "close"})(scope, receive, send)
         message = f"the request body is larger than {self.limit} bytes; send smaller or fewer images"
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await error_response(413, "payload_too_large", message)(scope, receive, send)
@@ -116,12 +124,31 @@ def _placeholder(key: str, value: str, model: type[BaseModel]) -> bool:
     return True
 
 
+_BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,200})"|([^\s;,]{1,200}))', re.IGNORECASE)
+
+
+def _check_complete_multipart(content_type: str, body: bytes) -> None:
+    """400 for a multipart body without its closing delimiter (`--BOUNDARY--`): a body cut short would
+    otherwise be taken as the form of the parts that did arrive."""
+    match = _BOUNDARY.search(content_type)
+    if not match:
+        raise ApiError(400, "invalid_multipart", "multipart/form-data needs a boundary parameter in Content-Type")
+    close = b"--" + (match.group(1) or match.group(2)).encode("latin-1") + b"--"
+    if not (body.startswith(close) or b"\r\n" + close in body[-(len(close) + 4096):]):
+        raise ApiError(400, "invalid_multipart", "the multipart body ends without its closing boundary "
+                                                 "(--BOUNDARY--); it was cut short: send it whole")
+
+
 async def _form_to_dict(request, model: type[BaseModel]) -> dict:
     """Multipart form -> the model's JSON shape: files become base64, JSON-looking text is parsed, repeated
     keys of list fields become lists, and placeholders of optional fields (`null`, empty) are left out.
     A part sent as `application/json` (the document's `encoding` for lists and objects, which Swagger UI
     and generated clients follow by sending it as a file part) is that JSON text."""
-    form = await request.form(max_files=64, max_fields=256, max_part_size=request.app.state.settings.max_body_bytes)
+    _check_complete_multipart(request.headers.get("content-type", ""), await read_body(request))
+    try:  # parses the body read above
+        form = await request.form(max_files=64, max_fields=256, max_part_size=request.app.state.settings.max_body_bytes)
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", GONE) from None
     data: dict[str, Any] = {}
     for key in form.keys():
         values = []
@@ -154,9 +181,21 @@ async def _form_to_dict(request, model: type[BaseModel]) -> dict:
     return data
 
 
+GONE = "the client closed the connection before its body was all sent"
+
+
+async def read_body(request) -> bytes:
+    """The whole body; a client that goes away mid-upload ends the request quietly (a 4xx nobody reads,
+    no traceback): it is the client's doing, not a server error."""
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", GONE) from None
+
+
 async def read_json_object(request) -> dict:
     """The JSON body as a dict, parsed off the event loop with bounded cost."""
-    raw = await request.body()
+    raw = await read_body(request)
     data = await run_in_threadpool(load_json, raw) if raw else {}
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object")

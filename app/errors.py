@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.job_store import JobNotFound
 from core.storage import StorageUnavailable
 from core.redis_errors import classify
+from model.decode_budget import DecodeBusy
 from model.tasks import TaskInputError
 
 from .exceptions import ApiError, CannotCancel
@@ -66,6 +67,10 @@ def install(app: FastAPI) -> None:
     async def _task_input(request: Request, exc: TaskInputError):
         fields = [{"field": exc.field, "message": exc.message}]
         return error_response(422, "invalid_request", str(exc), fields=fields)
+
+    @app.exception_handler(DecodeBusy)
+    async def _decode_busy(request: Request, exc: DecodeBusy):
+        return error_response(503, "busy", str(exc), {"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(JobNotFound)
     async def _not_found(request: Request, exc: JobNotFound):

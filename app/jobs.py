@@ -104,7 +104,9 @@ class JobService(JobStore):
         return bool(names) and bool(self.redis.exists(*names))
 
     def _idempotent(self, kind: str, tenant: str, key: Optional[str]) -> Optional[str]:
-        return self.keys.idempotency(f"{tenant}:{kind}:{key}") if key else None
+        """One Idempotency-Key space per tenant for jobs and batches alike: a key used for a job and then
+        for a batch (or the other way) is a different request, 409."""
+        return self.keys.idempotency(f"{tenant}:{key}") if key else None
 
     def _replayed_id(self, idem: Optional[str], fp: str, kind: str) -> Optional[str]:
         """The id stored under an Idempotency-Key, if any; 409 when it was used for another request."""
@@ -116,7 +118,7 @@ class JobService(JobStore):
         record = json.loads(raw)
         if record["fingerprint"] != fp:
             raise ApiError(409, "idempotency_mismatch",
-                           f"this Idempotency-Key was used for a different request ({kind} {record['id']}); "
+                           f"this Idempotency-Key was used for a different request ({record['id']}); "
                            "send a new key for a new request")
         return record["id"]
 

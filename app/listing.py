@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 from typing import Callable, Iterator, Optional, TypeVar
 
@@ -30,7 +31,10 @@ def encode_cursor(score: float, member: str) -> str:
 def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         score, member = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return float(score), str(member)
+        score = float(score)
+        if not math.isfinite(score):  # NaN or infinity: never a submission time, and Redis refuses NaN
+            raise ValueError(score)
+        return score, str(member)
     except Exception:
         raise ApiError(422, "invalid_request", "cursor: not a cursor this API gave; send next_cursor as it came",
                        fields=[{"field": "cursor", "message": "not a cursor this API gave"}]) from None

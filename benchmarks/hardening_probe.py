@@ -1,10 +1,15 @@
-"""The outside probes of issue 12, as figures: memory and seconds a request costs before it is refused,
-how many submissions a queue bound lets through, how late a webhook arrives behind a stalled receiver,
-how long a cancel takes to free the worker, and job lookups while many event streams are open.
+"""The outside probes, as figures: memory and seconds a request costs before it is refused, how many
+submissions a queue bound lets through, how late a webhook arrives behind a stalled receiver, how long a
+cancel takes to free the worker, and job lookups while many event streams are open; and the second
+probe's cases: decode memory by format (webp_decode), another tenant's reads while one floods slow image
+URLs (slow_urls), idle and slow connections (connections), webhooks under many names for one address
+(webhook_names), and the small 4xx/5xx findings (lows). Run it on a commit before the fixes for the
+"before" figures; the issue's own are quoted in each case's `before_probe`.
 
 Starts its own Redis and service processes (tests/service/harness.py) on the demo checkpoint:
 
-    python -m benchmarks.hardening_probe [--only decode,queue,cost,cancel,webhooks,streams,streams_unlimited] [--streams 200]
+    python -m benchmarks.hardening_probe [--only decode,queue,cost,cancel,webhooks,streams,streams_unlimited,
+                                                 webp_decode,slow_urls,connections,webhook_names,lows] [--streams 200]
 """
 
 from __future__ import annotations
@@ -207,6 +212,161 @@ def probe_streams(tmp: Path, redis: str, checkpoint: Path, streams: int, unlimit
                         f"lookup_ms_with_streams": lookups()})
         stop.set()
         return figures
+    finally:
+        service.stop()
+
+
+# ---- the second probe -------------------------------------------------------------------------------------
+def lossless_webp(side: int = 6300) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (40, 90, 160)).save(buffer, format="WEBP", lossless=True)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def probe_webp_decode(tmp: Path, redis: str, checkpoint: Path) -> dict:
+    """Four camera-pose requests at once, each with two 1.6 KB lossless WebPs of 6300x6300."""
+    service = Service(tmp / "webp", redis, checkpoint, workers=0, deliverer=False, decode_wait_s=240)
+    try:
+        api = service.processes["api"].pid
+        image = lossless_webp()
+        body = {"images": [image, image], "num_inference_steps": 1}
+        before = rss_mb(api)
+
+        def post(_):
+            with httpx.Client(base_url=service.url, timeout=300) as client:
+                return client.post("/v1/camera-pose-estimation", json=body).status_code
+
+        (codes, seconds) = timed(lambda: list(ThreadPoolExecutor(4).map(post, range(4))))
+        time.sleep(1)
+        return {"before_probe": "8 parallel: peak +9.6 GB, 2.8 GB held after; one request of two: +1.2 GB",
+                "codes": codes, "seconds": seconds, "api_peak_growth_mb": round(rss_mb(api, "VmHWM") - before, 1),
+                "api_held_after_mb": round(rss_mb(api) - before, 1), "bound_mb": 600}
+    finally:
+        service.stop()
+
+
+def probe_slow_urls(tmp: Path, redis: str, checkpoint: Path) -> dict:
+    """One tenant: 40 requests x 4 image URLs on a server answering in 3 s; another tenant polls a job."""
+    from tests.service.test_hardening_second import SlowImages, _png
+
+    service = Service(tmp / "slow", redis, checkpoint, workers=0, deliverer=False, auth_disabled="false",
+                      image_url_timeout_s=5, rate_limit_per_minute=0, max_active_jobs_per_tenant=0)
+    slow = SlowImages(3, _png())
+    try:
+        flood_key, other_key = new_key(service, "flood"), new_key(service, "other")
+        job = service.client.post("/v1/text-to-image", json={"prompt": "x", "width": 64, "height": 64},
+                                  headers=bearer(other_key)).json()["id"]
+        views = service.client.post("/v1/camera-pose-estimation", headers=bearer(flood_key),
+                                    json={"images": [f"{slow.url}/{i}.png" for i in range(16)]})
+        fetched_for_16 = slow.requests
+        body = {"images": [f"{slow.url}/{i}.png" for i in range(4)], "num_inference_steps": 1}
+
+        def post(_):
+            with httpx.Client(base_url=service.url, timeout=300) as client:
+                return client.post("/v1/camera-pose-estimation", json=body, headers=bearer(flood_key)).status_code
+
+        latencies = []
+        with ThreadPoolExecutor(40) as pool:
+            flood = [pool.submit(post, i) for i in range(40)]
+            while not all(f.done() for f in flood):
+                started = time.monotonic()
+                service.client.get(f"/v1/jobs/{job}", headers=bearer(other_key))
+                latencies.append(time.monotonic() - started)
+                time.sleep(0.02)
+        latencies.sort()
+        return {"before_probe": "40 x 16 URLs at 8.5 s: workers held 141 s, another tenant's GET timed out at 120 s",
+                "16_urls_status": views.status_code, "fetches_for_a_16_view_request": fetched_for_16,
+                "other_get_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
+                "other_get_p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 1),
+                "flood_codes": {c: [f.result() for f in flood].count(c) for c in {f.result() for f in flood}},
+                "most_fetches_in_flight": slow.most}
+    finally:
+        slow.close()
+        service.stop()
+
+
+def probe_connections(tmp: Path, redis: str, checkpoint: Path) -> dict:
+    """300 idle connections, a trickled header and a slow upload, with HEADER_TIMEOUT_S=2, BODY_TIMEOUT_S=4."""
+    import socket
+
+    service = Service(tmp / "conn", redis, checkpoint, workers=0, deliverer=False, header_timeout_s=2, body_timeout_s=4,
+                      max_connections=200)
+    try:
+        address = ("127.0.0.1", service.port)
+        idle = [socket.create_connection(address) for _ in range(300)]
+        get, get_s = timed(lambda: httpx.get(service.url + "/healthz", timeout=60).status_code)
+        started = time.monotonic()
+        for sock in idle:
+            sock.settimeout(10)
+            try:
+                sock.recv(4096)
+            except OSError:
+                pass
+        closed_s = round(time.monotonic() - started, 2)
+        for sock in idle:
+            sock.close()
+        upload = socket.create_connection(address)
+        upload.sendall(b"POST /v1/text-to-image HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        upload.settimeout(30)
+        _, upload_s = timed(lambda: upload.recv(4096))
+        upload.close()
+        return {"before_probe": "1,100 idle connections: a GET waited 41.6 s, 68,686 error lines; slow uploads open past 60 s",
+                "get_with_300_idle_status": get, "get_with_300_idle_s": get_s, "idle_all_closed_after_s": closed_s,
+                "slow_upload_closed_after_s": upload_s, "api_log_lines": len(service.logs(full=True).splitlines())}
+    finally:
+        service.stop()
+
+
+def probe_webhook_names(tmp: Path, redis: str, checkpoint: Path) -> dict:
+    """Tenant A: 12 stalled deliveries over 3 names of one address (WEBHOOK_PER_HOST=4); tenant B's webhook."""
+    service = Service(tmp / "names", redis, checkpoint, workers=1, webhook_timeout_s=30, auth_disabled="false",
+                      webhook_allowlist="127.0.0.0/8,::1", webhook_concurrency=8, rate_limit_per_minute=0)
+    stalled, receiver = StalledReceiver(), WebhookReceiver("127.0.0.2")
+    receiver.up()
+    try:
+        a, b = bearer(new_key(service, "stalls")), bearer(new_key(service, "other"))
+
+        def wait(job_id, headers):
+            wait_until(lambda: service.client.get(f"/v1/jobs/{job_id}", headers=headers).json()["status"]
+                       in ("succeeded", "failed", "canceled"), 120, what="job")
+
+        small = {"prompt": "x", "width": 64, "height": 64, "num_inference_steps": 1}
+        names = ["127.0.0.1", "localhost", "127.1"]
+        ids = [service.client.post("/v1/text-to-image", headers=a, json={
+            **small, "seed": i, "webhook": {"url": stalled.url.replace("127.0.0.1", names[i % 3])}}).json()["id"] for i in range(12)]
+        for job_id in ids:
+            wait(job_id, a)
+        time.sleep(1)
+        second = service.client.post("/v1/text-to-image", headers=b, json={**small, "webhook": {"url": receiver.url}}).json()["id"]
+        wait(second, b)
+        ended = time.monotonic()
+        wait_until(lambda: receiver.calls or None, 120, what="the other webhook")
+        return {"before_probe": "60 stalled over 20 names delayed another tenant's webhook 93.6 s (baseline 0.7 s)",
+                "stalled_connections_at_once": stalled.connections, "other_webhook_late_s": round(time.monotonic() - ended, 2)}
+    finally:
+        receiver.down()
+        stalled.close()
+        service.stop()
+
+
+def probe_lows(tmp: Path, redis: str, checkpoint: Path) -> dict:
+    """Status codes of the low findings (each was a 5xx, a silent acceptance or a wrong answer)."""
+    service = Service(tmp / "lows", redis, checkpoint, workers=0, deliverer=False, max_wait_s=1)
+    try:
+        post = lambda text, **h: service.client.post("/v1/text-to-image", content=text, headers={"content-type": "application/json", **h}).status_code
+        small = '{"prompt": "x", "width": 64, "height": 64}'
+        nan = base64.urlsafe_b64encode(b'[NaN, "x"]').decode().rstrip("=")
+        return {
+            "json_int_5000_digits": post('{"prompt": "x", "seed": ' + "9" * 5000 + "}"),
+            "prefer_wait_5000_digits": post(small, prefer="wait=" + "9" * 5000),
+            "nan_cursor": service.client.get("/v1/jobs", params={"cursor": nan}).status_code,
+            "zero_width_prompt": post(json.dumps({"prompt": "\u200b" * 10})),
+            "multipart_without_closing_boundary": service.client.post(
+                "/v1/text-to-image", content=b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n',
+                headers={"content-type": "multipart/form-data; boundary=b"}).status_code,
+            "guard_168.63.129.16": service.submit("text-to-image", {"prompt": "x", "webhook": {"url": "http://168.63.129.16/"}}).status_code,
+            "before_probe": "500, 500, 503, 202, 202 (partial form), 202",
+        }
     finally:
         service.stop()
 

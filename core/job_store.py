@@ -284,8 +284,15 @@ class JobStore:
 
     # ---- webhooks ----------------------------------------------------------------------------------------------
     def enqueue_webhook(self, owner: str, owner_id: str, body: dict) -> None:
-        """Queue one signed delivery; the deliverer process sends it and retries with backoff."""
-        delivery_id = new_id()
+        """Queue one signed delivery; the deliverer process sends it and retries with backoff.
+
+        One delivery per event: its id is derived from the owner, the event and the job, and a second
+        call for the same event (a job that ran twice after its worker was killed) queues nothing, so
+        receivers get the event once, under the same delivery id (webhook-id) in every retry."""
+        event_job = (body.get("job") or {}).get("id", "") if isinstance(body.get("job"), dict) else ""
+        delivery_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{owner}:{owner_id}:{body.get('event')}:{event_job}").hex
+        if not self.redis.set(f"{self.keys.prefix}:delivery:{delivery_id}", 1, nx=True, ex=self.settings.results_ttl_s):
+            return  # this event was queued already
         intervals = [self.settings.webhook_backoff_s * 2**i for i in range(self.settings.webhook_retries)]
         if owner == "batch" and str(body.get("event", "")).startswith("batch.item."):
             pending = self.keys.batch_webhooks_pending(owner_id)

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     demo_checkpoint_dir: str = Field("var/demo-checkpoint", description="Where the demo checkpoint is made when needed")
     results_dir: str = Field("var/results", description="Folder that stores job inputs and outputs when STORAGE_URL is unset")
     results_ttl_s: int = Field(7 * 24 * 3600, description="How long outputs and job records are kept (with STORAGE_URL, the bucket's lifecycle rule expires the files)")
+    results_min_free_mb: int = Field(
+        64, ge=0, description="Free space the results folder needs for /readyz to say ready (0 = not checked)"
+    )
     storage_url: Optional[str] = Field(
         None,
         description="s3://bucket/prefix: inputs and outputs in S3-compatible object storage (endpoint and credentials from AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION); unset = the folder RESULTS_DIR",
@@ -111,7 +114,8 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt")
     webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook POST, all of it (connect to last byte)")
     webhook_concurrency: int = Field(8, ge=1, le=256, description="Webhook deliveries one deliverer has in flight at once")
-    webhook_per_host: int = Field(4, ge=1, le=256, description="Most deliveries in flight to one destination host, across all deliverers (a slow receiver delays only its own)")
+    webhook_per_host: int = Field(4, ge=1, le=256, description="Most deliveries in flight to one destination address (resolved, whatever names point to it), across all deliverers (a slow receiver delays only its own)")
+    webhook_per_tenant: int = Field(4, ge=1, le=256, description="Most deliveries in flight for one tenant, across all deliverers (a tenant's slow receivers delay only its own)")
 
     # ---- request limits
     max_body_bytes: int = Field(50 * 1024 * 1024, description="Largest request body (HTTP 413 above)")
@@ -126,6 +130,11 @@ class Settings(BaseSettings):
     max_job_cost: int = Field(
         4_000_000, ge=1, description="Most work one job may ask for: tokens per frame (16x16 px) x frames x steps"
     )
+    decode_budget_mb: int = Field(
+        512, ge=64, description="Memory the API may spend decoding input images at once, all requests together (MB); "
+        "a decode that does not fit waits its turn (DECODE_WAIT_S), then gets 503"
+    )
+    decode_wait_s: float = Field(15.0, ge=0, le=300, description="Longest a request waits for room in DECODE_BUDGET_MB")
     max_streams_per_key: int = Field(20, ge=0, description="Open event streams (SSE) per API key (0 = no limit)")
     max_streams_per_tenant: int = Field(100, ge=0, description="Open event streams (SSE) per tenant (0 = no limit)")
 
@@ -145,7 +154,15 @@ class Settings(BaseSettings):
     image_url_max_bytes: int = Field(
         20 * 1024 * 1024, ge=1, description="Largest input image fetched from a URL (http(s) URLs in image fields)"
     )
-    image_url_timeout_s: float = Field(10.0, gt=0, description="Deadline for fetching one input image from a URL, all of it")
+    image_url_timeout_s: float = Field(
+        10.0, gt=0, description="Deadline for fetching the input images of one request from their URLs, all of it"
+    )
+    image_url_allowlist: str = Field(
+        "", description="Hosts, IPs or CIDRs that input images may be fetched from although private (e.g. '10.0.0.0/8'); "
+        "link-local and metadata addresses are never fetched, loopback only at an address named exactly. Apart from WEBHOOK_ALLOWLIST"
+    )
+    image_url_concurrency: int = Field(64, ge=1, le=4096, description="Image fetches in flight in one API process, all tenants together")
+    image_url_per_tenant: int = Field(8, ge=1, le=4096, description="Image fetches in flight for one tenant in one API process")
     cors_allow_origins: str = Field(
         "", description="Browser origins allowed to call the API (CORS), e.g. 'https://app.example.com,http://localhost:3000'; empty = none"
     )
@@ -170,6 +187,15 @@ class Settings(BaseSettings):
         if self.redis_wait_replicas is not None:
             return self.redis_wait_replicas
         return 1 if self.redis_sentinels.strip() else 0
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A connection whose request headers are not all in this long after it opened (or after their first byte) is closed"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="A request whose body is not all in this long after its headers is cut off (put a buffering proxy in front for slow clients)"
+    )
+    max_connections: int = Field(
+        1000, ge=16, description="Open connections the API keeps; past it a new connection is answered 503 and closed (bounded by the open-files limit)"
+    )
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -67,6 +67,16 @@ def source_of(name: str) -> tuple[str, str]:
     return f"{stem}.png", fmt
 
 
+def _write_atomic(tmp: Path, path: Path, data: bytes) -> None:
+    """Temp file, then rename; a failed write (a full disk) leaves no temp file behind."""
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class BlobStore(ABC):
     """Inputs and outputs of jobs, by job id and file name (outputs) or by content digest (inputs).
 
@@ -139,9 +149,7 @@ class LocalStore(BlobStore):
         folder = self._folder(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / name
-        tmp = folder / f".{name}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        _write_atomic(folder / f".{name}.tmp", path, data)
         return path
 
     def path(self, job_id: str, name: str) -> Optional[Path]:
@@ -169,9 +177,7 @@ class LocalStore(BlobStore):
             os.utime(path)  # used again: the sweep counts its age from now (a queued job still needs it)
         else:
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{digest}.{os.getpid()}.tmp"
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            _write_atomic(folder / f".{digest}.{os.getpid()}.tmp", path, data)
         return digest
 
     def load_input(self, digest: str) -> bytes:

@@ -10,9 +10,13 @@ import base64
 import binascii
 import io
 import re
+import struct
 import warnings
+from dataclasses import dataclass
 
 from PIL import Image, ImageOps
+
+from .decode_budget import DECODE_BUDGET
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 
@@ -99,12 +103,175 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return load_upright(open_image_header(data, max_pixels))
 
 
+# ---- bounded decoding (the gateway's checks) -------------------------------------------------------------
+_ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image's header says, read without decoding a pixel or allocating a canvas."""
+
+    format: str
+    width: int
+    height: int
+    orientation: int = 1
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """(width, height) once turned as its EXIF orientation says."""
+        return (self.height, self.width) if self.orientation in _ROTATED else (self.width, self.height)
+
+    def decode_cost(self, keep_pixels: bool) -> int:
+        """Estimated peak bytes of `check_pixels`: the decoder's buffers, the image, the RGB copy (kept
+        only when asked) and a turned copy. A JPEG checked without keeping its pixels is decoded at 1/8
+        scale (every coded byte is still read, so a truncated file is still found)."""
+        px = self.pixels
+        if self.format == "WEBP":  # libwebp's two canvases and the frame it returns, RGBA each
+            base = 12 * px
+        elif self.format in ("JPEG", "MPO") and not keep_pixels:
+            base = 4 * px // 64 + 1
+        else:
+            base = 4 * px
+        if keep_pixels:
+            base += 3 * px + (3 * px if self.orientation != 1 else 0)
+        return base
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """Canvas size from a WebP file's first chunk header (Pillow's decoder allocates its canvas on open)."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        w, h = struct.unpack("<HH", data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if chunk == b"VP8X":
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8L" and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def read_header(data: bytes, max_pixels: int) -> ImageInfo:
+    """Format, size and EXIF orientation of an image file, checked against `max_pixels`; no decoder is
+    left open and no pixel memory is taken (a WebP's size is read from its bytes)."""
+    if not data:
+        raise ImageDecodeError("is empty")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        size = _webp_size(data)
+        if size is None:
+            raise ImageDecodeError("could not be decoded as an image (a WebP file without a readable size); send PNG, JPEG or WebP")
+        _check_pixels_limit(*size, max_pixels)
+        return ImageInfo("WEBP", size[0], size[1], _webp_orientation(data))
+    image = open_image_header(data, max_pixels)
+    try:
+        try:
+            orientation = int(image.getexif().get(0x0112, 1) or 1)
+        except Exception:  # a broken EXIF block: decoding shows whether the image itself is sound
+            orientation = 1
+        return ImageInfo("JPEG" if image.format == "MPO" else image.format, image.width, image.height, orientation)
+    finally:
+        image.close()
+
+
+def _check_pixels_limit(w: int, h: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise ImageDecodeError(f"has {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}; downscale it")
+
+
+def _webp_chunks(data: bytes):
+    """(fourcc, payload) of a WebP file's top-level chunks."""
+    at = 12
+    while at + 8 <= len(data):
+        fourcc, size = data[at:at + 4], int.from_bytes(data[at + 4:at + 8], "little")
+        yield fourcc, data[at + 8:at + 8 + size]
+        at += 8 + size + (size & 1)
+
+
+def _webp_orientation(data: bytes) -> int:
+    for fourcc, payload in _webp_chunks(data):
+        if fourcc == b"EXIF":
+            try:
+                exif = Image.Exif()
+                exif.load(payload)
+                return int(exif.get(0x0112, 1) or 1)
+            except Exception:
+                return 1
+    return 1
+
+
+@dataclass(frozen=True)
+class Checked:
+    """An image whose pixels decoded soundly, of which only the upright size is kept."""
+
+    width: int
+    height: int
+
+
+def _load_webp(data: bytes, info: ImageInfo) -> Image.Image:
+    """The first frame of a WebP as an RGB(A) image, decoded once: libwebp's frame is wrapped without the
+    copy that Pillow's loader makes, and the decoder (two canvases) is freed before anything else."""
+    from PIL import _webp
+
+    decoder = _webp.WebPAnimDecoder(data)
+    (width, height), _loop, _background, _frames, rawmode = decoder.get_info()
+    if width * height != info.pixels:
+        raise ImageDecodeError("could not be decoded as an image (its size changed while decoding); send PNG, JPEG or WebP")
+    frame = decoder.get_next()
+    exif = decoder.get_chunk("EXIF")
+    del decoder
+    if frame is None:
+        raise ImageDecodeError("could not be decoded as an image (a broken WebP frame); send PNG, JPEG or WebP")
+    image = Image.frombuffer("RGBA", (width, height), frame[0], "raw", "RGBA", 0, 1)
+    if rawmode == "RGBX":
+        image = image.convert("RGB")
+    if exif:
+        image.info["exif"] = exif
+    return image
+
+
+def check_pixels(data: bytes, info: ImageInfo, keep_pixels: bool, budget=DECODE_BUDGET):
+    """Decode an image whose header `read_header` checked, within the process's decode budget: the
+    upright RGB image when `keep_pixels`, else only its upright size (`Checked`), the pixels dropped as
+    soon as they have decoded. Raises ImageDecodeError for a file that does not decode, DecodeBusy when
+    the budget stays full."""
+    with budget.reserve(info.decode_cost(keep_pixels)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                if info.format == "WEBP":
+                    image = _load_webp(data, info)
+                else:
+                    image = Image.open(io.BytesIO(data))
+                    if getattr(image, "n_frames", 1) > 1:
+                        image.seek(0)
+                    if not keep_pixels and image.format in ("JPEG", "MPO"):
+                        image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+                    image.load()
+                if not keep_pixels:
+                    image.close()
+                    return Checked(*info.upright_size)
+                image = ImageOps.exif_transpose(image) if info.orientation != 1 else image
+        except ImageDecodeError:
+            raise
+        except Exception as exc:  # Pillow raises many types for corrupt data
+            raise ImageDecodeError(f"could not be decoded as an image ({type(exc).__name__}); send PNG, JPEG or WebP") from None
+        return to_rgb(image)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB as the reference's inference path makes it: Pillow's plain `convert("RGB")`.
 
     No compositing: RGBA and LA drop their alpha and keep each pixel's stored colour (a condition map
     drawn on a transparent black background stays black), L and LA are copied to R, G and B, and a
     palette image's transparent index keeps its palette colour."""
+    if image.mode == "RGB":
+        return image  # already what convert would copy
     with warnings.catch_warnings():  # Pillow suggests RGBA for palette images with transparency
         warnings.simplefilter("ignore", UserWarning)
         return image.convert("RGB")

@@ -16,6 +16,8 @@ to expect, so a bright image here keeps its colours.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -40,21 +42,43 @@ def crop_box(height: int, width: int, target_height: int, target_width: int) -> 
     return int((height - rows) / 2), int((width - cols) / 2), int(rows), int(cols)
 
 
+def _taps(out_size: int, in_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear (align_corners=False, no antialiasing) source taps of each output position, as
+    `F.interpolate` computes them: the two input indices and the weight of the second."""
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size  # float32 throughout, as torch's kernel
+    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
+    first = src.floor().long().clamp(max=in_size - 1)
+    second = (first + 1).clamp(max=in_size - 1)
+    return first, second, (src - first).clamp(0, 1)
+
+
 def pixels_tensor(rgb: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """(3, h, w) uint8 -> centre crop, float32 in [0, 1], bilinear resize to (3, height, width), [-1, 1].
 
-    The reference converts to float before cropping; cropping first gives the same numbers with less
-    memory for a large photo."""
+    The reference converts the whole image to float, then resizes. A bilinear resize without
+    antialiasing reads only two rows and two columns per output pixel, so only those are gathered (as
+    uint8) and made float: the same numbers (to float rounding) without a float copy of a large photo."""
     top, left, rows, cols = crop_box(rgb.shape[1], rgb.shape[2], height, width)
-    cropped = rgb[:, top : top + rows, left : left + cols].float() / 255.0
-    # bilinear, align_corners=False, no antialiasing: downscaling skips pixels, as in the reference
-    resized = F.interpolate(cropped[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    cropped = rgb[:, top : top + rows, left : left + cols]
+    r0, r1, wr = _taps(height, rows)
+    c0, c1, wc = _taps(width, cols)
+    upper, lower = cropped.index_select(1, r0), cropped.index_select(1, r1)
+
+    def blend_columns(band: torch.Tensor) -> torch.Tensor:
+        return band.index_select(2, c0).float() / 255.0 * (1 - wc) + band.index_select(2, c1).float() / 255.0 * wc
+
+    wr = wr[:, None]
+    resized = blend_columns(upper) * (1 - wr) + blend_columns(lower) * wr
     return (resized - 0.5) / 0.5
 
 
 def image_tensor(data: bytes, width: int, height: int, max_pixels: int = MAX_DECODE_PIXELS) -> torch.Tensor:
     """Image file bytes and a target size -> the (3, height, width) float32 tensor in [-1, 1] that the
-    VAE encodes."""
+    VAE encodes. The decoded image is copied once into the tensor and dropped."""
     image = decode_rgb(data, max_pixels)
-    rgb = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    return pixels_tensor(rgb.view(image.height, image.width, 3).permute(2, 0, 1), width, height)
+    size = (image.height, image.width)
+    with warnings.catch_warnings():  # read-only bytes: the tensor is only read (indexed) below
+        warnings.simplefilter("ignore", UserWarning)
+        rgb = torch.frombuffer(image.tobytes(), dtype=torch.uint8)
+    image.close()
+    return pixels_tensor(rgb.view(*size, 3).permute(2, 0, 1), width, height)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import unicodedata
 import typing
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal, Optional
@@ -18,7 +19,7 @@ from typing import Annotated, ClassVar, Literal, Optional
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .images import ImageDecodeError, closest_size, decode_base64, load_upright, open_image_header, png_bytes, to_rgb
+from .images import ImageDecodeError, check_pixels, closest_size, decode_base64, png_bytes, read_header
 from .outputs import COLOURS
 
 NEGATIVE_PROMPT = (
@@ -73,9 +74,15 @@ def _no_bool(value):
     return value
 
 
+def _visible(text: str) -> str:
+    """The text without spaces, control and format characters (zero-width spaces and joiners, BOMs,
+    direction marks): what a prompt says, as far as a person reading it can tell."""
+    return "".join(c for c in text if not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf", "Zs", "Zl", "Zp"))
+
+
 def _not_blank(value):
-    if isinstance(value, str) and value and not value.strip():
-        raise ValueError("must contain more than spaces")
+    if isinstance(value, str) and value and not _visible(value):
+        raise ValueError("must contain more than spaces (and invisible characters)")
     return value
 
 
@@ -181,7 +188,10 @@ class ClassSpec(BaseModel):
     """A class to segment or detect (or drawn in a map to generate from), and the colour that marks it."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100, examples=["dragon"])
+    name: str = Field(
+        min_length=1, max_length=100, examples=["dragon"], json_schema_extra={"pattern": r"^[^<>\[\]]*$"},
+        description="The class's name; it goes into the prompt inside <...>, so it cannot contain <, >, [ or ]",
+    )  # the pattern is documented; `_plain_name` checks it with a message that says what to change
     colour: Optional[str] = Field(
         None, max_length=32, description=f"one of: {', '.join(COLOURS)}; assigned in that order when omitted"
     )
@@ -274,6 +284,7 @@ class TaskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task_name: ClassVar[str]
     token: ClassVar[str] = ""
+    needs_pixels: ClassVar[bool] = False  # condition_images works on the decoded inputs, not only the files
 
     negative_prompt: Optional[str] = Field(
         None, max_length=4000, description="What to steer away from; defaults to the prompt guide's list. '' for none."
@@ -303,7 +314,7 @@ class TaskRequest(BaseModel):
         """(field name, data) of the input images, in frame order."""
         return []
 
-    def _size(self, limits: TaskLimits, decoded: list[Image.Image], default: tuple[int, int]) -> tuple[int, int]:
+    def _size(self, limits: TaskLimits, decoded: list, default: tuple[int, int]) -> tuple[int, int]:
         if (self.width is None) != (self.height is None):
             raise TaskInputError("width", "give both width and height, or neither")
         if self.width is not None:
@@ -318,27 +329,29 @@ class TaskRequest(BaseModel):
             raise TaskInputError("width", f"{w}x{h} has more than the limit of {limits.max_output_pixels} pixels; ask for a smaller size")
         return w, h
 
-    def _decode(self, limits: TaskLimits) -> tuple[list[bytes], list[Image.Image]]:
-        """The input files' bytes and their RGB images, in `_images()` order. Every image's header first
-        (format, size, and the request's pixel budget), then the pixels."""
-        opened, total = [], 0
+    def _decode(self, limits: TaskLimits) -> tuple[list[bytes], list]:
+        """The input files' bytes and, in `_images()` order, what `_size` and `condition_images` need of
+        them: every image's header first (format, size, and the request's pixel budget), then its pixels,
+        one image at a time within the process's decode budget. Only a task that uses the pixels
+        (`needs_pixels`) keeps them; the others keep the upright size of an image that decoded soundly."""
+        headers, total = [], 0
         for name, data in self._images():
             try:
                 raw = decode_base64(data)
-                image = open_image_header(raw, limits.max_input_pixels)
+                info = read_header(raw, limits.max_input_pixels)
             except ImageDecodeError as exc:
                 raise TaskInputError(name, f"the image {exc}") from None
-            total += image.width * image.height
+            total += info.pixels
             if total > limits.max_request_pixels:
                 raise TaskInputError(
                     name, f"the images of this request have more than {limits.max_request_pixels} pixels in all; "
                     "send smaller or fewer images",
                 )
-            opened.append((name, raw, image))
+            headers.append((name, raw, info))
         files, decoded = [], []
-        for name, raw, image in opened:
+        for name, raw, info in headers:
             try:
-                decoded.append(to_rgb(load_upright(image)))
+                decoded.append(check_pixels(raw, info, keep_pixels=self.needs_pixels))
             except ImageDecodeError as exc:
                 raise TaskInputError(name, f"the image {exc}") from None
             files.append(raw)
@@ -586,6 +599,7 @@ class Inpainting(_Restoration):
 
     task_name: ClassVar[str] = "inpainting"
     token: ClassVar[str] = "[[image_inpainting]]"
+    needs_pixels: ClassVar[bool] = True
     mask: ImageInput = Field(description="Same aspect as the image; non-black pixels mark the region to fill")
 
     def _images(self):

@@ -24,6 +24,8 @@ from core.redis_policy import EvictingRedis, check_eviction
 from core.settings import Settings, get_settings
 from core.storage import open_store, wait_until_writable
 
+from .maintenance import PromptMaintenance
+
 log = logging.getLogger(__name__)
 
 
@@ -92,23 +94,39 @@ def run_gpu_worker(settings: Settings | None = None) -> None:
     from .model_host import load_model
     from .probes import HEALTH, serve_probes
 
+    from model.decode_budget import map_large_blocks
+
     settings = settings or get_settings()
     setup_logging("worker")
     if settings.worker_probe_port:  # answering (not ready) while the model is fetched, loaded and warmed
         serve_probes(settings.host, settings.worker_probe_port)
+    map_large_blocks()  # decoded input images go back to the system when freed
     executor = Executor(load_model(settings), open_store(settings), settings)
     wait_until_writable(executor.store, log)
     HEALTH.loaded()
 
+    class GpuWorker(PromptMaintenance, BatchWorker):
+        maintenance_lock_s = settings.heartbeat_ttl_s
+
     def build(redis, name):
         inference, _ = queues(redis, settings)
-        return BatchWorker([inference], redis, executor, settings, name=name)
+        return GpuWorker([inference], redis, executor, settings, name=name)
 
     supervise(numbered(settings, "gpu", build), logging_level=os.environ.get("RQ_LOG_LEVEL", "WARNING"))
 
 
-class ThreadWorker(SimpleWorker):
-    """A SimpleWorker that can run in a thread other than the main one: no signal handlers (the main
+class DeliveryWorker(PromptMaintenance, SimpleWorker):
+    """The deliverer's RQ worker. A delivery in progress is not heartbeaten (SimpleWorker runs it itself,
+    with no work horse to watch), so its entry in the started registry lasts one attempt's deadline and a
+    little more: the delivery of a killed deliverer is retried that long after it started, not 90 s later."""
+
+    def get_heartbeat_ttl(self, job) -> int:
+        settings = get_settings()
+        return int(max(settings.heartbeat_ttl_s, settings.webhook_timeout_s + 5))
+
+
+class ThreadWorker(DeliveryWorker):
+    """A deliverer worker that can run in a thread other than the main one: no signal handlers (the main
     worker of the process takes SIGTERM) and a timer, not SIGALRM, for job timeouts."""
 
     death_penalty_class = TimerDeathPenalty
@@ -152,10 +170,12 @@ def run_webhook_deliverer(settings: Settings | None = None) -> None:
     def builder(cls):
         def build(redis, name):
             _, webhooks = queues(redis, settings)
-            return cls(
+            worker = cls(
                 [webhooks], connection=redis, name=name,
                 worker_ttl=max(10, settings.maintenance_interval_s + 5), maintenance_interval=settings.maintenance_interval_s,
             )
+            worker.maintenance_lock_s = settings.heartbeat_ttl_s
+            return worker
 
         return build
 
@@ -167,7 +187,7 @@ def run_webhook_deliverer(settings: Settings | None = None) -> None:
         )
         helpers.start()
     try:
-        supervise(numbered(settings, "webhooks", builder(SimpleWorker)), with_scheduler=True, logging_level=level)
+        supervise(numbered(settings, "webhooks", builder(DeliveryWorker)), with_scheduler=True, logging_level=level)
     finally:
         if helpers is not None and helpers.is_alive():
             helpers.terminate()

@@ -3,9 +3,10 @@
 A failed call (network error, timeout, non-2xx) raises, and RQ's `Retry` schedules the next attempt
 with exponential backoff; the job's result in Redis is untouched either way. Redirects are not followed.
 Each attempt has one deadline for all of it (WEBHOOK_TIMEOUT_S: connect, send, headers and body), the
-deliverer runs several deliveries at once (WEBHOOK_CONCURRENCY) and at most WEBHOOK_PER_HOST of them to
-one host: a delivery to a host that has that many in flight is put back for a second, not waited for,
-so a receiver that stalls holds only its own slots."""
+deliverer runs several deliveries at once (WEBHOOK_CONCURRENCY), at most WEBHOOK_PER_HOST of them to one
+destination address (counted per resolved address, so many names for one server share its slots) and
+at most WEBHOOK_PER_TENANT for one tenant: a delivery over either limit is put back for a second, not
+waited for, so a receiver that stalls, or a tenant whose receivers do, holds only its own slots."""
 
 from __future__ import annotations
 
@@ -51,12 +52,12 @@ class HostSlots:
     """
 
     @contextmanager
-    def hold(self, redis, key: str, limit: int, hold_s: float):
-        """Yields True with a slot held for at most `hold_s`, or False at once when the host already
-        has `limit` in flight."""
+    def hold(self, redis, key: str, limit: int, hold_s: float, when: bool = True):
+        """Yields True with a slot held for at most `hold_s`, or False at once when the key already
+        has `limit` in flight (or `when` is false: nothing is tried)."""
         token = uuid.uuid4().hex
         now = time.time()
-        taken = bool(redis.eval(self.TAKE, 1, key, now, limit, now + hold_s, token, int((hold_s + 60) * 1000)))
+        taken = when and bool(redis.eval(self.TAKE, 1, key, now, limit, now + hold_s, token, int((hold_s + 60) * 1000)))
         try:
             yield taken
         finally:
@@ -134,11 +135,15 @@ def _deliver(store: JobStore, settings, owner: str, owner_id: str, delivery_id: 
     except UnsafeWebhook as exc:  # permanent: retrying cannot make the address safe
         log.warning("webhook refused: %s", exc, extra=extra)
         return {"refused": str(exc)}
-    slots = store.keys.webhook_host_slots(host)
-    with HOST_SLOTS.hold(store.redis, slots, settings.webhook_per_host, settings.webhook_timeout_s + 5) as held:
+    hold_s = settings.webhook_timeout_s + 5
+    by_address = store.keys.webhook_host_slots(address)
+    by_tenant = f"{store.keys.prefix}:webhook-tenant:{_tenant_of(store, owner, owner_id)}"
+    with HOST_SLOTS.hold(store.redis, by_address, settings.webhook_per_host, hold_s) as address_free, \
+            HOST_SLOTS.hold(store.redis, by_tenant, settings.webhook_per_tenant, hold_s, when=address_free) as held:
         if not held:
             later = _postpone(owner, owner_id, delivery_id, body)
-            log.info("webhook host busy; delivery put back", extra={**extra, "host": host, "job": later})
+            busy = "tenant" if address_free else "host"
+            log.info("webhook %s busy; delivery put back", busy, extra={**extra, "host": host, "job": later})
             return {"postponed": later}
         try:
             status = _post_pinned(hook["url"], host, address, body.encode(), headers, settings)
@@ -150,6 +155,16 @@ def _deliver(store: JobStore, settings, owner: str, owner_id: str, delivery_id: 
         raise DeliveryFailed(f"the webhook answered {status}")
     log.info("webhook delivered", extra={**extra, "status": status})
     return {"status": status}
+
+
+def _tenant_of(store: JobStore, owner: str, owner_id: str) -> str:
+    """The tenant a delivery is for (its job's or batch's), for the per-tenant limit."""
+    if owner == "job":
+        try:
+            return store.fetch(owner_id).meta.get("tenant") or ""
+        except Exception:
+            return ""
+    return (store.redis.hget(store.keys.batch(owner_id), "tenant") or b"").decode()
 
 
 def _post_pinned(url: str, host: str, address: str, body: bytes, headers: dict, settings) -> int:

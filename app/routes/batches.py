@@ -9,10 +9,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from core.views import BatchView
+from model.tasks import TaskInputError
 
 from ..body import idempotency_key, read_json_object
 from ..exceptions import ApiError
-from ..image_urls import fetch_image_urls
 from ..schemas import BatchList, BatchRequest, ErrorBody, task_part
 from ..security import Caller, require_caller
 
@@ -48,13 +48,22 @@ async def submit_batch(request: Request, caller: Caller = Depends(require_caller
         raise ApiError(422, "invalid_request", f"items: at most {settings.max_batch_items} items per batch; split it",
                        fields=[{"field": "items", "message": f"at most {settings.max_batch_items} items per batch"}])
     body = await run_in_threadpool(BatchRequest.model_validate, data)
-    body = await run_in_threadpool(fetch_image_urls, body, settings)  # images given by URL, through the guard
+    body = await request.app.state.image_fetcher.fetch_all(  # images given by URL, checked first, off the request threads
+        body, caller.tenant, lambda checked: _check_items(checked, settings.task_limits()))
     items = [(item.task, task_part(item, item.task), item.output_format) for item in body.items]
     view, replayed = await run_in_threadpool(
         service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True
     )
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)
+
+
+def _check_items(body: BatchRequest, limits) -> None:
+    for index, item in enumerate(body.items):
+        try:
+            task_part(item, item.task).plan(limits)
+        except TaskInputError as exc:
+            raise TaskInputError(f"items.{index}.{exc.field}", exc.message) from None
 
 
 @router.get("/{batch_id}", response_model=BatchView, summary="Batch status with its jobs")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -29,12 +31,30 @@ def readyz(request: Request):
         return JSONResponse({"status": "unavailable", "reason": "Redis does not answer"}, status_code=503)
     if not workers:
         return JSONResponse({"status": "unavailable", "reason": "no worker with a loaded model"}, status_code=503)
+    full = results_disk_full(request.app.state.store, request.app.state.settings.results_min_free_mb)
+    if full:
+        return JSONResponse({"status": "unavailable", "reason": full}, status_code=503)
     info = service.worker_info(workers)
     answer = {"status": "ready", "worker_count": len(workers), "worker_modes": worker_modes(info)}
     if request.app.state.settings.auth_disabled:  # host names and PIDs are nobody else's business
         answer["workers"] = workers
         answer["worker_info"] = info
     return answer
+
+
+def results_disk_full(store, min_free_mb: int) -> str | None:
+    """Why results cannot be written, when the results folder (a local store) has less than
+    `min_free_mb` free: jobs would fail on saving their outputs, so the service is not ready."""
+    root = getattr(store, "root", None)
+    if root is None or not min_free_mb:
+        return None
+    try:
+        free = shutil.disk_usage(root if Path(root).exists() else Path(root).parent).free
+    except OSError:
+        return None
+    if free < min_free_mb * 1024 * 1024:
+        return f"the results disk has {free // (1024 * 1024)} MB free, under RESULTS_MIN_FREE_MB ({min_free_mb})"
+    return None
 
 
 def worker_modes(info: dict[str, dict[str, str]]) -> dict[str, int]:

@@ -15,7 +15,6 @@ from core.views import TERMINAL, BatchView, JobView
 from model.tasks import TASKS
 
 from ..body import idempotency_key, parse_request
-from ..image_urls import fetch_image_urls
 from ..schemas import REQUEST_MODELS, ErrorBody, task_part
 from ..security import Caller, require_caller
 
@@ -25,7 +24,10 @@ _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 
 def prefer_wait(request: Request, limit: int) -> Optional[int]:
     match = _PREFER_WAIT.search(request.headers.get("prefer", ""))
-    return min(int(match.group(1)), limit) if match else None
+    if not match:
+        return None
+    digits = match.group(1).lstrip("0") or "0"
+    return min(int(digits), limit) if len(digits) <= 9 else limit  # wait=<5000 digits> is a long wait, not a 500
 
 
 async def wait_for(service, job_id: str, seconds: int, tenant: str) -> JobView:
@@ -77,7 +79,9 @@ def _endpoint(task: str):
         if not await run_in_threadpool(service.is_replay, caller.tenant, idem):
             await run_in_threadpool(service.admit, caller.tenant, caller.key_id, 1)
         body = await parse_request(request, model)
-        body = await run_in_threadpool(fetch_image_urls, body, settings)  # images given by URL, through the guard
+        limits = settings.task_limits()
+        body = await request.app.state.image_fetcher.fetch_all(  # images given by URL, checked first, off the request threads
+            body, caller.tenant, lambda checked: task_part(checked, task).plan(limits))
         if body.num_outputs > 1:
             return await _submit_outputs(service, task, body, caller, idem)
         view, replayed = await run_in_threadpool(

@@ -23,7 +23,7 @@ from PIL import Image
 import onediffusion_client as od
 from onediffusion_client import codegen
 from tests.conftest import make_image
-from tests.service.harness import wait_until
+from tests.service.harness import local_address, wait_until
 from tests.test_pipeline import CASES
 
 CLIENT_OPTIONS = ["wait", "timeout", "on_progress", "idempotency_key"]
@@ -279,9 +279,10 @@ def image_server(tmp_path):
     (tmp_path / "photo.png").write_bytes(make_image(96, 64, seed=3))
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
     handler.log_message = lambda *a: None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    address = local_address()  # a loopback address the harness names in IMAGE_URL_ALLOWLIST
+    server = ThreadingHTTPServer((address, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield f"http://{address}:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
 

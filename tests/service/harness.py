@@ -29,6 +29,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def local_address() -> str:
+    """A second loopback address, where the tests' servers of input images listen: the API fetches images
+    from loopback only at an address IMAGE_URL_ALLOWLIST names exactly (the harness names this one), and
+    for the webhook limits it is another destination than 127.0.0.1."""
+    return "127.0.0.2"
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,6 +102,7 @@ class Service:
             "ONEDIFFUSION_ATTENTION": "math",
             "AUTH_DISABLED": "true",  # tests of keys and tenants turn it off explicitly
             "WEBHOOK_ALLOWLIST": "127.0.0.1",  # the local receiver
+            "IMAGE_URL_ALLOWLIST": local_address(),  # the tests' image servers
             "RATE_LIMIT_PER_MINUTE": "0",
             "PYTHONUNBUFFERED": "1",
             **{k.upper(): str(v) for k, v in settings.items()},
@@ -196,7 +204,8 @@ class Service:
 class WebhookReceiver:
     """An HTTP server that records POSTs; `down()` closes its port, `up()` opens it again."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
         self.port = free_port()
         self.calls: list[dict] = []
         self.lock = threading.Lock()
@@ -204,7 +213,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"http://{self.host}:{self.port}/hook"
 
     def up(self) -> None:
         receiver = self
@@ -223,7 +232,7 @@ class WebhookReceiver:
                 pass
 
         ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = ThreadingHTTPServer((self.host, self.port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def down(self) -> None:
@@ -241,19 +250,20 @@ class StalledReceiver:
     """A webhook receiver that accepts each POST and then trickles a header line a second for a minute
     (a per-read timeout never fires); `connections` counts the attempts it saw."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
         self.port = free_port()
         self.connections = 0
         self.open: list[socket.socket] = []
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.bind((host, self.port))
         self.sock.listen(16)
         threading.Thread(target=self._serve, daemon=True).start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/stall"
+        return f"http://{self.host}:{self.port}/stall"
 
     def _serve(self) -> None:
         while True:

@@ -112,7 +112,9 @@ async function checkService() {
   try {
     const res = await fetch("/readyz");
     const body = await res.json();
-    pill.textContent = res.ok ? `${body.workers.length} worker${body.workers.length === 1 ? "" : "s"} ready` : "no worker ready";
+    // worker_count is always there; the names (`workers`) only on a local demo without keys
+    const count = body.worker_count ?? (body.workers || []).length;
+    pill.textContent = res.ok ? `${count} worker${count === 1 ? "" : "s"} ready` : "no worker ready";
     pill.className = `pill ${res.ok ? "ok" : "down"}`;
   } catch (_) { pill.textContent = "offline"; pill.className = "pill down"; }
   try {
