@@ -40,7 +40,13 @@ class Settings(BaseSettings):
     )
     demo_checkpoint_dir: str = Field("var/demo-checkpoint", description="Where the demo checkpoint is made when needed")
     results_dir: str = Field("var/results", description="Folder that stores job outputs")
-    results_ttl_s: int = Field(7 * 24 * 3600, description="How long outputs and job records are kept")
+    results_ttl_s: int = Field(
+        7 * 24 * 3600, description="How long output files and stored input images are kept (see JOB_TTL_S for job records)"
+    )
+    job_ttl_s: int = Field(
+        7 * 24 * 3600, ge=1,
+        description="How long a job's Redis records are kept: the job, its result and errors, progress, Idempotency-Key, listing entries, batch records",
+    )
     public_url: Optional[str] = Field(
         None, description="Base URL that output URLs and webhooks point to; unset = http://HOST:PORT (set it behind a proxy)"
     )
