@@ -183,7 +183,7 @@ class JobStore:
             step, total = int(progress[b"step"]), int(progress[b"total"])
             view.progress = Progress(step=step, total=total, fraction=round(step / max(total, 1), 4))
         if status == "succeeded":
-            result = meta["result"] if "result" in meta else (job.return_value() or {})
+            result = self._result(job, meta)
             view.outputs = [self._output(job.id, f, meta.get("output_format", "png")) for f in result.get("outputs", [])]
             view.data = result.get("data", {})
             view.warnings = result.get("warnings", view.warnings)
@@ -219,12 +219,27 @@ class JobStore:
         return OutputView(name=name, url=self.url(path), signed_url=self.url(path) + "?" + signed, kind=output["kind"],
                           media_type=media_type, width=output["width"], height=output["height"])
 
-    @staticmethod
-    def _failure(job: Job, meta: dict) -> ErrorView:
+    def _moved_outcome(self, job: Job, name: str):
+        """meta[`name`] as Redis has it now: RQ's result stream is read after the record, and the outcome
+        may have moved from one to the other in between (keep_outcome_in_record)."""
+        raw = self.redis.hget(job.key, "meta")
+        return (job.serializer.loads(raw) or {}).get(name) if raw else None
+
+    def _result(self, job: Job, meta: dict) -> dict:
+        if "result" in meta:
+            return meta["result"] or {}
+        value = job.return_value()
+        if value is None:
+            value = self._moved_outcome(job, "result")
+        return value or {}
+
+    def _failure(self, job: Job, meta: dict) -> ErrorView:
         error = meta.get("error")
+        latest = job.latest_result() if error is None else None
+        if error is None and latest is None:
+            error = self._moved_outcome(job, "error")
         if error is not None:
             return ErrorView(type=error["type"], message=error["message"])
-        latest = job.latest_result()
         text = (latest.exc_string or "") if latest else ""
         if "AbandonedJobError" in text or "stuck" in text:
             return ErrorView(type="worker_lost", message="the worker running this job stopped and the job's retries are used up")
