@@ -48,8 +48,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                   generate_unique_id_function=operation_id)
     app.state.settings = settings
     app.state.redis = connect(settings)
-    app.state.jobs = JobService(app.state.redis, settings)
     app.state.store = open_store(settings)
+    app.state.jobs = JobService(app.state.redis, settings, store=app.state.store)  # stores the inputs it queues
     app.state.keystore = KeyStore(app.state.redis, app.state.jobs.keys)
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
