@@ -22,11 +22,13 @@ from rq.job import Callback, Job
 
 from core.connection import wait_replicated
 from core.job_store import JOB_FUNC, ON_FAILURE, JobNotFound, JobStore, new_id, now_iso
+from core.plan import QueuedPlan
 from core.provenance import input_echo
 from core.settings import Settings
+from core.storage import ResultStore, open_store
 from core.views import TERMINAL, BatchView, JobView
 from core.webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
-from model.tasks import FramePlan, TaskInputError, TaskRequest
+from model.tasks import TaskInputError, TaskRequest
 
 from . import listing
 from .exceptions import ApiError, CannotCancel
@@ -46,29 +48,34 @@ def fingerprint(*parts) -> str:
 
 
 class JobService(JobStore):
-    def __init__(self, redis: Redis, settings: Settings):
+    def __init__(self, redis: Redis, settings: Settings, store: Optional[ResultStore] = None):
         super().__init__(redis, settings)
         self.quotas = Quotas(redis, self.keys, settings)
+        self.store = store if store is not None else open_store(settings)
 
     # ---- submission ------------------------------------------------------------------------------------
-    def _prepare(self, request: TaskRequest) -> tuple[TaskRequest, FramePlan]:
-        """Fix the seed (so retries and replays give the same result) and check the request fully."""
+    def _prepare(self, request: TaskRequest) -> tuple[TaskRequest, QueuedPlan]:
+        """Fix the seed (so retries and replays give the same result), check and plan the request fully, and
+        store its condition images: what is queued is this plan, images by digest, run by workers as is."""
         if request.seed is None:
             request = request.model_copy(update={"seed": secrets.randbelow(2**31)})
-        return request, request.plan(self.settings.task_limits())
+        plan = request.plan(self.settings.task_limits())
+        return request, QueuedPlan.of(plan, self.store.save_input, input_echo(request))
 
-    def _job_data(self, task: str, request: TaskRequest, plan: FramePlan, meta: dict, job_id: str):
-        payload = request.model_dump(mode="json", exclude={"webhook", "output_format", "task"})
-        meta = {"task": task, "bucket": plan.bucket, "created_at": now_iso(), "input": input_echo(request), **meta}
+    def _job_data(self, task: str, request: TaskRequest, plan: QueuedPlan, meta: dict, job_id: str):
+        # the input echo is in the plan (compressed with it, and meta stays small: workers read every queued
+        # job's meta when they look for companions of a batch)
+        meta = {"task": task, "bucket": plan.bucket, "created_at": now_iso(), **meta}
+        ttl = self.settings.job_ttl_s
         return Queue.prepare_data(
             JOB_FUNC,
-            args=(task, payload),
+            args=(task, plan.payload()),
             job_id=job_id,
             meta=meta,
             retry=Retry(max=self.settings.job_retries) if self.settings.job_retries else None,
-            result_ttl=self.settings.results_ttl_s,
-            failure_ttl=self.settings.results_ttl_s,
-            ttl=self.settings.results_ttl_s,
+            result_ttl=ttl,
+            failure_ttl=ttl,
+            ttl=ttl,
             timeout=self.settings.job_timeout_s,
             description=f"{task} {plan.bucket}",
             on_failure=Callback(ON_FAILURE),
@@ -167,9 +174,9 @@ class JobService(JobStore):
             self._admit_locked(tenant, 1)
             with self.redis.pipeline() as pipe:  # MULTI/EXEC: the key, the quota entry and the job, or none
                 if idem:
-                    pipe.set(idem, json.dumps({"id": job_id, "fingerprint": fp}), ex=self.settings.results_ttl_s)
+                    pipe.set(idem, json.dumps({"id": job_id, "fingerprint": fp}), ex=self.settings.job_ttl_s)
                 self.quotas.added(tenant, [job_id], pipe)
-                listing.add(pipe, self.keys.prefix, "jobs", tenant, [job_id], self.settings.results_ttl_s)
+                listing.add(pipe, self.keys.prefix, "jobs", tenant, [job_id], self.settings.job_ttl_s)
                 self.queue.enqueue_many([data], pipeline=pipe)
                 pipe.execute()
         wait_replicated(self.redis, self.settings)  # a 202 then survives the master's loss
@@ -221,12 +228,12 @@ class JobService(JobStore):
             self._admit_locked(tenant, len(prepared))
             with self.redis.pipeline() as pipe:
                 if idem:
-                    pipe.set(idem, json.dumps({"id": batch_id, "fingerprint": fp}), ex=self.settings.results_ttl_s)
+                    pipe.set(idem, json.dumps({"id": batch_id, "fingerprint": fp}), ex=self.settings.job_ttl_s)
                 pipe.hset(self.keys.batch(batch_id), mapping=record)
-                pipe.expire(self.keys.batch(batch_id), self.settings.results_ttl_s)
+                pipe.expire(self.keys.batch(batch_id), self.settings.job_ttl_s)
                 self.quotas.added(tenant, job_ids, pipe)
-                listing.add(pipe, self.keys.prefix, "jobs", tenant, job_ids, self.settings.results_ttl_s)
-                listing.add(pipe, self.keys.prefix, "batches", tenant, [batch_id], self.settings.results_ttl_s)
+                listing.add(pipe, self.keys.prefix, "jobs", tenant, job_ids, self.settings.job_ttl_s)
+                listing.add(pipe, self.keys.prefix, "batches", tenant, [batch_id], self.settings.job_ttl_s)
                 Group.create(self.redis, name=batch_id).enqueue_many(self.queue, datas, pipeline=pipe)
         wait_replicated(self.redis, self.settings)
         for task, *_ in prepared:

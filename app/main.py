@@ -53,8 +53,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     map_large_blocks()  # decoded images go back to the system when freed
     DECODE_BUDGET.configure(settings.decode_budget_mb * 1024 * 1024, settings.decode_wait_s)
     app.state.redis = connect(settings)
-    app.state.jobs = JobService(app.state.redis, settings)
     app.state.store = open_store(settings)
+    app.state.jobs = JobService(app.state.redis, settings, store=app.state.store)  # stores the inputs it queues
     app.state.storage_gate = StorageGate(app.state.store)
     app.state.image_fetcher = ImageFetcher(settings)
     app.state.keystore = KeyStore(app.state.redis, app.state.jobs.keys)

@@ -20,9 +20,11 @@ from redis import Redis
 from rq import Retry, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus as RQStatus
+from rq.results import Result
 
 from .connection import Keys, keys_for, queues
 from .metrics import Metrics
+from .plan import is_queued_plan
 from .settings import Settings, get_settings
 from .storage import FORMATS, BlobStore, converted_name, open_store
 from .url_signing import UrlSigner
@@ -40,6 +42,13 @@ if redis.call('HGET', KEYS[1], 'failure_callback_name') == ARGV[1] then
   return 1
 end
 return 0
+"""
+_KEEP_OUTCOME = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'meta', ARGV[1])
+end
+redis.call('DEL', KEYS[2])
+return 1
 """
 STATUS = {
     RQStatus.QUEUED: "queued",
@@ -118,13 +127,13 @@ class JobStore:
         for job_id in job_ids:
             key = self.keys.progress(job_id)
             target.hset(key, mapping={"step": step, "total": total})
-            target.expire(key, self.settings.results_ttl_s)
+            target.expire(key, self.settings.job_ttl_s)
         if pipe is None:
             target.execute()
 
     def request_cancel(self, job_id: str, reason: str) -> None:
         """Flag the job canceled; a worker running it drops it at its next step."""
-        self.redis.set(self.keys.cancel(job_id), reason, ex=self.settings.results_ttl_s)
+        self.redis.set(self.keys.cancel(job_id), reason, ex=self.settings.job_ttl_s)
 
     def cancel_requested(self, job_ids: list[str]) -> list[bool]:
         return [flag is not None for flag in self.redis.mget([self.keys.cancel(job_id) for job_id in job_ids])]
@@ -175,14 +184,14 @@ class JobStore:
                 "cancel": self.url(f"/v1/jobs/{job.id}/cancel"),
                 "events": self.url(f"/v1/jobs/{job.id}/events"),
             },
-            input=meta.get("input") or {},
+            input=self._input_echo(job, meta),
         )
         progress = self.redis.hgetall(self.keys.progress(job.id))
         if progress:
             step, total = int(progress[b"step"]), int(progress[b"total"])
             view.progress = Progress(step=step, total=total, fraction=round(step / max(total, 1), 4))
         if status == "succeeded":
-            result = job.return_value() or {}
+            result = self._result(job, meta)
             view.outputs = [self._output(job.id, f, meta.get("output_format", "png")) for f in result.get("outputs", [])]
             view.data = result.get("data", {})
             view.warnings = result.get("warnings", view.warnings)
@@ -194,6 +203,18 @@ class JobStore:
         if view.started_at and view.finished_at:
             view.timings.setdefault("run_s", round((job.ended_at - job.started_at).total_seconds(), 3))
         return view
+
+    @staticmethod
+    def _input_echo(job: Job, meta: dict) -> dict:
+        """What the client sent, images by summary: in the queued plan (core/plan.py); in the meta of a job
+        queued before plans existed."""
+        if "input" in meta:
+            return meta["input"] or {}
+        try:
+            payload = job.args[1]
+        except Exception:  # a record without arguments: nothing to show
+            return {}
+        return payload.get("input") or {} if is_queued_plan(payload) else {}
 
     def _output(self, job_id: str, output: dict, fmt: str) -> OutputView:
         # Named and labelled by the format they are served in: `image.jpeg`, image/jpeg. 16-bit depth
@@ -210,12 +231,27 @@ class JobStore:
         return OutputView(name=name, url=self.url(path), signed_url=signed, kind=output["kind"],
                           media_type=media_type, width=output["width"], height=output["height"])
 
-    @staticmethod
-    def _failure(job: Job, meta: dict) -> ErrorView:
+    def _moved_outcome(self, job: Job, name: str):
+        """meta[`name`] as Redis has it now: RQ's result stream is read after the record, and the outcome
+        may have moved from one to the other in between (keep_outcome_in_record)."""
+        raw = self.redis.hget(job.key, "meta")
+        return (job.serializer.loads(raw) or {}).get(name) if raw else None
+
+    def _result(self, job: Job, meta: dict) -> dict:
+        if "result" in meta:
+            return meta["result"] or {}
+        value = job.return_value()
+        if value is None:
+            value = self._moved_outcome(job, "result")
+        return value or {}
+
+    def _failure(self, job: Job, meta: dict) -> ErrorView:
         error = meta.get("error")
+        latest = job.latest_result() if error is None else None
+        if error is None and latest is None:
+            error = self._moved_outcome(job, "error")
         if error is not None:
             return ErrorView(type=error["type"], message=error["message"])
-        latest = job.latest_result()
         text = (latest.exc_string or "") if latest else ""
         if "AbandonedJobError" in text or "stuck" in text:
             return ErrorView(type="worker_lost", message="the worker running this job stopped and the job's retries are used up")
@@ -242,10 +278,29 @@ class JobStore:
         )
 
     # ---- end of a job (called by workers, by the gateway for jobs canceled while queued, and after RQ fails one) --
+    def keep_outcome_in_record(self, job: Job) -> None:
+        """Move what the job's view needs of its end (the result, or the error) from RQ's result stream
+        into the job's record, and drop the stream. A Redis stream holds about 4.7 KB however small its
+        entry (its first node is allocated whole), more than all the job's other records together."""
+        meta = job.meta if job.meta is not None else {}
+        status = self.status(job, refresh=False)
+        if status == "succeeded" and "result" not in meta:
+            meta["result"] = job.return_value() or {}
+        elif status == "failed" and "error" not in meta:
+            meta["error"] = self._failure(job, meta).model_dump()
+        elif not self.redis.exists(Result.get_key(job.id)):
+            return
+        job.meta = meta
+        # one step, so a reader finds the outcome in one place or the other; a record deleted meanwhile
+        # (DELETE /v1/jobs/{id}) is not brought back without its expiry
+        self.redis.eval(_KEEP_OUTCOME, 2, job.key, Result.get_key(job.id), job.serializer.dumps(meta))
+
     def job_ended(self, job_id: str) -> None:
-        """Release the job's quota slot, count it and queue its webhook calls (its own, its batch item's
-        and the batch's last)."""
+        """Keep the job's outcome in its record, release its quota slot, count it and queue its webhook
+        calls (its own, its batch item's and the batch's last)."""
         job = self.fetch(job_id)
+        if self.status(job) in TERMINAL:
+            self.keep_outcome_in_record(job)
         view = self.view(job_id, job)
         meta = job.meta or {}
         if meta.get("tenant"):
@@ -269,7 +324,7 @@ class JobStore:
         total = len(json.loads(record[b"job_ids"]))
         with self.redis.pipeline() as pipe:
             pipe.sadd(self.keys.batch_ended(batch_id), job_id)
-            pipe.expire(self.keys.batch_ended(batch_id), self.settings.results_ttl_s)
+            pipe.expire(self.keys.batch_ended(batch_id), self.settings.job_ttl_s)
             pipe.scard(self.keys.batch_ended(batch_id))
             added, _, ended = pipe.execute()
         if not added:
@@ -298,7 +353,7 @@ class JobStore:
             pending = self.keys.batch_webhooks_pending(owner_id)
             with self.redis.pipeline() as pipe:  # batch.completed waits for these (deliveries run concurrently)
                 pipe.sadd(pending, delivery_id)
-                pipe.expire(pending, self.settings.results_ttl_s)
+                pipe.expire(pending, self.settings.job_ttl_s)
                 pipe.execute()
         self.webhook_queue.enqueue(
             "worker.webhooks.deliver",
@@ -308,8 +363,8 @@ class JobStore:
             json.dumps(body, separators=(",", ":"), sort_keys=True),
             job_id=f"wh-{delivery_id}",
             retry=Retry(max=len(intervals), interval=[max(1, int(round(i))) for i in intervals]) if intervals else None,
-            result_ttl=self.settings.results_ttl_s,
-            failure_ttl=self.settings.results_ttl_s,
+            result_ttl=0,  # a delivery done is forgotten at once (nothing reads it); one that failed stays to be looked at
+            failure_ttl=self.settings.job_ttl_s,
             description=f"webhook {body.get('event')} for {owner} {owner_id}",
         )
 

@@ -58,7 +58,13 @@ class Settings(BaseSettings):
     )
     demo_checkpoint_dir: str = Field("var/demo-checkpoint", description="Where the demo checkpoint is made when needed")
     results_dir: str = Field("var/results", description="Folder that stores job inputs and outputs when STORAGE_URL is unset")
-    results_ttl_s: int = Field(7 * 24 * 3600, description="How long outputs and job records are kept (with STORAGE_URL, the bucket's lifecycle rule expires the files)")
+    results_ttl_s: int = Field(
+        7 * 24 * 3600, description="How long output files and stored input images are kept (see JOB_TTL_S for job records; with STORAGE_URL, the bucket's lifecycle rule expires the files)"
+    )
+    job_ttl_s: int = Field(
+        7 * 24 * 3600, ge=1,
+        description="How long a job's Redis records are kept: the job, its result and errors, progress, Idempotency-Key, listing entries, batch records",
+    )
     results_min_free_mb: int = Field(
         64, ge=0, description="Free space the results folder needs for /readyz to say ready (0 = not checked)"
     )

@@ -122,3 +122,40 @@ def test_jobs_of_an_earlier_release_get_todays_failure_callback(service):
     assert service.rename_old_callbacks() == 2
     assert all(service.fetch(job_id).failure_callback is on_rq_failure for job_id in (queued, started))
     assert service.rename_old_callbacks() == 0
+
+
+def test_the_end_of_a_job_keeps_its_outcome_in_the_record_not_in_a_stream(service):
+    """RQ's result stream costs ~4.7 KB per job whatever it holds; the end-of-job hook moves the outcome
+    into the job's record and drops the stream, and the job reads the same before and after."""
+    done, lost = submit(service), submit(service)
+    succeed(service, done, {"outputs": OUTPUTS, "data": {"n": 1}, "warnings": [], "timings": {"steps_s": 0.1}})
+    Result.create(service.fetch(lost), Result.Type.FAILED, ttl=600, exc_string="rq.exceptions.AbandonedJobError")
+    service.fetch(lost).set_status(JobStatus.FAILED)
+    before = {job_id: as_json(service, job_id) for job_id in (done, lost)}
+    for job_id in (done, lost):
+        service.job_ended(job_id)
+        assert not service.redis.exists(Result.get_key(job_id))
+        assert as_json(service, job_id) == before[job_id]
+    assert before[done]["outputs"][0]["name"] == "image.png" and before[lost]["error"]["type"] == "worker_lost"
+    assert service.redis.memory_usage(Job.key_for(done), samples=0) < 4096
+
+
+def test_a_view_racing_the_move_still_finds_the_outcome(service):
+    """A view reads the record, then RQ's stream; the move may happen in between."""
+    job_id = submit(service)
+    succeed(service, job_id, {"outputs": OUTPUTS[:1]})
+    job = service.fetch(job_id)  # the record as read before the move
+    service.job_ended(job_id)
+    assert [o.name for o in service.view(job_id, job).outputs] == ["image.png"]
+
+
+def test_job_records_live_for_job_ttl_not_for_the_outputs_ttl(redis_url):
+    settings = Settings(redis_url=redis_url, queue_prefix="odstore" + uuid.uuid4().hex[:8], rate_limit_per_minute=0,
+                        job_ttl_s=3600, results_ttl_s=7 * 24 * 3600)
+    service = JobService(Redis.from_url(redis_url), settings)
+    job_id = service.submit("text-to-image", TextToImage(**SMALL), "tenant-a", "key-a", idempotency_key="k1").id
+    job = service.fetch(job_id)
+    assert job.result_ttl == job.failure_ttl == job.ttl == 3600
+    service.record_progress([job_id], 1, 2)
+    for key in (service.keys.progress(job_id), service.keys.idempotency("tenant-a:job:k1")):
+        assert 3500 < service.redis.ttl(key) <= 3600

@@ -1,8 +1,9 @@
-"""Running a batch of job payloads through the model and storing what comes out.
+"""Running a batch of queued plans through the model and storing what comes out.
 
-This is the model-facing half of the worker (RQ bookkeeping lives in `batch_worker`): payloads ->
-validated tasks -> frame plans -> one `OneDiffusion.run` -> files in the result store + a result dict
-per job. Every job gets its own outcome; one bad job never fails the others.
+This is the model-facing half of the worker (RQ bookkeeping lives in `batch_worker`): queued plans
+(core/plan.py; the gateway validated and planned the request) -> frame plans with their input images read
+from the result store -> one `OneDiffusion.run` -> files in the result store + a result dict per job.
+Every job gets its own outcome; one bad job never fails the others.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable, Optional, Sequence
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from core.plan import PlanVersionError, QueuedPlan, is_queued_plan
 from core.provenance import input_echo, parameter_texts, with_text_chunks
 from core.settings import Settings
 from core.storage import FORMATS, BlobStore, StorageUnavailable, convert, converted_name
@@ -35,8 +37,12 @@ class Outcome:
 class WorkItem:
     job_id: str
     task: str
-    payload: dict
+    payload: dict  # a QueuedPlan's payload; a raw request dict for jobs queued before plans existed
     output_format: str = "png"  # the format the job's output URLs name (object storage stores it too)
+
+
+class InputUnavailable(Exception):
+    """A queued plan's input image cannot be read from the result store."""
 
 
 class Executor:
@@ -46,7 +52,25 @@ class Executor:
         self.settings = settings
 
     def plan(self, item: WorkItem) -> FramePlan:
-        return TASKS[item.task].model_validate(item.payload).plan(self.settings.task_limits())
+        """The model's plan of a queued job: the gateway's plan as queued, its images read by digest. A job
+        queued by a release before plans existed carries its raw request, which is validated and planned
+        here as that release's worker did."""
+        if not is_queued_plan(item.payload):
+            return TASKS[item.task].model_validate(item.payload).plan(self.settings.task_limits())
+        return QueuedPlan.from_payload(item.payload).frame_plan(self._load_input)
+
+    def _load_input(self, digest: str) -> bytes:
+        try:
+            return self.store.load_input(digest)
+        except StorageUnavailable:
+            raise  # the storage is down, not the blob gone: retried (with_storage), then storage_unavailable
+        except FileNotFoundError:
+            raise InputUnavailable(
+                f"the input image {digest} of this job is no longer stored (inputs are kept RESULTS_TTL_S "
+                f"= {self.settings.results_ttl_s} s); submit the job again"
+            ) from None
+        except Exception as exc:
+            raise InputUnavailable(f"could not read the input image {digest} of this job from storage: {exc}") from exc
 
     def save(self, job_id: str, result: TaskResult, texts: Optional[dict[str, str]] = None, fmt: str = "png") -> dict:
         """Store the files (PNGs with `texts` as text chunks: the parameters that made them). A store that
@@ -77,10 +101,12 @@ class Executor:
             try:
                 plans.append(self.with_storage(lambda: self.plan(item)))
                 positions.append(i)
-            except (TaskInputError, ValidationError, KeyError) as exc:
+            except (TaskInputError, ValidationError, KeyError, PlanVersionError) as exc:
                 outcomes[i] = Outcome(error={"type": "invalid_request", "message": str(exc)})
             except StorageUnavailable as exc:
                 outcomes[i] = Outcome(error={"type": "storage_unavailable", "message": str(exc)})
+            except InputUnavailable as exc:
+                outcomes[i] = Outcome(error={"type": "input_unavailable", "message": str(exc)})
 
         def dropped() -> set[int]:
             wanted = canceled()
@@ -110,6 +136,8 @@ class Executor:
 
     def _texts(self, item: WorkItem) -> Optional[dict[str, str]]:
         try:
+            if is_queued_plan(item.payload):
+                return parameter_texts(item.task, item.payload["input"])
             return parameter_texts(item.task, input_echo(TASKS[item.task].model_validate(item.payload)))
         except Exception:  # provenance is a courtesy: never fail a finished job over it
             log.warning("could not describe the parameters of job %s", item.job_id)

@@ -1,0 +1,77 @@
+"""What a job is queued as and what it leaves in Redis, through the real API, Redis, worker and deliverer.
+
+The gateway queues its plan with the input image by digest (the bytes go to the result store once); the
+worker runs that plan; the job's records stay a few KB whatever the input's size; a job queued by the
+previous release (its raw request as the argument) still runs after an upgrade."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+
+import httpx
+from PIL import Image
+from rq import Queue
+from rq.job import Callback, Job
+from rq.results import Result
+
+from benchmarks.redis_footprint import noise_png
+from core.job_store import JOB_FUNC, ON_FAILURE, new_id, now_iso
+from core.plan import is_queued_plan
+from core.provenance import input_echo
+from core.storage import ResultStore
+from model.tasks import TASKS
+from tests.service.harness import wait_until
+
+SMALL = {"width": 64, "height": 64, "num_inference_steps": 2, "seed": 4}
+
+
+def test_an_image_job_is_queued_as_a_plan_and_leaves_a_small_record(shared_service, receiver):
+    receiver.up()
+    png = noise_png(1.0)  # incompressible: a 1 MB PNG
+    digest = hashlib.sha256(png).hexdigest()
+    response = shared_service.submit("depth-estimation", {"image": base64.b64encode(png).decode(), **SMALL,
+                                                          "webhook": {"url": receiver.url}})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    redis = shared_service.redis()
+    record = Job.fetch(job_id, connection=redis)
+    task, plan = record.args
+    assert task == "depth-estimation" and is_queued_plan(plan)
+    assert plan["images"] == [digest] and plan["width"] == 64 and plan["seed"] == 4
+    assert len(record.data) < 2000  # the argument RQ stores: the plan, compressed, without the image
+    assert ResultStore(shared_service.tmp / "results").load_input(digest) == png
+
+    done = shared_service.wait_job(job_id)
+    assert done["status"] == "succeeded", done
+    assert done["input"]["image"]["sha256"] == digest and done["input"]["image"]["bytes"] == len(png)
+    preview = next(o for o in done["outputs"] if o["name"] == "depth_preview.png")
+    written = Image.open(io.BytesIO(httpx.get(preview["url"]).content)).text["parameters"]
+    assert json.loads(written) == {"task": "depth-estimation", "input": done["input"]}
+
+    wait_until(lambda: "job.succeeded" in receiver.events(), 60, what="the job.succeeded webhook")
+    wait_until(lambda: not list(redis.scan_iter("rq:job:wh-*")), 30, what="the delivered webhook's record to go")
+    assert not redis.exists(Result.get_key(job_id))  # the outcome is in the job's record
+    assert redis.memory_usage(Job.key_for(job_id), samples=0) < 8192
+    again = shared_service.job(job_id)
+    assert [o["name"] for o in again["outputs"]] == [o["name"] for o in done["outputs"]] and again["input"] == done["input"]
+
+
+def test_a_job_queued_by_the_previous_release_still_runs(shared_service):
+    """The previous release queued the request itself (images inline) and kept its echo in the meta."""
+    raw = {"prompt": "an old job", "image": base64.b64encode(noise_png(0.05)).decode(), **SMALL}
+    request = TASKS["depth-to-image"].model_validate(raw)
+    job_id = new_id()
+    queue = Queue(shared_service.prefix, connection=shared_service.redis())
+    queue.enqueue_many([Queue.prepare_data(
+        JOB_FUNC, args=("depth-to-image", request.model_dump(mode="json", exclude={"webhook", "output_format", "task"})),
+        job_id=job_id, result_ttl=600, failure_ttl=600, ttl=600, timeout=600, on_failure=Callback(ON_FAILURE),
+        meta={"task": "depth-to-image", "bucket": request.plan().bucket, "created_at": now_iso(),
+              "input": input_echo(request), "tenant": "public", "webhook": None, "output_format": "png"},
+    )])
+    done = shared_service.wait_job(job_id)
+    assert done["status"] == "succeeded", done
+    assert [o["name"] for o in done["outputs"]] == ["image.png"]
+    assert done["input"] == input_echo(request)
