@@ -157,5 +157,5 @@ def test_job_records_live_for_job_ttl_not_for_the_outputs_ttl(redis_url):
     job = service.fetch(job_id)
     assert job.result_ttl == job.failure_ttl == job.ttl == 3600
     service.record_progress([job_id], 1, 2)
-    for key in (service.keys.progress(job_id), service.keys.idempotency("tenant-a:job:k1")):
+    for key in (service.keys.progress(job_id), service.keys.idempotency("tenant-a:k1")):
         assert 3500 < service.redis.ttl(key) <= 3600
