@@ -43,18 +43,19 @@ def cmd_serve(args) -> None:
 
     from core.settings import get_settings
 
-    settings = get_settings()
-    # The app reads its settings from the environment: --host/--port become HOST/PORT, so the URLs it
-    # derives (PUBLIC_URL unset) point where it really listens.
+    # The app reads its settings from the environment: --host/--port become HOST/PORT before the settings
+    # are first read (they are cached), so the URLs it derives (PUBLIC_URL unset) point where it listens.
     if args.host:
         os.environ["HOST"] = args.host
     if args.port:
         os.environ["PORT"] = str(args.port)
+    get_settings.cache_clear()
+    settings = get_settings()
     from core.logs import setup_logging
 
     setup_logging("api")  # uvicorn's own lines go through it too (log_config=None: no handlers of its own)
     uvicorn.run(
-        "app.main:create_app", factory=True, host=args.host or settings.host, port=args.port or settings.port,
+        "app.main:create_app", factory=True, host=settings.host, port=settings.port,
         log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False, log_config=None,
         timeout_keep_alive=settings.keep_alive_s,
     )

@@ -181,10 +181,12 @@ class JobService(JobStore):
 
     def submit_batch_once(
         self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str,
-        idempotency_key: Optional[str] = None, admitted: bool = False,
+        idempotency_key: Optional[str] = None, admitted: bool = False, request_fingerprint: Optional[str] = None,
     ) -> tuple[BatchView, bool]:
+        """`request_fingerprint`: what identifies the request for its Idempotency-Key when the items carry
+        values the server drew (num_outputs' seeds), so that an identical retry is a replay, not a 409."""
         idem = self._idempotent("batch", tenant, idempotency_key)
-        fp = fingerprint([[task, request, fmt] for task, request, fmt in items], webhook) if idem else ""
+        fp = (request_fingerprint or fingerprint([[task, request, fmt] for task, request, fmt in items], webhook)) if idem else ""
         replayed = self._replayed_id(idem, fp, "batch")
         if replayed:
             return self.batch_view(replayed, tenant=tenant), True
@@ -271,8 +273,6 @@ class JobService(JobStore):
         job = self.fetch(job_id)
         self.view(job_id, job, tenant=tenant)  # ownership
         status = self.status(job)
-        if status == "canceled":
-            return self.view(job_id, job)
         if status in TERMINAL:
             raise CannotCancel(f"the job already {status}")
         self.request_cancel(job_id, reason)

@@ -13,8 +13,9 @@ from .openapi_examples import BATCH_EXAMPLE, REQUEST_EXAMPLES, error_examples
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 HEADER_PARAMS = {
-    "prefer": {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string", "pattern": r"^wait=\d+$"},
-               "description": "`wait=N`: answer 200 with the finished job if it ends within N seconds (up to MAX_WAIT_S)",
+    "prefer": {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string", "pattern": r"^wait(=\d+)?$"},
+               "description": "`wait=N`: answer 200 with the finished job if it ends within N seconds (up to "
+                              "MAX_WAIT_S); a bare `wait` waits up to MAX_WAIT_S",
                "example": "wait=30"},
     "idempotency": {"name": "Idempotency-Key", "in": "header", "required": False,
                     "schema": {"type": "string", "minLength": 1, "maxLength": 200},

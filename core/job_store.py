@@ -20,6 +20,7 @@ from redis import Redis
 from rq import Retry, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus as RQStatus
+from rq.utils import utcformat
 
 from .connection import Keys, keys_for, queues
 from .metrics import Metrics
@@ -234,6 +235,10 @@ class JobStore:
         """Release the job's quota slot, count it and queue its webhook calls (its own, its batch item's
         and the batch's last)."""
         job = self.fetch(job_id)
+        if job.ended_at is None and self.status(job, refresh=False) == "canceled":
+            # RQ's cancel records no end time; the job view's finished_at and webhook bodies need one
+            job.ended_at = datetime.now(timezone.utc).replace(tzinfo=None)
+            self.redis.hset(job.key, "ended_at", utcformat(job.ended_at))
         view = self.view(job_id, job)
         meta = job.meta or {}
         if meta.get("tenant"):

@@ -276,7 +276,8 @@ class TaskRequest(BaseModel):
     token: ClassVar[str] = ""
 
     negative_prompt: Optional[str] = Field(
-        None, max_length=4000, description="What to steer away from; defaults to the prompt guide's list. '' for none."
+        None, max_length=4000, description="What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an "
+        "empty field means unset, the two characters \"\")"
     )
     width: Optional[int] = Field(None, ge=64, le=4096, multiple_of=16, description="Output width in pixels (multiple of 16)")
     height: Optional[int] = Field(None, ge=64, le=4096, multiple_of=16, description="Output height in pixels (multiple of 16)")

@@ -53,7 +53,7 @@ async def submit_batch(request: Request, caller: Caller = Depends(require_caller
     view, replayed = await run_in_threadpool(
         service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True
     )
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    headers = {"Location": view.urls["self"], **({"Idempotent-Replayed": "true"} if replayed else {})}
     return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)
 
 
