@@ -53,3 +53,102 @@ def test_delete_refuses_a_job_that_has_not_ended(make_service):
     refused = service.client.delete(f"/v1/jobs/{job['id']}")
     assert refused.status_code == 409 and "cancel it first" in refused.json()["error"]["message"]
     assert service.job(job["id"])["status"] == "queued"
+
+
+# ---- a newcomer's second look -----------------------------------------------------------------------------
+SMALL_JOB = {"prompt": "a cat", "width": 64, "height": 64, "num_inference_steps": 2}
+
+
+def test_serve_port_flag_shows_in_every_url(tmp_path, redis_url):
+    """`onediffusion serve --port N` with PORT and PUBLIC_URL unset: Location and job URLs say :N."""
+    from tests.service.harness import free_port, wait_until
+    import httpx
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PUBLIC_URL", "PORT", "HOST")}
+    env.update(REDIS_URL=redis_url, AUTH_DISABLED="true", QUEUE_PREFIX=f"odport{port}", RATE_LIMIT_PER_MINUTE="0")
+    log = open(tmp_path / "api.log", "wb")
+    process = subprocess.Popen(CLI + ["serve", "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def up():
+            try:
+                return httpx.get(base + "/healthz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 30, what="the API")
+        response = httpx.post(base + "/v1/text-to-image", json=SMALL_JOB)
+        assert response.status_code == 202, response.text
+        assert response.headers["location"].startswith(f"{base}/v1/jobs/")
+        assert all(url.startswith(base) for url in response.json()["urls"].values())
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def test_batch_submit_answers_location(make_service):
+    service = make_service(workers=0, deliverer=False)
+    response = service.client.post("/v1/batches", json={"items": [{"task": "text-to-image", **SMALL_JOB}]})
+    assert response.status_code == 202, response.text
+    assert response.headers["location"] == f"{service.url}/v1/batches/{response.json()['id']}"
+    assert service.client.get(response.headers["location"]).json()["id"] == response.json()["id"]
+
+
+def test_num_outputs_retry_without_seed_is_a_replay(make_service):
+    """The seeds of num_outputs are drawn by the server: an identical retry under the same key is the first batch."""
+    service = make_service(workers=0, deliverer=False)
+    body = {**SMALL_JOB, "num_outputs": 3}
+    first = service.submit("text-to-image", body, headers={"Idempotency-Key": "twins-1"})
+    again = service.submit("text-to-image", body, headers={"Idempotency-Key": "twins-1"})
+    assert first.status_code == again.status_code == 202, again.text
+    assert again.json()["id"] == first.json()["id"] and again.headers["idempotent-replayed"] == "true"
+    other = service.submit("text-to-image", {**body, "prompt": "a dog"}, headers={"Idempotency-Key": "twins-1"})
+    assert other.status_code == 409
+
+
+def test_bare_prefer_wait_waits_up_to_max_wait(make_service):
+    service = make_service(max_wait_s=45)
+    response = service.submit("text-to-image", SMALL_JOB, headers={"Prefer": "wait"})
+    assert response.status_code == 200 and response.json()["status"] == "succeeded", response.text
+    assert response.headers["preference-applied"] == "wait=45"
+    assert "wait(=" in service.client.get("/openapi.json").text  # the documented pattern takes a bare `wait`
+
+
+def test_empty_form_field_is_unset(make_service):
+    """Swagger UI's Try-it-out sends empty optional fields as ''; that keeps the default negative prompt."""
+    from model.tasks import NEGATIVE_PROMPT, TextToImage
+
+    service = make_service(workers=0, deliverer=False)
+    form = {"prompt": (None, "a cat"), "negative_prompt": (None, ""), "width": (None, "64"), "height": (None, "64")}
+    job = service.client.post("/v1/text-to-image", files=form).json()
+    assert job["input"]["negative_prompt"] is None
+    assert TextToImage.model_validate(job["input"]).plan().negative_prompt == NEGATIVE_PROMPT
+    off = service.client.post("/v1/text-to-image", files={**form, "negative_prompt": (None, '""')}).json()
+    assert off["input"]["negative_prompt"] == ""  # `""` in a form: explicitly none
+    empty_prompt = service.client.post("/v1/text-to-image", files={**form, "prompt": (None, "")})
+    assert empty_prompt.status_code == 422 and empty_prompt.json()["error"]["fields"][0]["field"] == "prompt"
+
+
+def test_cancel_twice_is_409_and_canceled_jobs_have_finished_at(make_service):
+    service = make_service(workers=0, deliverer=False)
+    job = service.submit("text-to-image", SMALL_JOB).json()
+    canceled = service.client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert canceled.status_code == 200 and canceled.json()["finished_at"] is not None
+    again = service.client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 409 and "already canceled" in again.json()["error"]["message"]
+    assert service.job(job["id"])["finished_at"] == canceled.json()["finished_at"]
+
+
+def test_webhook_query_string_stays_out_of_the_logs(make_service, receiver):
+    receiver.up()
+    service = make_service()
+    token = "tok-" + os.urandom(8).hex()
+    job = service.submit("text-to-image", {**SMALL_JOB, "webhook": {"url": f"{receiver.url}?token={token}"}},
+                         headers={"Prefer": "wait=60"}).json()
+    assert job["status"] == "succeeded"
+    from tests.service.harness import wait_until
+
+    wait_until(lambda: receiver.events(), 30, what="the webhook")
+    wait_until(lambda: "webhook delivered" in service.logs(full=True), 10, what="the delivery's log line")
+    assert token not in service.logs(full=True)
