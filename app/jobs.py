@@ -282,6 +282,7 @@ class JobService(JobStore):
             job.cancel()
         except InvalidJobOperation:
             pass
+        self.record_end(job)  # canceled now, for the client; a running job's worker stops at its next step
         if status == "queued":
             self.job_ended(job_id)  # a running job's worker calls this when it stops
         return self.view(job_id)

@@ -119,6 +119,12 @@ class JobStore:
         """Flag the job canceled; a worker running it drops it at its next step."""
         self.redis.set(self.keys.cancel(job_id), reason, ex=self.settings.results_ttl_s)
 
+    def record_end(self, job: Job) -> None:
+        """Give a canceled job its end time (RQ's cancel records none), once: the job view's finished_at."""
+        if job.ended_at is None:
+            job.ended_at = datetime.now(timezone.utc).replace(tzinfo=None)
+            self.redis.hset(job.key, "ended_at", utcformat(job.ended_at))
+
     def cancel_requested(self, job_ids: list[str]) -> list[bool]:
         return [flag is not None for flag in self.redis.mget([self.keys.cancel(job_id) for job_id in job_ids])]
 
@@ -235,10 +241,8 @@ class JobStore:
         """Release the job's quota slot, count it and queue its webhook calls (its own, its batch item's
         and the batch's last)."""
         job = self.fetch(job_id)
-        if job.ended_at is None and self.status(job, refresh=False) == "canceled":
-            # RQ's cancel records no end time; the job view's finished_at and webhook bodies need one
-            job.ended_at = datetime.now(timezone.utc).replace(tzinfo=None)
-            self.redis.hset(job.key, "ended_at", utcformat(job.ended_at))
+        if self.status(job, refresh=False) == "canceled":
+            self.record_end(job)
         view = self.view(job_id, job)
         meta = job.meta or {}
         if meta.get("tenant"):
