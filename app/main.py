@@ -36,7 +36,11 @@ subject-driven generation, multiview generation and camera pose estimation.
 
 Submit a task (`POST /v1/<task>`), get `202` with the job; poll `GET /v1/jobs/{id}`, stream
 `GET /v1/jobs/{id}/events`, or pass a webhook. Outputs are served under `/v1/files/`.
-A web playground for every task is at `/playground/`."""
+A web playground for every task is at `/playground/`.
+
+The request examples are sized to finish in seconds on the CPU demo checkpoint (256x256, 8 steps). For
+real results, run the released weights on a GPU with the model's defaults (1024x1024 text-to-image,
+50 steps and more): the README's GPU section has the figures."""
 
 PLAYGROUND_DIR = Path(__file__).parent / "static" / "playground"
 

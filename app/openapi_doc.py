@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi.routing import APIRoute
 
 from core.settings import Settings
+from model.tasks import MAX_LIST_ITEMS
 
 from .openapi_examples import BATCH_EXAMPLE, REQUEST_EXAMPLES, error_examples
 
@@ -47,6 +48,9 @@ def _limits(schema: dict, settings: Settings) -> None:
                     branch["maxLength"] = min(branch["maxLength"], settings.max_prompt_chars)
                 if key == "num_inference_steps" and "maximum" in branch:
                     branch["maximum"] = min(branch["maximum"], settings.max_steps)
+                # lists the models bound only by the generic MAX_LIST_ITEMS: views and frames per the settings
+                if branch.get("maxItems") == MAX_LIST_ITEMS and key in ("cameras", "images", "frames"):
+                    branch["maxItems"] = settings.max_frames if key == "frames" else settings.max_views
         for value in schema.values():
             if isinstance(value, dict):
                 _limits(value, settings)
