@@ -1,6 +1,6 @@
 """The `onediffusion` command.
 
-    onediffusion up                      API + worker + webhook deliverer (+ Redis when none answers)
+    onediffusion up                      API + worker + webhook deliverer (+ a Redis of its own unless REDIS_URL is set)
     onediffusion serve                   the API only
     onediffusion worker                  one GPU worker (one per GPU)
     onediffusion webhooks                the webhook deliverer
@@ -122,12 +122,22 @@ def cmd_settings(args) -> None:
 
 def cmd_up(args) -> None:
     """Everything a local user needs, in one process tree; Ctrl-C stops it all."""
-    from core.local_redis import RedisUnavailable, ensure_redis
+    from core.local_redis import RedisUnavailable, ensure_redis, start_redis
     from core.settings import get_settings
 
     settings = get_settings()
+    data_dir = Path("var") / "redis"
     try:
-        redis_process = ensure_redis(settings.redis_url, Path("var") / "redis")
+        if "redis_url" in settings.model_fields_set:  # REDIS_URL given (environment or .env): that Redis
+            redis_process = ensure_redis(settings.redis_url, data_dir)
+            redis_line = f"Redis: {settings.redis_url} (REDIS_URL)"
+        else:  # never whatever answers on 6379 (somebody else's data): a Redis of our own on a free port
+            url = f"redis://127.0.0.1:{_free_port()}/0"
+            redis_process = start_redis(url, data_dir)
+            redis_line = f"Redis: {url} (started for this run; data in {data_dir}; set REDIS_URL to use another)"
+            os.environ["REDIS_URL"] = url
+            get_settings.cache_clear()
+            settings = get_settings()
     except RedisUnavailable as exc:
         sys.exit(f"error: {exc}")
     env = dict(os.environ)
@@ -141,6 +151,7 @@ def cmd_up(args) -> None:
     exe = [sys.executable, str(Path(__file__).resolve())]
     children = [subprocess.Popen(exe + [name], env=env) for name in ("serve", "worker", "webhooks")]
     print(f"OneDiffusion API on {settings.public_url} (docs at {settings.public_url}/docs); Ctrl-C stops", flush=True)
+    print(redis_line, flush=True)
 
     def stop(*_, code: int = 0):
         for child in children:
@@ -167,6 +178,14 @@ def cmd_up(args) -> None:
                       "stopping everything", file=sys.stderr, flush=True)
                 stop(code=child.returncode or 1)
         time.sleep(1)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 # ---- run one task from files --------------------------------------------------------------------------
@@ -277,7 +296,7 @@ def cmd_run(args) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="onediffusion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="API + worker + webhook deliverer (+ a local Redis if none answers)").set_defaults(func=cmd_up)
+    sub.add_parser("up", help="API + worker + webhook deliverer (+ a Redis of its own unless REDIS_URL is set)").set_defaults(func=cmd_up)
     serve = sub.add_parser("serve", help="the API")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)

@@ -29,6 +29,7 @@ def test_up_exits_non_zero_when_the_port_is_taken(tmp_path, redis_url, demo_chec
         result = subprocess.run(CLI + ["up"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode != 0, result.stdout + result.stderr
     assert f"http://127.0.0.1:{port}" in result.stdout  # the banner names the port it tried, not :8000
+    assert f"Redis: {redis_url} (REDIS_URL)" in result.stdout  # and the Redis it was told to use
     assert "onediffusion serve` exited" in result.stderr
 
 
@@ -152,3 +153,45 @@ def test_webhook_query_string_stays_out_of_the_logs(make_service, receiver):
     wait_until(lambda: receiver.events(), 30, what="the webhook")
     wait_until(lambda: "webhook delivered" in service.logs(full=True), 10, what="the delivery's log line")
     assert token not in service.logs(full=True)
+
+
+def test_up_without_redis_url_starts_its_own_redis(tmp_path, demo_checkpoint):
+    """Without REDIS_URL, `up` never writes into whatever answers on 6379: it starts a Redis of its own, names
+    it in the banner, and stops it with the rest."""
+    import re
+    import signal
+    import time
+
+    import httpx
+
+    from core.local_redis import answers
+    from tests.service.harness import free_port, wait_until
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PUBLIC_URL", "ONEDIFFUSION_MODEL", "REDIS_URL")}
+    env.update(PORT=str(port), DEMO_CHECKPOINT_DIR=str(demo_checkpoint), AUTH_DISABLED="true", ONEDIFFUSION_ATTENTION="math")
+    out = open(tmp_path / "up.log", "w+")
+    process = subprocess.Popen(CLI + ["up"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = wait_until(lambda: re.search(r"Redis: (redis://127\.0\.0\.1:(\d+)/0) \(started for this run",
+                                              (tmp_path / "up.log").read_text()), 120, what="the Redis line of the banner")
+        url, redis_port = banner.group(1), int(banner.group(2))
+        assert redis_port != 6379 and answers(url)
+        assert (tmp_path / "var" / "redis").is_dir()  # its data lives under ./var/redis
+
+        def ready():
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, 120, interval=0.5, what="a ready worker")
+        job = httpx.post(f"http://127.0.0.1:{port}/v1/text-to-image", json=SMALL_JOB).json()
+        from redis import Redis
+
+        assert Redis.from_url(url).exists(f"rq:job:{job['id']}")  # the jobs go to that Redis
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    time.sleep(0.5)
+    assert not answers(url), "the Redis that `up` started outlived it"
