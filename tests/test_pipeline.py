@@ -178,3 +178,20 @@ def test_seed_draws_in_the_references_order(demo_model, task):
     if task == "text-to-image":  # the reference's text-to-image: one (1, 16, h, w) draw, the same numbers
         torch.testing.assert_close(noise, torch.randn((1, LATENT_CHANNELS, h, w),
                                                             generator=torch.Generator().manual_seed(1234)))
+
+
+@pytest.mark.parametrize("task", sorted(CASES))
+def test_every_task_takes_rope_scaling(task):
+    """The reference's pipeline takes RoPE scaling for any task: every request has the fields, and the plan
+    (and so the denoiser's batch) carries them."""
+    payload, _ = CASES[task]
+    plan = TASKS[task].model_validate({**payload, "scale_factor": 1.25, "scale_watershed": 300}).plan()
+    assert (plan.scale_factor, plan.scale_watershed) == (1.25, 300) and "xrope1.25_300" in plan.bucket
+    assert TASKS[task].model_validate(payload).plan().rope_group == ()
+
+
+def test_rope_scaling_changes_an_estimation(demo_model):
+    base = {**CASES["depth-estimation"][0], "seed": 9}
+    scaled = demo_model.run([TASKS["depth-estimation"].model_validate({**base, "scale_factor": 1.5}).plan()])[0]
+    plain = demo_model.run([TASKS["depth-estimation"].model_validate(base).plan()])[0]
+    assert any(np.abs(x - y).max() > 1 for x, y in zip(_pixels(scaled), _pixels(plain)))
