@@ -54,6 +54,16 @@ STATUS = {
 }
 
 
+DEFAULT_WEBHOOK_EVENTS = ("completed",)
+RUNNING_EVENTS = {"started", "progress"}
+
+
+def wants(webhook: Optional[dict], event: str) -> bool:
+    """Whether a webhook (url, secret, events) asked for `event`: started, progress or completed (the
+    default; records from before `events` existed have none)."""
+    return bool(webhook) and event in (webhook.get("events") or DEFAULT_WEBHOOK_EVENTS)
+
+
 class JobNotFound(LookupError):
     """No such job or batch, or one that belongs to another tenant (the same answer, so ids do not leak)."""
 
@@ -107,6 +117,7 @@ class JobStore:
 
     # ---- progress and cancel flags ------------------------------------------------------------------------------
     def record_progress(self, job_ids: Iterable[str], step: int, total: int, pipe=None) -> None:
+        job_ids = list(job_ids)
         target = pipe if pipe is not None else self.redis.pipeline()
         for job_id in job_ids:
             key = self.keys.progress(job_id)
@@ -114,6 +125,48 @@ class JobStore:
             target.expire(key, self.settings.results_ttl_s)
         if pipe is None:
             target.execute()
+        self.running_webhooks(job_ids, step, total)
+
+    # ---- webhooks of running jobs (webhook.events: started, progress) ------------------------------------
+    def running_webhooks(self, job_ids: Iterable[str], step: int, total: int) -> None:
+        """Queue `started` (step 0) and throttled `progress` (0 < step < total; the end sends `completed`)
+        calls for the jobs whose webhook asked for them. Best effort: never fails a job."""
+        for job_id in job_ids:
+            try:
+                hook = self._running_hook(job_id)
+                kind = "started" if step == 0 else "progress" if step < total else None
+                if hook is None or kind not in hook[2]:
+                    continue
+                gate = f"{self.keys.prefix}:webhook-{kind}:{job_id}"  # started once; progress once per interval
+                ttl_ms = int(self.settings.webhook_progress_interval_s * 1000) if kind == "progress" else self.settings.results_ttl_s * 1000
+                if not self.redis.set(gate, 1, nx=True, px=max(1, ttl_ms)):
+                    continue
+                owner, owner_id, _ = hook
+                view = self.view(job_id)
+                if kind == "progress":
+                    view.progress = Progress(step=step, total=total, fraction=round(step / max(total, 1), 4))
+                body = {"event": f"{'job' if owner == 'job' else 'batch.item'}.{kind}", "job": view.model_dump(mode="json")}
+                if owner == "batch":
+                    body["batch_id"] = owner_id
+                self.enqueue_webhook(owner, owner_id, body)
+            except Exception:  # a webhook of a running job is a courtesy: the job goes on
+                log.warning("could not queue a webhook of a running job", exc_info=True, extra={"job_id": job_id})
+
+    def _running_hook(self, job_id: str) -> Optional[tuple[str, str, tuple[str, ...]]]:
+        """(owner, owner id, events) of the webhook that hears about the job while it runs (its own, else its
+        batch's), when it asked for started or progress; None otherwise. Read once per job per process."""
+        cache: dict = self.__dict__.setdefault("_running_hooks", {})
+        if job_id not in cache:
+            if len(cache) > 10_000:
+                cache.clear()
+            meta = self.fetch(job_id).meta or {}
+            owner, owner_id, hook = "job", job_id, meta.get("webhook")
+            if not hook and meta.get("batch_id"):
+                raw = self.redis.hget(self.keys.batch(meta["batch_id"]), "webhook")
+                owner, owner_id, hook = "batch", meta["batch_id"], json.loads(raw) if raw else None
+            events = tuple(hook.get("events") or DEFAULT_WEBHOOK_EVENTS) if hook else ()
+            cache[job_id] = (owner, owner_id, events) if RUNNING_EVENTS & set(events) else None
+        return cache[job_id]
 
     def request_cancel(self, job_id: str, reason: str) -> None:
         """Flag the job canceled; a worker running it drops it at its next step."""
@@ -252,7 +305,8 @@ class JobStore:
             created = datetime.fromisoformat(view.created_at.replace("Z", "+00:00"))
             self.metrics.observe("job_latency_seconds", {"task": view.task}, (datetime.now(timezone.utc) - created).total_seconds())
         body = {"event": f"job.{view.status}", "job": view.model_dump(mode="json")}
-        if meta.get("webhook"):
+        self.__dict__.get("_running_hooks", {}).pop(job_id, None)
+        if wants(meta.get("webhook"), "completed"):
             self.enqueue_webhook("job", job_id, body)
         batch_id = meta.get("batch_id")
         if batch_id:
@@ -263,6 +317,7 @@ class JobStore:
         if not record:
             return
         webhook = json.loads(record.get(b"webhook", b"null"))
+        webhook = webhook if wants(webhook, "completed") else None  # started/progress only: no end calls
         total = len(json.loads(record[b"job_ids"]))
         with self.redis.pipeline() as pipe:
             pipe.sadd(self.keys.batch_ended(batch_id), job_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import socket
 import subprocess
 
@@ -195,3 +196,34 @@ def test_up_without_redis_url_starts_its_own_redis(tmp_path, demo_checkpoint):
         process.wait(60)
     time.sleep(0.5)
     assert not answers(url), "the Redis that `up` started outlived it"
+
+
+def test_webhook_events_filter(make_service, receiver):
+    """webhook.events: started and throttled progress when asked; by default only the end (completed)."""
+    from tests.service.harness import wait_until
+
+    receiver.up()
+    service = make_service(webhook_progress_interval_s=0.3)
+    steps = 40
+    asked = service.submit("text-to-image", {**SMALL_JOB, "num_inference_steps": steps, "webhook": {
+        "url": receiver.url, "secret": "s3cret-s3cret", "events": ["started", "progress", "completed"]}}).json()
+    plain = service.submit("text-to-image", {**SMALL_JOB, "webhook": {"url": receiver.url}}).json()
+    only_start = service.submit("text-to-image", {**SMALL_JOB, "webhook": {"url": receiver.url, "events": ["started"]}}).json()
+    for job in (asked, plain, only_start):
+        service.wait_job(job["id"])
+
+    def events_of(job_id):
+        return [c["json"]["event"] for c in receiver.calls if c["json"].get("job", {}).get("id") == job_id]
+
+    wait_until(lambda: "job.succeeded" in events_of(asked["id"]) and "job.succeeded" in events_of(plain["id"])
+               and "job.started" in events_of(only_start["id"]), 60, what="the webhooks")
+    time.sleep(1)  # anything late would show now
+    seen = events_of(asked["id"])
+    assert seen[0] == "job.started" and seen[-1] == "job.succeeded", seen
+    progress = [c["json"]["job"]["progress"]["step"] for c in receiver.calls
+                if c["json"]["event"] == "job.progress" and c["json"]["job"]["id"] == asked["id"]]
+    assert progress and len(progress) < steps - 1 and all(0 < s < steps for s in progress), progress  # throttled
+    assert events_of(plain["id"]) == ["job.succeeded"]
+    assert events_of(only_start["id"]) == ["job.started"]
+    bad = service.submit("text-to-image", {**SMALL_JOB, "webhook": {"url": receiver.url, "events": ["finished"]}})
+    assert bad.status_code == 422 and "events" in bad.text
