@@ -20,6 +20,7 @@ from rq.exceptions import InvalidJobOperation
 from rq.group import Group
 from rq.job import Callback, Job
 
+from core import deliveries
 from core.job_store import JOB_FUNC, ON_FAILURE, JobNotFound, JobStore, new_id, now_iso
 from core.provenance import input_echo
 from core.settings import Settings
@@ -299,6 +300,33 @@ class JobService(JobStore):
         listing.remove(self.redis, self.keys.prefix, "jobs", (job.meta or {}).get("tenant", ""), job_id)
         self.forget(job_id)
         log.info("job deleted", extra={"job_id": job_id, "tenant": tenant})
+
+    # ---- webhook deliveries --------------------------------------------------------------------------------
+    def _owned(self, owner: str, owner_id: str, tenant: Optional[str]) -> None:
+        if owner == "job":
+            self.view(owner_id, tenant=tenant)
+        else:
+            self.batch_record(owner_id, tenant)
+
+    def list_deliveries(self, owner: str, owner_id: str, tenant: Optional[str] = None) -> list[dict]:
+        self._owned(owner, owner_id, tenant)
+        return self.deliveries.list(owner, owner_id)
+
+    def redeliver(self, owner: str, owner_id: str, delivery_id: str, tenant: Optional[str] = None) -> dict:
+        """Send a delivery again, with its first body and id (receivers de-duplicate on the id); 409 while
+        it is still being delivered or when the job or batch has no webhook any more."""
+        self._owned(owner, owner_id, tenant)
+        record = self.deliveries.get(owner, owner_id, delivery_id)
+        if record is None:
+            raise ApiError(404, "not_found", f"no delivery {delivery_id} of this {owner}")
+        if record.get("status") in ("pending", "retrying"):
+            raise ApiError(409, "conflict", f"delivery {delivery_id} is still being delivered ({record['status']}); "
+                           "redeliver once it has ended")
+        if not self.webhook_of(owner, owner_id):
+            raise ApiError(409, "conflict", f"this {owner} has no webhook to deliver to")
+        self.enqueue_webhook(owner, owner_id, json.loads(record["body"]), delivery_id)
+        log.info("webhook redelivery queued", extra={"delivery_id": delivery_id, "owner": owner, "owner_id": owner_id})
+        return deliveries.view(self.deliveries.get(owner, owner_id, delivery_id))
 
     # ---- readiness ---------------------------------------------------------------------------------------------
     def ready_workers(self) -> list[str]:

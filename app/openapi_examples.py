@@ -78,6 +78,8 @@ def _errors(settings: Settings) -> dict[str, tuple[str, dict]]:
         "conflict": ("The job has not ended", _error(
             "conflict", "the job is running; cancel it first (POST https://api.example.com/v1/jobs/3f2a9c/cancel)")),
         "cannot_cancel": ("The job already ended", _error("conflict", "cannot cancel: the job already succeeded")),
+        "redeliver_conflict": ("Still being delivered", _error(
+            "conflict", "delivery 5d41ab is still being delivered (retrying); redeliver once it has ended")),
         "idempotency_mismatch": ("Key reused for another request", _error(
             "idempotency_mismatch", "this Idempotency-Key was used for a different request (job 3f2a9c); "
             "send a new key for a new request")),
@@ -125,6 +127,8 @@ def _names(path: str, method: str, code: str) -> list[str]:
     if code == "409":
         if submits:
             return ["idempotency_mismatch"]
+        if path.endswith("/redeliver"):
+            return ["redeliver_conflict"]
         return ["cannot_cancel"] if path.endswith("/cancel") else ["conflict"]
     if code == "422":
         if path.startswith("/v1/files/"):

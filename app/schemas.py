@@ -128,6 +128,23 @@ class ErrorBody(BaseModel):
                                           "fields": [{"field": "width", "message": "Input should be a multiple of 16"}]}])
 
 
+class DeliveryView(BaseModel):
+    """One webhook delivery: the event sent, where it stands, and the receiver's last answer."""
+    id: str = Field(description="The delivery's id: the OneDiffusion-Delivery and webhook-id headers it was sent with")
+    event: str
+    status: Literal["pending", "retrying", "delivered", "failed", "refused", "skipped"]
+    attempts: int = Field(description="Calls made so far (redeliveries included)")
+    last_status_code: Optional[int] = Field(None, description="The receiver's HTTP status on the last attempt")
+    last_error: Optional[str] = None
+    created_at: Optional[str] = None
+    last_attempt_at: Optional[str] = None
+
+
+class DeliveryList(BaseModel):
+    """The webhook deliveries of a job or batch, newest first."""
+    data: list[DeliveryView]
+
+
 class JobList(BaseModel):
     """One page of the caller's jobs, newest first."""
     data: list[JobView]

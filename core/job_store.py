@@ -23,6 +23,7 @@ from rq.job import Job, JobStatus as RQStatus
 from rq.utils import utcformat
 
 from .connection import Keys, keys_for, queues
+from .deliveries import DeliveryLog
 from .metrics import Metrics
 from .settings import Settings, get_settings
 from .storage import FORMATS, converted_name
@@ -335,9 +336,16 @@ class JobStore:
                 self.enqueue_webhook("batch", batch_id, {"event": "batch.completed", "batch": view.model_dump(mode="json")})
 
     # ---- webhooks ----------------------------------------------------------------------------------------------
-    def enqueue_webhook(self, owner: str, owner_id: str, body: dict) -> None:
-        """Queue one signed delivery; the deliverer process sends it and retries with backoff."""
-        delivery_id = new_id()
+    @property
+    def deliveries(self) -> DeliveryLog:
+        return DeliveryLog(self.redis, self.keys.prefix, self.settings.results_ttl_s)
+
+    def enqueue_webhook(self, owner: str, owner_id: str, body: dict, delivery_id: Optional[str] = None) -> str:
+        """Queue one signed delivery; the deliverer process sends it and retries with backoff. A given
+        `delivery_id` sends an earlier delivery again (a redelivery: the same id, so receivers de-duplicate)."""
+        delivery_id = delivery_id or new_id()
+        text = json.dumps(body, separators=(",", ":"), sort_keys=True)
+        self.deliveries.queued(owner, owner_id, delivery_id, str(body.get("event", "")), text)
         intervals = [self.settings.webhook_backoff_s * 2**i for i in range(self.settings.webhook_retries)]
         if owner == "batch" and str(body.get("event", "")).startswith("batch.item."):
             pending = self.keys.batch_webhooks_pending(owner_id)
@@ -350,13 +358,14 @@ class JobStore:
             owner,
             owner_id,
             delivery_id,
-            json.dumps(body, separators=(",", ":"), sort_keys=True),
-            job_id=f"wh-{delivery_id}",
+            text,
+            job_id=f"wh-{delivery_id}" + (f"-r{uuid.uuid4().hex[:8]}" if self.redis.exists(Job.key_for(f"wh-{delivery_id}")) else ""),
             retry=Retry(max=len(intervals), interval=[max(1, int(round(i))) for i in intervals]) if intervals else None,
             result_ttl=self.settings.results_ttl_s,
             failure_ttl=self.settings.results_ttl_s,
             description=f"webhook {body.get('event')} for {owner} {owner_id}",
         )
+        return delivery_id
 
     def item_deliveries_pending(self, batch_id: str) -> int:
         """How many of the batch's item deliveries are not done yet."""

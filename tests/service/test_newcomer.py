@@ -227,3 +227,34 @@ def test_webhook_events_filter(make_service, receiver):
     assert events_of(only_start["id"]) == ["job.started"]
     bad = service.submit("text-to-image", {**SMALL_JOB, "webhook": {"url": receiver.url, "events": ["finished"]}})
     assert bad.status_code == 422 and "events" in bad.text
+
+
+def test_webhook_deliveries_listed_and_redelivered(make_service, receiver):
+    """GET .../deliveries shows each call and how it went; POST .../redeliver sends it again (same id)."""
+    from tests.service.harness import wait_until
+
+    service = make_service(webhook_retries=0)  # the receiver is down: the one attempt fails
+    job = service.submit("text-to-image", {**SMALL_JOB, "webhook": {"url": receiver.url}},
+                         headers={"Prefer": "wait=60"}).json()
+    deliveries = f"/v1/jobs/{job['id']}/deliveries"
+    failed = wait_until(lambda: (lambda d: d if d and d[0]["status"] == "failed" else None)(
+        service.client.get(deliveries).json()["data"]), 60, what="the failed delivery")
+    (first,) = failed
+    assert first["event"] == "job.succeeded" and first["attempts"] == 1 and first["last_error"]
+    receiver.up()
+    again = service.client.post(f"{deliveries}/{first['id']}/redeliver")
+    assert again.status_code == 202 and again.json()["id"] == first["id"], again.text
+    wait_until(lambda: receiver.calls, 30, what="the redelivery")
+    call = receiver.calls[0]
+    assert call["headers"]["onediffusion-delivery"] == first["id"] and call["json"]["job"]["id"] == job["id"]
+    done = wait_until(lambda: (lambda d: d if d[0]["status"] == "delivered" else None)(
+        service.client.get(deliveries).json()["data"]), 30, what="the delivered status")
+    assert done[0]["attempts"] == 2 and done[0]["last_status_code"] == 200
+    assert service.client.post(f"{deliveries}/nosuchdelivery/redeliver").status_code == 404
+
+    batch = service.client.post("/v1/batches", json={"items": [{"task": "text-to-image", **SMALL_JOB}],
+                                                     "webhook": {"url": receiver.url}}).json()
+    listed = wait_until(lambda: (lambda d: d if len(d) == 2 and all(x["status"] == "delivered" for x in d) else None)(
+        service.client.get(f"/v1/batches/{batch['id']}/deliveries").json()["data"]), 90, what="the batch's deliveries")
+    assert {d["event"] for d in listed} == {"batch.item.succeeded", "batch.completed"}
+    assert service.client.get("/v1/batches/nosuchbatch/deliveries").status_code == 404
