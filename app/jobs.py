@@ -23,6 +23,7 @@ from rq.job import Callback, Job
 from core import deliveries
 from core.job_store import JOB_FUNC, ON_FAILURE, JobNotFound, JobStore, new_id, now_iso
 from core.provenance import input_echo
+from core.usage import Usage
 from core.settings import Settings
 from core.views import TERMINAL, BatchView, JobView
 from core.webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
@@ -156,7 +157,8 @@ class JobService(JobStore):
         if not admitted:
             self.quotas.check_rate(key_id)
         job_id = new_id()
-        meta = {"tenant": tenant, "webhook": webhook.model_dump() if webhook else None, "output_format": output_format}
+        meta = {"tenant": tenant, "key_id": key_id, "webhook": webhook.model_dump() if webhook else None,
+                "output_format": output_format}
         data = self._job_data(task, request, plan, meta, job_id)
         with self.admission():
             replayed = self._replayed_id(idem, fp, "job")
@@ -203,7 +205,7 @@ class JobService(JobStore):
         batch_id = new_id()
         job_ids = [new_id() for _ in prepared]
         datas = [
-            self._job_data(task, request, plan, {"tenant": tenant, "batch_id": batch_id, "output_format": fmt}, job_id)
+            self._job_data(task, request, plan, {"tenant": tenant, "key_id": key_id, "batch_id": batch_id, "output_format": fmt}, job_id)
             for (task, request, plan, fmt), job_id in zip(prepared, job_ids)
         ]
         record = {
@@ -300,6 +302,10 @@ class JobService(JobStore):
         listing.remove(self.redis, self.keys.prefix, "jobs", (job.meta or {}).get("tenant", ""), job_id)
         self.forget(job_id)
         log.info("job deleted", extra={"job_id": job_id, "tenant": tenant})
+
+    # ---- usage -------------------------------------------------------------------------------------------
+    def usage(self, tenant: str, start, end, group_by: str) -> list[dict]:
+        return Usage(self.redis, self.keys.prefix).summary(tenant, start, end, group_by)
 
     # ---- webhook deliveries --------------------------------------------------------------------------------
     def _owned(self, owner: str, owner_id: str, tenant: Optional[str]) -> None:

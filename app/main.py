@@ -27,7 +27,7 @@ from .form_schema import add_forms
 from .openapi_doc import operation_id, refine
 from .auth import KeyStore
 from .jobs import JobService
-from .routes import batches, files, health, jobs, tasks
+from .routes import batches, files, health, jobs, tasks, usage
 from .schemas import REQUEST_MODELS, BatchRequest
 
 DESCRIPTION = """OneDiffusion as a service: one diffusion transformer for text-to-image, condition-to-image,
@@ -66,7 +66,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "X-Request-ID", "If-None-Match"],
             expose_headers=["Location", "Retry-After", "ETag", "X-Request-ID", "Preference-Applied"], max_age=600,
         )
-    for module in (tasks, jobs, batches, files, health):
+    for module in (tasks, jobs, batches, usage, files, health):
         app.include_router(module.router)
     mount_playground(app)
 

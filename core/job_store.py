@@ -24,6 +24,7 @@ from rq.utils import utcformat
 
 from .connection import Keys, keys_for, queues
 from .deliveries import DeliveryLog
+from .usage import Usage
 from .metrics import Metrics
 from .settings import Settings, get_settings
 from .storage import FORMATS, converted_name
@@ -302,6 +303,10 @@ class JobStore:
         if meta.get("tenant"):
             self.redis.srem(self.keys.active_jobs(meta["tenant"]), job_id)
         self.metrics.inc("jobs_total", {"task": view.task, "status": view.status})
+        if meta.get("tenant"):
+            Usage(self.redis, self.keys.prefix).record(
+                job_id, meta["tenant"], meta.get("key_id", ""), view.task, view.status, len(view.outputs),
+                float(view.timings.get("run_s", 0) or 0), meta.get("bucket", ""))
         if view.created_at and view.status == "succeeded":
             created = datetime.fromisoformat(view.created_at.replace("Z", "+00:00"))
             self.metrics.observe("job_latency_seconds", {"task": view.task}, (datetime.now(timezone.utc) - created).total_seconds())

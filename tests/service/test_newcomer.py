@@ -258,3 +258,36 @@ def test_webhook_deliveries_listed_and_redelivered(make_service, receiver):
         service.client.get(f"/v1/batches/{batch['id']}/deliveries").json()["data"]), 90, what="the batch's deliveries")
     assert {d["event"] for d in listed} == {"batch.item.succeeded", "batch.completed"}
     assert service.client.get("/v1/batches/nosuchbatch/deliveries").status_code == 404
+
+
+def test_usage_by_task_day_and_key(make_service):
+    from datetime import datetime, timezone
+
+    from tests.test_pipeline import IMG
+    from tests.service.harness import wait_until
+
+    service = make_service()
+    for body in (SMALL_JOB, {**SMALL_JOB, "seed": 2}):
+        assert service.submit("text-to-image", body, headers={"Prefer": "wait=60"}).json()["status"] == "succeeded"
+    depth = service.submit("depth-estimation", {"image": IMG, **{k: v for k, v in SMALL_JOB.items() if k != "prompt"}},
+                           headers={"Prefer": "wait=60"}).json()
+    assert depth["status"] == "succeeded"
+
+    def by(group_by, **params):
+        answer = service.client.get("/v1/usage", params={"group_by": group_by, **params})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    tasks = wait_until(lambda: (lambda r: r if r["total"]["jobs"] == 3 else None)(by("task")), 30, what="usage")
+    rows = {row["group"]: row for row in tasks["data"]}
+    assert rows["text-to-image"]["jobs"] == rows["text-to-image"]["succeeded"] == 2
+    assert rows["text-to-image"]["images"] == 2 and rows["text-to-image"]["token_steps"] == 2 * (4 * 4 * 1 * 2)
+    assert rows["depth-estimation"]["images"] == 2 and rows["depth-estimation"]["token_steps"] == 4 * 4 * 2 * 2
+    assert tasks["total"]["run_s"] > 0
+    today = datetime.now(timezone.utc).date().isoformat()
+    days = by("day", **{"from": today, "to": today})
+    assert [row["group"] for row in days["data"]] == [today] and days["data"][0]["jobs"] == 3 and days["from"] == today
+    assert len(by("key")["data"]) == 1
+    assert by("day", **{"from": "2000-01-01", "to": "2000-01-02"})["total"]["jobs"] == 0
+    bad = service.client.get("/v1/usage", params={"from": "2026-02-02", "to": "2026-02-01"})
+    assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["field"] == "from"
