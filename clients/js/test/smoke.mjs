@@ -29,8 +29,8 @@ await assert.rejects(client.textToImage({ prompt: "x", width: 100, height: 64, n
 const long = await client.submit("text-to-image", { prompt: "long", width: 128, height: 128, num_inference_steps: 200 });
 const canceled = await client.cancel(long.id);
 assert.equal(canceled.status, "canceled");
-await assert.rejects(client.cancel(long.id), (error) => error instanceof ApiError && error.status === 409);
 assert.equal((await client.wait(long.id)).status, "canceled");
+await assert.rejects(client.cancel(long.id), (error) => error instanceof ApiError && error.status === 409);
 
 // num_outputs: a batch; a batch submit is idempotent under its key
 const twins = await client.textToImage({ prompt: "twins", num_outputs: 2, ...small });
