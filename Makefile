@@ -1,26 +1,42 @@
-# The two commands of the README: `make run` serves the API (+ worker, webhook deliverer, and a Redis
-# when none answers) on the demo checkpoint unless ONEDIFFUSION_MODEL is set; `make test` runs the suite.
+# The two commands of the README: `make run` serves the API (+ worker, webhook deliverer, and a Redis of its
+# own unless REDIS_URL is set) on the demo checkpoint unless ONEDIFFUSION_MODEL is set; `make test` runs the suite.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU wheel lies on the CI machines' disk; on a GPU machine PyPI's default Linux wheel is the CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
+# Three installs, each what its commands need: serving (`make run`: torch and the project's runtime
+# dependencies), the tests (`make test`: + the dev extra: pytest, playwright, schemathesis, triton for the
+# kernel's CPU interpreter test, ...) and the GPU check (+ the fp8 extra, torchao). Each adds to the one before.
+STAMP_SERVE := $(BIN)/.installed
+STAMP_DEV := $(BIN)/.installed-dev
+STAMP_GPU := $(BIN)/.installed-gpu
+
 # The GPU check (benchmarks/gpu_check.py): one command on a lent GPU; ARGS='--tiny --device cpu' runs it here.
 .PHONY: gpu-check
-gpu-check: install
+gpu-check: $(STAMP_GPU)
 	$(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
-.PHONY: install run test test-model test-service fuzz bench client-codegen clean
+.PHONY: install install-dev run test test-model test-service fuzz bench client-codegen clean
 
-$(BIN)/.installed: pyproject.toml
+$(STAMP_SERVE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,fp8]"
+	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-install: $(BIN)/.installed
+$(STAMP_DEV): $(STAMP_SERVE)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+$(STAMP_GPU): $(STAMP_SERVE)
+	$(BIN)/python -m pip install -q -e ".[fp8]"
+	touch $@
+
+install: $(STAMP_SERVE)
+install-dev: $(STAMP_DEV)
 
 # The local demo serves without API keys (its banner says so); AUTH_DISABLED=false make run turns them on.
 run: install
@@ -29,25 +45,25 @@ run: install
 # Two pytest workers (each test file stays on one, with its module's service): most of a service test is
 # waiting on real processes, so two halve the wall time on a 2-core machine. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
-test: install
+test: install-dev
 	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
-test-model: install
+test-model: install-dev
 	$(BIN)/python -m pytest -q tests --ignore=tests/service
 
-test-service: install
+test-service: install-dev
 	$(BIN)/python -m pytest -q tests/service
 
 # A longer property-based run against the OpenAPI document.
-fuzz: install
+fuzz: install-dev
 	FUZZ_EXAMPLES=200 FUZZ_PHASES=examples,coverage,fuzzing $(BIN)/python -m pytest -q tests/service/test_openapi.py
 
 # The Python client's task methods (clients/python/onediffusion_client/tasks.py) from the app's OpenAPI document;
 # tests/client fails until this is run after a change to a task's fields.
-client-codegen: install
+client-codegen: install-dev
 	PYTHONPATH=clients/python:. $(BIN)/python -m onediffusion_client.codegen --app
 
-bench: install
+bench: install-dev
 	$(BIN)/python -m benchmarks.denoiser
 
 clean:

@@ -1,6 +1,6 @@
 """The `onediffusion` command.
 
-    onediffusion up                      API + worker + webhook deliverer (+ Redis when none answers)
+    onediffusion up                      API + worker + webhook deliverer (+ a Redis of its own unless REDIS_URL is set)
     onediffusion serve                   the API only
     onediffusion worker                  one GPU worker (one per GPU)
     onediffusion webhooks                the webhook deliverer
@@ -43,13 +43,14 @@ def cmd_serve(args) -> None:
 
     from core.settings import get_settings
 
-    settings = get_settings()
-    # The app reads its settings from the environment: --host/--port become HOST/PORT, so the URLs it
-    # derives (PUBLIC_URL unset) point where it really listens.
+    # The app reads its settings from the environment: --host/--port become HOST/PORT before the settings
+    # are first read (they are cached), so the URLs it derives (PUBLIC_URL unset) point where it listens.
     if args.host:
         os.environ["HOST"] = args.host
     if args.port:
         os.environ["PORT"] = str(args.port)
+    get_settings.cache_clear()
+    settings = get_settings()
     from core.logs import setup_logging
 
     from app.connections import DeadlineProtocol, limit_error_logs, open_files_limit
@@ -60,7 +61,7 @@ def cmd_serve(args) -> None:
     # room for MAX_CONNECTIONS connections plus Redis, files and fetches; fewer connections if the system allows less
     max_connections = min(settings.max_connections, open_files_limit(settings.max_connections + 256) - 128)
     uvicorn.run(
-        "app.main:create_app", factory=True, host=args.host or settings.host, port=args.port or settings.port,
+        "app.main:create_app", factory=True, host=settings.host, port=settings.port,
         log_level=os.environ.get("LOG_LEVEL", "info").lower(), access_log=False, log_config=None,
         timeout_keep_alive=settings.keep_alive_s,
         http=DeadlineProtocol.configure(settings.header_timeout_s, settings.body_timeout_s, max(16, max_connections)),
@@ -142,12 +143,25 @@ def cmd_settings(args) -> None:
 
 def cmd_up(args) -> None:
     """Everything a local user needs, in one process tree; Ctrl-C stops it all."""
-    from core.local_redis import RedisUnavailable, ensure_redis
+    from core.local_redis import RedisUnavailable, ensure_redis, start_redis
     from core.settings import get_settings
 
     settings = get_settings()
-    try:  # a Sentinel-managed Redis is found through the sentinels, never started here
-        redis_process = None if settings.redis_sentinels.strip() else ensure_redis(settings.redis_url, Path("var") / "redis")
+    data_dir = Path("var") / "redis"
+    try:
+        if settings.redis_sentinels.strip():  # a Sentinel-managed Redis is found through the sentinels, never started here
+            redis_process = None
+            redis_line = f"Redis: the master {settings.redis_sentinel_master!r} of the sentinels {settings.redis_sentinels}"
+        elif "redis_url" in settings.model_fields_set:  # REDIS_URL given (environment or .env): that Redis
+            redis_process = ensure_redis(settings.redis_url, data_dir)
+            redis_line = f"Redis: {settings.redis_url} (REDIS_URL)"
+        else:  # never whatever answers on 6379 (somebody else's data): a Redis of our own on a free port
+            url = f"redis://127.0.0.1:{_free_port()}/0"
+            redis_process = start_redis(url, data_dir)
+            redis_line = f"Redis: {url} (started for this run; data in {data_dir}; set REDIS_URL to use another)"
+            os.environ["REDIS_URL"] = url
+            get_settings.cache_clear()
+            settings = get_settings()
     except RedisUnavailable as exc:
         sys.exit(f"error: {exc}")
     env = dict(os.environ)
@@ -161,6 +175,7 @@ def cmd_up(args) -> None:
     exe = [sys.executable, str(Path(__file__).resolve())]
     children = [subprocess.Popen(exe + [name], env=env) for name in ("serve", "worker", "webhooks")]
     print(f"OneDiffusion API on {settings.public_url} (docs at {settings.public_url}/docs); Ctrl-C stops", flush=True)
+    print(redis_line, flush=True)
 
     def stop(*_, code: int = 0):
         for child in children:
@@ -187,6 +202,14 @@ def cmd_up(args) -> None:
                       "stopping everything", file=sys.stderr, flush=True)
                 stop(code=child.returncode or 1)
         time.sleep(1)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 # ---- run one task from files --------------------------------------------------------------------------
@@ -297,7 +320,7 @@ def cmd_run(args) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="onediffusion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="API + worker + webhook deliverer (+ a local Redis if none answers)").set_defaults(func=cmd_up)
+    sub.add_parser("up", help="API + worker + webhook deliverer (+ a Redis of its own unless REDIS_URL is set)").set_defaults(func=cmd_up)
     serve = sub.add_parser("serve", help="the API")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)

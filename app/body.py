@@ -109,15 +109,20 @@ def _is_text(annotation: Any) -> bool:
     return annotation is str or (typing.get_origin(annotation) is typing.Union and str in typing.get_args(annotation))
 
 
+EMPTY_TEXT = '""'  # in a form, the JSON text of an empty string: an explicitly empty text field
+
+
 def _placeholder(key: str, value: str, model: type[BaseModel]) -> bool:
     """True for a form value that stands for "no value": the text `null` (what some form builders send for
-    an optional field left empty) or an empty non-text field (Swagger UI's "send empty value"). Such a value
-    leaves an optional field out; `null` for a required field is refused, never taken as the text "null"."""
+    an optional field left empty) or an empty field (what Swagger UI's "Try it out" sends for a field left
+    empty). Such a value leaves an optional field out, so its default applies (an empty negative_prompt
+    keeps the default list; `""` turns it off); `null` for a required field is refused, never taken as the
+    text "null", and an empty required text reaches validation (which says it is too short)."""
     field = model.model_fields.get(key)
     if field is None or value not in ("null", ""):
         return False
-    if value == "" and _is_text(field.annotation):
-        return False  # '' is a value of a text field (negative_prompt '' means none)
+    if value == "" and _is_text(field.annotation) and field.is_required():
+        return False
     if field.is_required():
         message = "a value is required here; `null` stands for no value in a form"
         raise ApiError(422, "invalid_request", f"{key}: {message}", fields=[{"field": key, "message": message}])
@@ -157,6 +162,8 @@ async def _form_to_dict(request, model: type[BaseModel]) -> dict:
                 value = (await value.read()).decode("utf-8", errors="replace").strip()
             if isinstance(value, str) and _placeholder(key, value, model):
                 continue
+            if value == EMPTY_TEXT:
+                value = ""
             if isinstance(value, UploadFile):
                 values.append(base64.b64encode(await value.read()).decode())
             elif value[:1] in "[{":

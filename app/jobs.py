@@ -21,9 +21,11 @@ from rq.group import Group
 from rq.job import Callback, Job
 
 from core.connection import wait_replicated
+from core import deliveries
 from core.job_store import JOB_FUNC, ON_FAILURE, JobNotFound, JobStore, new_id, now_iso
 from core.plan import QueuedPlan
 from core.provenance import input_echo
+from core.usage import Usage
 from core.settings import Settings
 from core.storage import ResultStore, open_store
 from core.views import TERMINAL, BatchView, JobView
@@ -165,7 +167,8 @@ class JobService(JobStore):
         if not admitted:
             self.quotas.check_rate(key_id)
         job_id = new_id()
-        meta = {"tenant": tenant, "webhook": webhook.model_dump() if webhook else None, "output_format": output_format}
+        meta = {"tenant": tenant, "key_id": key_id, "webhook": webhook.model_dump() if webhook else None,
+                "output_format": output_format}
         data = self._job_data(task, request, plan, meta, job_id)
         with self.admission():
             replayed = self._replayed_id(idem, fp, "job")
@@ -192,10 +195,12 @@ class JobService(JobStore):
 
     def submit_batch_once(
         self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str,
-        idempotency_key: Optional[str] = None, admitted: bool = False,
+        idempotency_key: Optional[str] = None, admitted: bool = False, request_fingerprint: Optional[str] = None,
     ) -> tuple[BatchView, bool]:
+        """`request_fingerprint`: what identifies the request for its Idempotency-Key when the items carry
+        values the server drew (num_outputs' seeds), so that an identical retry is a replay, not a 409."""
         idem = self._idempotent("batch", tenant, idempotency_key)
-        fp = fingerprint([[task, request, fmt] for task, request, fmt in items], webhook) if idem else ""
+        fp = (request_fingerprint or fingerprint([[task, request, fmt] for task, request, fmt in items], webhook)) if idem else ""
         replayed = self._replayed_id(idem, fp, "batch")
         if replayed:
             return self.batch_view(replayed, tenant=tenant), True
@@ -211,7 +216,7 @@ class JobService(JobStore):
         batch_id = new_id()
         job_ids = [new_id() for _ in prepared]
         datas = [
-            self._job_data(task, request, plan, {"tenant": tenant, "batch_id": batch_id, "output_format": fmt}, job_id)
+            self._job_data(task, request, plan, {"tenant": tenant, "key_id": key_id, "batch_id": batch_id, "output_format": fmt}, job_id)
             for (task, request, plan, fmt), job_id in zip(prepared, job_ids)
         ]
         record = {
@@ -283,8 +288,6 @@ class JobService(JobStore):
         job = self.fetch(job_id)
         self.view(job_id, job, tenant=tenant)  # ownership
         status = self.status(job)
-        if status == "canceled":
-            return self.view(job_id, job)
         if status in TERMINAL:
             raise CannotCancel(f"the job already {status}")
         self.request_cancel(job_id, reason)
@@ -294,6 +297,7 @@ class JobService(JobStore):
             job.cancel()
         except InvalidJobOperation:
             pass
+        self.record_end(job)  # canceled now, for the client; a running job's worker stops at its next step
         if status == "queued":
             self.job_ended(job_id)  # a running job's worker calls this when it stops
         return self.view(job_id)
@@ -310,6 +314,37 @@ class JobService(JobStore):
         listing.remove(self.redis, self.keys.prefix, "jobs", (job.meta or {}).get("tenant", ""), job_id)
         self.forget(job_id)
         log.info("job deleted", extra={"job_id": job_id, "tenant": tenant})
+
+    # ---- usage -------------------------------------------------------------------------------------------
+    def usage(self, tenant: str, start, end, group_by: str) -> list[dict]:
+        return Usage(self.redis, self.keys.prefix).summary(tenant, start, end, group_by)
+
+    # ---- webhook deliveries --------------------------------------------------------------------------------
+    def _owned(self, owner: str, owner_id: str, tenant: Optional[str]) -> None:
+        if owner == "job":
+            self.view(owner_id, tenant=tenant)
+        else:
+            self.batch_record(owner_id, tenant)
+
+    def list_deliveries(self, owner: str, owner_id: str, tenant: Optional[str] = None) -> list[dict]:
+        self._owned(owner, owner_id, tenant)
+        return self.deliveries.list(owner, owner_id)
+
+    def redeliver(self, owner: str, owner_id: str, delivery_id: str, tenant: Optional[str] = None) -> dict:
+        """Send a delivery again, with its first body and id (receivers de-duplicate on the id); 409 while
+        it is still being delivered or when the job or batch has no webhook any more."""
+        self._owned(owner, owner_id, tenant)
+        record = self.deliveries.get(owner, owner_id, delivery_id)
+        if record is None:
+            raise ApiError(404, "not_found", f"no delivery {delivery_id} of this {owner}")
+        if record.get("status") in ("pending", "retrying"):
+            raise ApiError(409, "conflict", f"delivery {delivery_id} is still being delivered ({record['status']}); "
+                           "redeliver once it has ended")
+        if not self.webhook_of(owner, owner_id):
+            raise ApiError(409, "conflict", f"this {owner} has no webhook to deliver to")
+        self.enqueue_webhook(owner, owner_id, json.loads(record["body"]), delivery_id)
+        log.info("webhook redelivery queued", extra={"delivery_id": delivery_id, "owner": owner, "owner_id": owner_id})
+        return deliveries.view(self.deliveries.get(owner, owner_id, delivery_id))
 
     # ---- readiness ---------------------------------------------------------------------------------------------
     def ready_workers(self) -> list[str]:

@@ -29,7 +29,7 @@ from .image_urls import ImageFetcher
 from .openapi_doc import operation_id, refine
 from .auth import KeyStore
 from .jobs import JobService
-from .routes import batches, files, health, jobs, tasks
+from .routes import batches, files, health, jobs, tasks, usage
 from .storage_check import storage_writable
 from .schemas import REQUEST_MODELS, BatchRequest
 
@@ -39,7 +39,11 @@ subject-driven generation, multiview generation and camera pose estimation.
 
 Submit a task (`POST /v1/<task>`), get `202` with the job; poll `GET /v1/jobs/{id}`, stream
 `GET /v1/jobs/{id}/events`, or pass a webhook. Outputs are served under `/v1/files/`.
-A web playground for every task is at `/playground/`."""
+A web playground for every task is at `/playground/`.
+
+The request examples are sized to finish in seconds on the CPU demo checkpoint (256x256, 8 steps). For
+real results, run the released weights on a GPU with the model's defaults (1024x1024 text-to-image,
+50 steps and more): the README's GPU section has the figures."""
 
 PLAYGROUND_DIR = Path(__file__).parent / "static" / "playground"
 
@@ -69,7 +73,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "X-Request-ID", "If-None-Match"],
             expose_headers=["Location", "Retry-After", "ETag", "X-Request-ID", "Preference-Applied"], max_age=600,
         )
-    for module in (tasks, jobs, batches, files, health):
+    for module in (tasks, jobs, batches, usage, files, health):
         needs_storage = module in (tasks, batches)  # submissions: 503 while the storage takes no writes
         app.include_router(module.router, dependencies=[Depends(storage_writable)] if needs_storage else [])
     mount_playground(app)

@@ -8,13 +8,15 @@ from __future__ import annotations
 from fastapi.routing import APIRoute
 
 from core.settings import Settings
+from model.tasks import MAX_LIST_ITEMS
 
 from .openapi_examples import BATCH_EXAMPLE, REQUEST_EXAMPLES, error_examples
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 HEADER_PARAMS = {
-    "prefer": {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string", "pattern": r"^wait=\d+$"},
-               "description": "`wait=N`: answer 200 with the finished job if it ends within N seconds (up to MAX_WAIT_S)",
+    "prefer": {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string", "pattern": r"^wait(=\d+)?$"},
+               "description": "`wait=N`: answer 200 with the finished job if it ends within N seconds (up to "
+                              "MAX_WAIT_S); a bare `wait` waits up to MAX_WAIT_S",
                "example": "wait=30"},
     "idempotency": {"name": "Idempotency-Key", "in": "header", "required": False,
                     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
@@ -46,6 +48,9 @@ def _limits(schema: dict, settings: Settings) -> None:
                     branch["maxLength"] = min(branch["maxLength"], settings.max_prompt_chars)
                 if key == "num_inference_steps" and "maximum" in branch:
                     branch["maximum"] = min(branch["maximum"], settings.max_steps)
+                # lists the models bound only by the generic MAX_LIST_ITEMS: views and frames per the settings
+                if branch.get("maxItems") == MAX_LIST_ITEMS and key in ("cameras", "images", "frames"):
+                    branch["maxItems"] = settings.max_frames if key == "frames" else settings.max_views
         for value in schema.values():
             if isinstance(value, dict):
                 _limits(value, settings)

@@ -13,6 +13,9 @@ from model.tasks import TASKS, TaskRequest
 OutputFormat = Literal["png", "webp", "jpeg"]
 
 
+WebhookEvent = Literal["started", "progress", "completed"]
+
+
 class WebhookSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(
@@ -26,6 +29,20 @@ class WebhookSpec(BaseModel):
         "the secret's UTF-8 bytes (or a whsec_ secret's decoded base64), so the standardwebhooks package verifies it; "
         "and OneDiffusion-Signature = v1=hex(HMAC-SHA256(secret, f'{timestamp}.{body}')) with OneDiffusion-Timestamp",
     )
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: ["completed"], min_length=1, max_length=3,
+        description="Which events are sent (like Replicate's webhook_events_filter): `started` (a worker starts "
+        "the job: job.started / batch.item.started), `progress` (steps, at most one call every "
+        "WEBHOOK_PROGRESS_INTERVAL_S per job: job.progress / batch.item.progress) and `completed` (the job ends: "
+        "job.succeeded, job.failed, job.canceled; for a batch each item's end and batch.completed). Default: completed",
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("name each event once")
+        return value
 
     @field_validator("url")
     @classmethod
@@ -109,6 +126,23 @@ class ErrorBody(BaseModel):
 
     error: ErrorDetail = Field(examples=[{"type": "invalid_request", "message": "width: Input should be a multiple of 16",
                                           "fields": [{"field": "width", "message": "Input should be a multiple of 16"}]}])
+
+
+class DeliveryView(BaseModel):
+    """One webhook delivery: the event sent, where it stands, and the receiver's last answer."""
+    id: str = Field(description="The delivery's id: the OneDiffusion-Delivery and webhook-id headers it was sent with")
+    event: str
+    status: Literal["pending", "retrying", "delivered", "failed", "refused", "skipped"]
+    attempts: int = Field(description="Calls made so far (redeliveries included)")
+    last_status_code: Optional[int] = Field(None, description="The receiver's HTTP status on the last attempt")
+    last_error: Optional[str] = None
+    created_at: Optional[str] = None
+    last_attempt_at: Optional[str] = None
+
+
+class DeliveryList(BaseModel):
+    """The webhook deliveries of a job or batch, newest first."""
+    data: list[DeliveryView]
 
 
 class JobList(BaseModel):

@@ -21,8 +21,11 @@ from rq import Retry, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus as RQStatus
 from rq.results import Result
+from rq.utils import utcformat
 
 from .connection import Keys, keys_for, queues
+from .deliveries import DeliveryLog
+from .usage import Usage
 from .metrics import Metrics
 from .plan import is_queued_plan
 from .settings import Settings, get_settings
@@ -60,6 +63,16 @@ STATUS = {
     RQStatus.STOPPED: "failed",
     RQStatus.CANCELED: "canceled",
 }
+
+
+DEFAULT_WEBHOOK_EVENTS = ("completed",)
+RUNNING_EVENTS = {"started", "progress"}
+
+
+def wants(webhook: Optional[dict], event: str) -> bool:
+    """Whether a webhook (url, secret, events) asked for `event`: started, progress or completed (the
+    default; records from before `events` existed have none)."""
+    return bool(webhook) and event in (webhook.get("events") or DEFAULT_WEBHOOK_EVENTS)
 
 
 class JobNotFound(LookupError):
@@ -123,6 +136,7 @@ class JobStore:
 
     # ---- progress and cancel flags ------------------------------------------------------------------------------
     def record_progress(self, job_ids: Iterable[str], step: int, total: int, pipe=None) -> None:
+        job_ids = list(job_ids)
         target = pipe if pipe is not None else self.redis.pipeline()
         for job_id in job_ids:
             key = self.keys.progress(job_id)
@@ -130,10 +144,58 @@ class JobStore:
             target.expire(key, self.settings.job_ttl_s)
         if pipe is None:
             target.execute()
+        self.running_webhooks(job_ids, step, total)
+
+    # ---- webhooks of running jobs (webhook.events: started, progress) ------------------------------------
+    def running_webhooks(self, job_ids: Iterable[str], step: int, total: int) -> None:
+        """Queue `started` (step 0) and throttled `progress` (0 < step < total; the end sends `completed`)
+        calls for the jobs whose webhook asked for them. Best effort: never fails a job."""
+        for job_id in job_ids:
+            try:
+                hook = self._running_hook(job_id)
+                kind = "started" if step == 0 else "progress" if step < total else None
+                if hook is None or kind not in hook[2]:
+                    continue
+                gate = f"{self.keys.prefix}:webhook-{kind}:{job_id}"  # started once; progress once per interval
+                ttl_ms = int(self.settings.webhook_progress_interval_s * 1000) if kind == "progress" else self.settings.job_ttl_s * 1000
+                if not self.redis.set(gate, 1, nx=True, px=max(1, ttl_ms)):
+                    continue
+                owner, owner_id, _ = hook
+                view = self.view(job_id)
+                if kind == "progress":
+                    view.progress = Progress(step=step, total=total, fraction=round(step / max(total, 1), 4))
+                body = {"event": f"{'job' if owner == 'job' else 'batch.item'}.{kind}", "job": view.model_dump(mode="json")}
+                if owner == "batch":
+                    body["batch_id"] = owner_id
+                self.enqueue_webhook(owner, owner_id, body)
+            except Exception:  # a webhook of a running job is a courtesy: the job goes on
+                log.warning("could not queue a webhook of a running job", exc_info=True, extra={"job_id": job_id})
+
+    def _running_hook(self, job_id: str) -> Optional[tuple[str, str, tuple[str, ...]]]:
+        """(owner, owner id, events) of the webhook that hears about the job while it runs (its own, else its
+        batch's), when it asked for started or progress; None otherwise. Read once per job per process."""
+        cache: dict = self.__dict__.setdefault("_running_hooks", {})
+        if job_id not in cache:
+            if len(cache) > 10_000:
+                cache.clear()
+            meta = self.fetch(job_id).meta or {}
+            owner, owner_id, hook = "job", job_id, meta.get("webhook")
+            if not hook and meta.get("batch_id"):
+                raw = self.redis.hget(self.keys.batch(meta["batch_id"]), "webhook")
+                owner, owner_id, hook = "batch", meta["batch_id"], json.loads(raw) if raw else None
+            events = tuple(hook.get("events") or DEFAULT_WEBHOOK_EVENTS) if hook else ()
+            cache[job_id] = (owner, owner_id, events) if RUNNING_EVENTS & set(events) else None
+        return cache[job_id]
 
     def request_cancel(self, job_id: str, reason: str) -> None:
         """Flag the job canceled; a worker running it drops it at its next step."""
         self.redis.set(self.keys.cancel(job_id), reason, ex=self.settings.job_ttl_s)
+
+    def record_end(self, job: Job) -> None:
+        """Give a canceled job its end time (RQ's cancel records none), once: the job view's finished_at."""
+        if job.ended_at is None:
+            job.ended_at = datetime.now(timezone.utc).replace(tzinfo=None)
+            self.redis.hset(job.key, "ended_at", utcformat(job.ended_at))
 
     def cancel_requested(self, job_ids: list[str]) -> list[bool]:
         return [flag is not None for flag in self.redis.mget([self.keys.cancel(job_id) for job_id in job_ids])]
@@ -299,6 +361,8 @@ class JobStore:
         """Keep the job's outcome in its record, release its quota slot, count it and queue its webhook
         calls (its own, its batch item's and the batch's last)."""
         job = self.fetch(job_id)
+        if self.status(job, refresh=False) == "canceled":
+            self.record_end(job)
         if self.status(job) in TERMINAL:
             self.keep_outcome_in_record(job)
         view = self.view(job_id, job)
@@ -306,11 +370,16 @@ class JobStore:
         if meta.get("tenant"):
             self.redis.srem(self.keys.active_jobs(meta["tenant"]), job_id)
         self.metrics.inc("jobs_total", {"task": view.task, "status": view.status})
+        if meta.get("tenant"):
+            Usage(self.redis, self.keys.prefix).record(
+                job_id, meta["tenant"], meta.get("key_id", ""), view.task, view.status, len(view.outputs),
+                float(view.timings.get("run_s", 0) or 0), meta.get("bucket", ""))
         if view.created_at and view.status == "succeeded":
             created = datetime.fromisoformat(view.created_at.replace("Z", "+00:00"))
             self.metrics.observe("job_latency_seconds", {"task": view.task}, (datetime.now(timezone.utc) - created).total_seconds())
         body = {"event": f"job.{view.status}", "job": view.model_dump(mode="json")}
-        if meta.get("webhook"):
+        self.__dict__.get("_running_hooks", {}).pop(job_id, None)
+        if wants(meta.get("webhook"), "completed"):
             self.enqueue_webhook("job", job_id, body)
         batch_id = meta.get("batch_id")
         if batch_id:
@@ -321,6 +390,7 @@ class JobStore:
         if not record:
             return
         webhook = json.loads(record.get(b"webhook", b"null"))
+        webhook = webhook if wants(webhook, "completed") else None  # started/progress only: no end calls
         total = len(json.loads(record[b"job_ids"]))
         with self.redis.pipeline() as pipe:
             pipe.sadd(self.keys.batch_ended(batch_id), job_id)
@@ -338,16 +408,26 @@ class JobStore:
                 self.enqueue_webhook("batch", batch_id, {"event": "batch.completed", "batch": view.model_dump(mode="json")})
 
     # ---- webhooks ----------------------------------------------------------------------------------------------
-    def enqueue_webhook(self, owner: str, owner_id: str, body: dict) -> None:
+    @property
+    def deliveries(self) -> DeliveryLog:
+        return DeliveryLog(self.redis, self.keys.prefix, self.settings.job_ttl_s)
+
+    def enqueue_webhook(self, owner: str, owner_id: str, body: dict, delivery_id: Optional[str] = None) -> str:
         """Queue one signed delivery; the deliverer process sends it and retries with backoff.
 
         One delivery per event: its id is derived from the owner, the event and the job, and a second
         call for the same event (a job that ran twice after its worker was killed) queues nothing, so
-        receivers get the event once, under the same delivery id (webhook-id) in every retry."""
-        event_job = (body.get("job") or {}).get("id", "") if isinstance(body.get("job"), dict) else ""
-        delivery_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{owner}:{owner_id}:{body.get('event')}:{event_job}").hex
-        if not self.redis.set(f"{self.keys.prefix}:delivery:{delivery_id}", 1, nx=True, ex=self.settings.results_ttl_s):
-            return  # this event was queued already
+        receivers get the event once, under the same delivery id (webhook-id) in every retry. A given
+        `delivery_id` sends an earlier delivery again (a redelivery: the same id, so receivers de-duplicate)."""
+        if delivery_id is None:
+            event_job = (body.get("job") or {}).get("id", "") if isinstance(body.get("job"), dict) else ""
+            if body.get("event", "").endswith(".progress"):  # progress calls are many per job, each its own
+                event_job = f"{event_job}:{((body.get('job') or {}).get('progress') or {}).get('step', '')}"
+            delivery_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{owner}:{owner_id}:{body.get('event')}:{event_job}").hex
+            if not self.redis.set(f"{self.keys.prefix}:delivery:{delivery_id}", 1, nx=True, ex=self.settings.job_ttl_s):
+                return delivery_id  # this event was queued already
+        text = json.dumps(body, separators=(",", ":"), sort_keys=True)
+        self.deliveries.queued(owner, owner_id, delivery_id, str(body.get("event", "")), text)
         intervals = [self.settings.webhook_backoff_s * 2**i for i in range(self.settings.webhook_retries)]
         if owner == "batch" and str(body.get("event", "")).startswith("batch.item."):
             pending = self.keys.batch_webhooks_pending(owner_id)
@@ -360,13 +440,14 @@ class JobStore:
             owner,
             owner_id,
             delivery_id,
-            json.dumps(body, separators=(",", ":"), sort_keys=True),
-            job_id=f"wh-{delivery_id}",
+            text,
+            job_id=f"wh-{delivery_id}" + (f"-r{uuid.uuid4().hex[:8]}" if self.redis.exists(Job.key_for(f"wh-{delivery_id}")) else ""),
             retry=Retry(max=len(intervals), interval=[max(1, int(round(i))) for i in intervals]) if intervals else None,
             result_ttl=0,  # a delivery done is forgotten at once (nothing reads it); one that failed stays to be looked at
             failure_ttl=self.settings.job_ttl_s,
             description=f"webhook {body.get('event')} for {owner} {owner_id}",
         )
+        return delivery_id
 
     def item_deliveries_pending(self, batch_id: str) -> int:
         """How many of the batch's item deliveries are not done yet."""

@@ -59,3 +59,7 @@ def setup_logging(process: str) -> None:
     # RQ narrates every poll and registry sweep at INFO; our own records cover the job events.
     for name in ("rq.worker", "rq.scheduler", "rq.queue", "rq.job"):
         logging.getLogger(name).setLevel(os.environ.get("RQ_LOG_LEVEL", "WARNING").upper())
+    # httpx logs every request's full URL at INFO: a webhook's or an input image's query string (often a
+    # token) would land in the log. Our own records name the delivery or the field instead.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

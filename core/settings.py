@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(8, ge=1, le=256, description="Webhook deliveries one deliverer has in flight at once")
     webhook_per_host: int = Field(4, ge=1, le=256, description="Most deliveries in flight to one destination address (resolved, whatever names point to it), across all deliverers (a slow receiver delays only its own)")
     webhook_per_tenant: int = Field(4, ge=1, le=256, description="Most deliveries in flight for one tenant, across all deliverers (a tenant's slow receivers delay only its own)")
+    webhook_progress_interval_s: float = Field(
+        2.0, ge=0.05, le=3600, description="Least time between two progress webhooks of one job (webhook.events with 'progress')"
+    )
 
     # ---- request limits
     max_body_bytes: int = Field(50 * 1024 * 1024, description="Largest request body (HTTP 413 above)")

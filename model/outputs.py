@@ -96,20 +96,22 @@ def spectral(values: np.ndarray) -> np.ndarray:
 def depth_outputs(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(depth16, preview) from a grey depth frame (bright = near).
 
-    depth16 is uint16 HxW: the mean of the three channels scaled so that 255 -> 65535.
+    depth16 is uint16 HxW: the frame's luma as Pillow's `convert("L")` gives it (ITU-R 601:
+    0.299 R + 0.587 G + 0.114 B, Pillow's rounding), which is how the reference reads a depth frame,
+    scaled so that 255 -> 65535. A noisy frame's channels differ, so a plain channel mean would be up to
+    ~14 levels off the reference's reading.
     preview is uint8 HxWx3: the depth normalised by its own min/max (a constant frame
     normalises to zeros) and coloured as Spectral(1 - normalised), so near is red, far blue.
     """
     arr = _check_rgb(rgb)
-    total = arr.astype(np.uint32).sum(axis=2)
-    # mean * 257 == total * 257 / 3, rounded half up in exact integer arithmetic.
-    levels = (np.arange(3 * 255 + 1, dtype=np.uint32) * 514 + 3) // 6
-    depth16 = levels.astype(np.uint16)[total]
+    luma = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).convert("L"))
+    levels = np.arange(256, dtype=np.uint32) * 257
+    depth16 = levels.astype(np.uint16)[luma]
 
-    # Colour the (at most 766) distinct levels once, then look each pixel up.
-    lo, hi = float(levels[total.min()]), float(levels[total.max()])
-    norm = (levels - lo) / (hi - lo) if hi > lo else np.zeros(levels.shape)
-    return depth16, spectral(1.0 - norm)[total]
+    # Colour the (at most 256) distinct levels once, then look each pixel up.
+    lo, hi = float(luma.min()), float(luma.max())
+    norm = (np.arange(256) - lo) / (hi - lo) if hi > lo else np.zeros(256)
+    return depth16, spectral(1.0 - norm)[luma]
 
 
 def encode_png16(depth16: np.ndarray) -> bytes:

@@ -82,15 +82,23 @@ class OneDiffusion:
 
     # ---- VAE ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [-1, 1] -> scaled latents (N, 16, H/8, W/8), float32. The posterior mean
-        (no sampling, no shift factor) keeps results reproducible."""
+    def encode_images(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] -> scaled latents (N, 16, H/8, W/8), float32 (no shift factor).
+
+        With a generator: a sample of the VAE posterior, `mean + std * eps` with `eps` drawn from it at once
+        for all N images (as the reference does), so that a seed gives the reference's latents; without
+        one, the posterior mean."""
         vae = self.components.vae
-        chunks = []
+        means, stds = [], []
         for part in images.split(VAE_CHUNK):
-            latent = vae.encode(part.to(self.device, vae.dtype)).latent_dist.mode()
-            chunks.append(latent.float() * self.scaling_factor)
-        return torch.cat(chunks)
+            posterior = vae.encode(part.to(self.device, vae.dtype)).latent_dist
+            means.append(posterior.mean.float())
+            stds.append(posterior.std.float())
+        mean, std = torch.cat(means), torch.cat(stds)
+        if generator is None:
+            return mean * self.scaling_factor
+        eps = torch.randn(mean.shape, generator=generator).to(mean.device)
+        return (mean + std * eps) * self.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
@@ -107,9 +115,10 @@ class OneDiffusion:
     def latent_size(self, plan: FramePlan) -> tuple[int, int]:
         return plan.height // self.vae_scale, plan.width // self.vae_scale
 
-    def condition_latents(self, plan: FramePlan) -> Optional[torch.Tensor]:
-        """Clean latents of the plan's condition frames in frame order: VAE latents of the given images,
-        ray maps of the given cameras (relative to the first given camera)."""
+    def condition_latents(self, plan: FramePlan, generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
+        """Clean latents of the plan's condition frames in frame order: VAE latents of the given images
+        (posterior samples drawn from `generator`, the mean without one), ray maps of the given cameras
+        (relative to the first given camera)."""
         h, w = self.latent_size(plan)
         given = [f for f in plan.frames if not f.generate]
         if not given:
@@ -117,7 +126,7 @@ class OneDiffusion:
         image_latents = None
         if plan.images:
             pixels = torch.stack([image_tensor(data, plan.width, plan.height) for data in plan.images])
-            image_latents = self.encode_images(pixels)
+            image_latents = self.encode_images(pixels, generator)
         ray_frames = None
         if plan.cameras:
             c2ws = torch.stack([_camera_matrix(spec) for spec in plan.cameras])
@@ -131,11 +140,20 @@ class OneDiffusion:
                 frames.append(ray_frames[frame.camera])
         return torch.stack(frames)
 
-    def noise(self, plan: FramePlan) -> torch.Tensor:
-        """Initial noise from the plan's seed, drawn on the CPU so it is the same on every device."""
+    def seeded_inputs(self, plan: FramePlan) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(initial noise, condition latents) from the plan's seed, drawn in the reference's order from one
+        generator on the CPU (the same on every device): with input images, first a noise tensor of one
+        frame that the reference draws and never uses, then the VAE posterior samples of the images, then
+        the noise of every frame. Without input images only the noise is drawn (text-to-image and
+        text-to-multiview draw just that). So a seed gives the reference's noise and latents for every
+        task, when the reference is seeded with a CPU generator (or torch.manual_seed on the CPU)."""
         h, w = self.latent_size(plan)
         generator = torch.Generator(device="cpu").manual_seed(plan.seed)
-        return torch.randn((len(plan.frames), LATENT_CHANNELS, h, w), generator=generator)
+        if plan.images:
+            torch.randn((1, LATENT_CHANNELS, h, w), generator=generator)  # drawn and unused, as the reference
+        cond = self.condition_latents(plan, generator)
+        noise = torch.randn((len(plan.frames), LATENT_CHANNELS, h, w), generator=generator)
+        return noise, cond
 
     def sample_request(self, plan: FramePlan) -> tuple[SampleRequest, list[str]]:
         guided = plan.guidance_scale > 1.0
@@ -146,8 +164,9 @@ class OneDiffusion:
             for label, e in zip(("prompt", "negative_prompt"), encoded)
             if e.truncated
         ]
+        noise, cond_latents = self.seeded_inputs(plan)
         request = SampleRequest(
-            noise=self.noise(plan),
+            noise=noise,
             denoise_mask=plan.denoise_mask,
             cond_embeds=encoded[0].embeds,
             cond_mask=encoded[0].mask,
@@ -155,7 +174,7 @@ class OneDiffusion:
             guidance_scale=plan.guidance_scale,
             uncond_embeds=encoded[1].embeds if guided else None,
             uncond_mask=encoded[1].mask if guided else None,
-            cond_latents=self.condition_latents(plan),
+            cond_latents=cond_latents,
             noise_scale=plan.noise_scale,
         )
         return request, warnings

@@ -278,6 +278,17 @@ class CameraPose(BaseModel):
 DEFAULT_CAMERAS = [CameraPose(azimuth=a, elevation=0.0) for a in (0.0, 30.0, 60.0, 90.0)]
 
 
+# RoPE scaling of the denoiser: the reference's pipeline takes it for any task (its demo exposes it for multiview)
+_SCALE_FACTOR = Field(
+    1.0, ge=1.0, le=4.0, description="RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. "
+    "The reference's demo suggests 1.1 to 1.5 for more than three views",
+)
+_SCALE_WATERSHED = Field(
+    1.0, ge=0.0, le=1000.0, description="Timestep (0-1000) below which the scaling is linear, above it NTK; "
+    "1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor",
+)
+
+
 class TaskRequest(BaseModel):
     """Options every task shares."""
 
@@ -287,7 +298,8 @@ class TaskRequest(BaseModel):
     needs_pixels: ClassVar[bool] = False  # condition_images works on the decoded inputs, not only the files
 
     negative_prompt: Optional[str] = Field(
-        None, max_length=4000, description="What to steer away from; defaults to the prompt guide's list. '' for none."
+        None, max_length=4000, description="What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an "
+        "empty field means unset, the two characters \"\")"
     )
     width: Optional[int] = Field(None, ge=64, le=4096, multiple_of=16, description="Output width in pixels (multiple of 16)")
     height: Optional[int] = Field(None, ge=64, le=4096, multiple_of=16, description="Output height in pixels (multiple of 16)")
@@ -302,10 +314,12 @@ class TaskRequest(BaseModel):
         "Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); "
         "1.0, the default, is the reference's behaviour everywhere",
     )
+    scale_factor: float = _SCALE_FACTOR
+    scale_watershed: float = _SCALE_WATERSHED
 
     _numbers_not_bools = field_validator(
         "width", "height", "num_inference_steps", "guidance_scale", "seed", "noise_scale", "focal_length",
-        mode="before", check_fields=False,
+        "scale_factor", "scale_watershed", mode="before", check_fields=False,
     )(_no_bool)
     _text_not_blank = field_validator("prompt", "item", "source_caption", check_fields=False)(_not_blank)
 
@@ -392,6 +406,8 @@ class TaskRequest(BaseModel):
             guidance_scale=self.guidance_scale,
             seed=self.seed if self.seed is not None else secrets.randbelow(2**31),
             noise_scale=self.noise_scale,
+            scale_factor=self.scale_factor,
+            scale_watershed=self.scale_watershed,
             images=self.condition_images(files, decoded),
             **extra,
         )
@@ -674,25 +690,12 @@ class SubjectDriven(TaskRequest):
         return self._plan(limits, frames, prompt)
 
 
-# RoPE scaling, as the reference's demo exposes it for multiview (fields of the multiview and generate requests)
-_SCALE_FACTOR = Field(
-    1.0, ge=1.0, le=4.0, description="RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. "
-    "The reference's demo suggests 1.1 to 1.5 for more than three views",
-)
-_SCALE_WATERSHED = Field(
-    1.0, ge=0.0, le=1000.0, description="Timestep (0-1000) below which the scaling is linear, above it NTK; "
-    "1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor",
-)
-
-
 class _Multiview(TaskRequest):
     """Frames interleave [image_0, camera_0, image_1, camera_1, ...]; images and cameras must be square."""
 
     token: ClassVar[str] = "[[multiview]]"
     num_inference_steps: int = Field(60, ge=1, le=200, description="Denoising steps; 60, as the reference's multiview examples")
     focal_length: float = Field(DEFAULT_FOCAL_LENGTH, gt=0.1, le=10.0, description="Normalised focal length of every view")
-    scale_factor: float = _SCALE_FACTOR
-    scale_watershed: float = _SCALE_WATERSHED
 
     def _size(self, limits, decoded, default):
         w, h = super()._size(limits, decoded, default)
@@ -721,7 +724,6 @@ class _Multiview(TaskRequest):
         postprocess = "poses" if any(c is None for c in cameras) else "images"
         return self._plan(
             limits, frames, self._prompt(prompt), cameras=poses, focal_length=self.focal_length, postprocess=postprocess,
-            scale_factor=self.scale_factor, scale_watershed=self.scale_watershed,
         )
 
 
@@ -792,8 +794,6 @@ class Generate(TaskRequest):
     prompt: str = Field(min_length=1, max_length=4000, examples=["[[text2image]] a red bicycle"])
     frames: list[RawFrame] = Field(min_length=1, max_length=MAX_LIST_ITEMS, examples=[[{"kind": "image", "generate": True}]])
     focal_length: float = Field(DEFAULT_FOCAL_LENGTH, gt=0.1, le=10.0)
-    scale_factor: float = _SCALE_FACTOR
-    scale_watershed: float = _SCALE_WATERSHED
 
     def _images(self):
         return [(f"frames[{i}].image", f.image) for i, f in enumerate(self.frames) if f.kind == "image" and not f.generate]
@@ -827,7 +827,6 @@ class Generate(TaskRequest):
                     poses.append(raw.camera.model_dump())
         has_camera = any(f.kind == "camera" for f in frames)
         plan = self._plan(limits, frames, self.prompt.strip(), cameras=poses, focal_length=self.focal_length,
-                          scale_factor=self.scale_factor, scale_watershed=self.scale_watershed,
                           postprocess="poses" if any(f.kind == "camera" and f.generate for f in frames) else "images")
         if has_camera and plan.width != plan.height:
             raise TaskInputError("width", "frames with cameras need square images: set width equal to height")

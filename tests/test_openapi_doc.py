@@ -63,6 +63,18 @@ def test_limits_are_the_servers(schema):
     assert prompt["maxLength"] == settings.max_prompt_chars
 
 
+def test_view_and_frame_counts_are_the_servers(schema):
+    """The schema (and the playground, which reads it) stops where the server does: MAX_VIEWS, MAX_FRAMES."""
+    doc, settings = schema
+    components = doc["components"]["schemas"]
+    for kind in ("Request", "Item", "Form"):
+        assert components[f"ImageToMultiview{kind}"]["properties"]["cameras"]["maxItems"] == settings.max_views == 8
+        assert components[f"TextToMultiview{kind}"]["properties"]["cameras"]["maxItems"] == settings.max_views
+        assert components[f"CameraPoseEstimation{kind}"]["properties"]["images"]["maxItems"] == settings.max_views
+        assert components[f"Generate{kind}"]["properties"]["frames"]["maxItems"] == settings.max_frames == 16
+        assert components[f"IdCustomization{kind}"]["properties"]["images"]["maxItems"] == 3
+
+
 # ---- examples: one per error status, every one valid ---------------------------------------------------
 
 

@@ -76,13 +76,26 @@ def test_depth_gradient():
     assert tuple(far) == (94, 79, 162)  # dark = far = blue
 
 
-def test_depth_mean_of_channels_and_constant_frame():
+def test_depth_is_the_references_luma_reading_and_constant_frame():
     rgb = np.zeros((2, 2, 3), dtype=np.uint8)
-    rgb[..., 0] = 255  # mean 85 -> 85 * 257
+    rgb[..., 0] = 255  # luma 0.299 * 255 -> 76 (a channel mean would say 85)
     depth16, preview = depth_outputs(rgb)
-    assert np.all(depth16 == 85 * 257)
+    assert np.all(depth16 == 76 * 257)
     # Constant depth normalises to zeros, coloured as Spectral(1 - 0).
     assert np.all(preview == spectral(np.float64(1.0)))
+
+
+def test_depth_of_a_noisy_frame_matches_convert_L_exactly():
+    """The reference reads a depth frame with PIL's convert('L'); on a noisy frame (channels apart) that is
+    up to ~14 levels from a channel mean, so ours must be the same reading, pixel for pixel."""
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 256, size=(48, 64, 1))
+    rgb = np.clip(grey + rng.integers(-40, 41, size=(48, 64, 3)), 0, 255).astype(np.uint8)
+    depth16, _ = depth_outputs(rgb)
+    reference = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint16) * 257
+    np.testing.assert_array_equal(depth16, reference)
+    mean = np.rint(rgb.astype(np.float64).mean(axis=2)) * 257
+    assert np.abs(mean - depth16.astype(np.float64)).max() / 257 > 5  # the old reading was off
 
 
 def test_spectral_middle_is_pale_yellow():

@@ -141,3 +141,57 @@ def test_rope_scaling_applies_per_request(demo_model):
     for x, y in zip(_pixels(demo_model.run([plain])[0]), _pixels(batched[0])):
         assert np.abs(x - y).max() <= 1
     assert any(np.abs(x - y).max() > 1 for x, y in zip(_pixels(alone), _pixels(demo_model.run([unscaled_twin])[0])))
+
+
+@pytest.mark.parametrize("task", ["text-to-image", "depth-to-image", "id-customization", "image-to-multiview",
+                                  "text-to-multiview", "camera-pose-estimation"])
+def test_seed_draws_in_the_references_order(demo_model, task):
+    """One CPU generator per request, drawn as the reference's pipeline draws from it: with input images a
+    one-frame noise tensor it never uses, then the VAE posterior sample of the images (diffusers'
+    `latent_dist.sample(generator)`, the call the reference makes), then the noise of every frame."""
+    import torch
+
+    from model.pipeline import LATENT_CHANNELS
+    from model.preprocess import image_tensor
+
+    payload, _ = CASES[task]
+    plan = TASKS[task].model_validate({**payload, "seed": 1234}).plan()
+    h, w = plan.height // 8, plan.width // 8
+    noise, cond = demo_model.seeded_inputs(plan)
+
+    generator = torch.Generator(device="cpu").manual_seed(1234)
+    expected_images = None
+    if plan.images:
+        torch.randn((1, LATENT_CHANNELS, h, w), generator=generator)  # the reference's unused draw
+        pixels = torch.stack([image_tensor(data, plan.width, plan.height) for data in plan.images])
+        vae = demo_model.components.vae
+        with torch.no_grad():
+            sample = vae.encode(pixels.to(vae.dtype)).latent_dist.sample(generator)
+        expected_images = sample.float() * vae.config.scaling_factor
+    expected_noise = torch.randn((1, len(plan.frames), LATENT_CHANNELS, h, w), generator=generator)[0]
+    torch.testing.assert_close(noise, expected_noise, rtol=0, atol=0)
+    if expected_images is not None:
+        image_frames = [f.source for f in plan.frames if not f.generate and f.kind == "image"]
+        given = [f for f in plan.frames if not f.generate]
+        got = torch.stack([cond[i] for i, f in enumerate(given) if f.kind == "image"])
+        torch.testing.assert_close(got, expected_images[image_frames], rtol=1e-5, atol=1e-5)
+    if task == "text-to-image":  # the reference's text-to-image: one (1, 16, h, w) draw, the same numbers
+        torch.testing.assert_close(noise, torch.randn((1, LATENT_CHANNELS, h, w),
+                                                            generator=torch.Generator().manual_seed(1234)))
+
+
+@pytest.mark.parametrize("task", sorted(CASES))
+def test_every_task_takes_rope_scaling(task):
+    """The reference's pipeline takes RoPE scaling for any task: every request has the fields, and the plan
+    (and so the denoiser's batch) carries them."""
+    payload, _ = CASES[task]
+    plan = TASKS[task].model_validate({**payload, "scale_factor": 1.25, "scale_watershed": 300}).plan()
+    assert (plan.scale_factor, plan.scale_watershed) == (1.25, 300) and "xrope1.25_300" in plan.bucket
+    assert TASKS[task].model_validate(payload).plan().rope_group == ()
+
+
+def test_rope_scaling_changes_an_estimation(demo_model):
+    base = {**CASES["depth-estimation"][0], "seed": 9}
+    scaled = demo_model.run([TASKS["depth-estimation"].model_validate({**base, "scale_factor": 1.5}).plan()])[0]
+    plain = demo_model.run([TASKS["depth-estimation"].model_validate(base).plan()])[0]
+    assert any(np.abs(x - y).max() > 1 for x, y in zip(_pixels(scaled), _pixels(plain)))

@@ -118,3 +118,27 @@ def test_explicit_size_uses_the_same_crop_for_every_image():
     assert out.shape == (3, 32, 32)
     # centre crop of columns 96..159, then an exact 2x bilinear downscale: the mean of columns 96 and 97
     assert abs(float(out[0, 0, 0]) - ((96.5 / 255) - 0.5) / 0.5) < 1e-5
+
+
+def test_exif_orientation_is_applied_and_listed_as_a_difference():
+    """An orientation-6 JPEG stored 640x384 is shown (and read by us) as a 384x640 portrait; the reference
+    reads the stored pixels (landscape). The README lists this among the knowingly different items."""
+    import io as _io
+    from pathlib import Path
+
+    from PIL import Image as _Image
+
+    from model.tasks import TASKS
+
+    stored = _Image.new("RGB", (640, 384), (200, 40, 40))
+    exif = _Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    buffer = _io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif.tobytes())
+    data = base64.b64encode(buffer.getvalue()).decode()
+    plan = TASKS["depth-estimation"].model_validate({"image": data}).plan()
+    assert (plan.width, plan.height) == (384, 640)  # upright: a portrait bucket
+    assert _Image.open(_io.BytesIO(buffer.getvalue())).convert("RGB").size == (640, 384)  # the reference's reading
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    different = readme.split("**Knowingly different:**", 1)[1].split("## ", 1)[0]
+    assert "EXIF orientation" in different and "384x640" in different

@@ -75,4 +75,7 @@ def worker_info(model: "OneDiffusion | None") -> dict[str, str]:
     for part in (getattr(model, "precision", None), getattr(model, "fast_path", None)):
         if part is not None:
             info.update(part.as_info())
+    components = getattr(model, "components", None)
+    if components is not None:  # the playground sizes its defaults to a demo worker (seconds on a CPU)
+        info["checkpoint"] = "demo" if components.is_demo else "released"
     return info

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 
 class DeliveryFailed(RuntimeError):
-    pass
+    def __init__(self, message: str, status_code: int | None = None):
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class HostSlots:
@@ -105,10 +107,17 @@ def deliver(owner: str, owner_id: str, delivery_id: str, body: str) -> dict:
     item = owner == "batch" and event.startswith("batch.item.")
     try:
         result = _deliver(store, settings, owner, owner_id, delivery_id, body)
-    except DeliveryFailed:
+    except DeliveryFailed as exc:
+        store.deliveries.attempted(delivery_id, "retrying" if job.retries_left else "failed",
+                                   exc.status_code, str(exc))
         if item and not job.retries_left:  # the last attempt
             store.item_delivery_done(owner_id, delivery_id)
         raise
+    if "status" in result:
+        store.deliveries.attempted(delivery_id, "delivered", result["status"])
+    elif "refused" in result or "skipped" in result:
+        store.deliveries.attempted(delivery_id, "refused" if "refused" in result else "skipped", None,
+                                   result.get("refused") or result.get("skipped"), attempt="refused" in result)
     if item and "postponed" not in result:
         store.item_delivery_done(owner_id, delivery_id)
     return result
@@ -152,7 +161,7 @@ def _deliver(store: JobStore, settings, owner: str, owner_id: str, delivery_id: 
             raise DeliveryFailed(f"{type(exc).__name__} calling the webhook") from None
     if not 200 <= status < 300:
         log.warning("webhook answered %s", status, extra=extra)
-        raise DeliveryFailed(f"the webhook answered {status}")
+        raise DeliveryFailed(f"the webhook answered {status}", status)
     log.info("webhook delivered", extra={**extra, "status": status})
     return {"status": status}
 

@@ -13,7 +13,7 @@ from model.tasks import TaskInputError
 
 from ..body import idempotency_key, read_json_object
 from ..exceptions import ApiError
-from ..schemas import BatchList, BatchRequest, ErrorBody, task_part
+from ..schemas import BatchList, BatchRequest, DeliveryList, DeliveryView, ErrorBody, task_part
 from ..security import Caller, require_caller
 
 router = APIRouter(
@@ -54,7 +54,7 @@ async def submit_batch(request: Request, caller: Caller = Depends(require_caller
     view, replayed = await run_in_threadpool(
         service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True
     )
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    headers = {"Location": view.urls["self"], **({"Idempotent-Replayed": "true"} if replayed else {})}
     return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)
 
 
@@ -85,6 +85,26 @@ def list_batches(
 ) -> BatchList:
     data, next_cursor = request.app.state.jobs.list_batches(caller.tenant, limit, cursor, status)
     return BatchList(data=data, next_cursor=next_cursor)
+
+
+DeliveryId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The delivery's id (from the deliveries list)")
+
+
+@router.get("/{batch_id}/deliveries", response_model=DeliveryList, summary="The batch's webhook deliveries",
+            description="Every webhook call queued for the batch (items and batch.completed), newest first.",
+            responses={404: {"model": ErrorBody, "description": "No such batch (or not yours)"}})
+def batch_deliveries(request: Request, batch_id: str = BatchId, caller: Caller = Depends(require_caller)) -> DeliveryList:
+    return DeliveryList(data=request.app.state.jobs.list_deliveries("batch", batch_id, caller.tenant))
+
+
+@router.post("/{batch_id}/deliveries/{delivery_id}/redeliver", response_model=DeliveryView, status_code=202,
+             summary="Send a batch webhook delivery again",
+             description="As for a job: the first body and id again; 409 while it is still being delivered.",
+             responses={404: {"model": ErrorBody, "description": "No such batch or delivery"},
+                        409: {"model": ErrorBody, "description": "Still being delivered, or no webhook"}})
+def redeliver_batch(request: Request, batch_id: str = BatchId, delivery_id: str = DeliveryId,
+                    caller: Caller = Depends(require_caller)) -> JSONResponse:
+    return JSONResponse(request.app.state.jobs.redeliver("batch", batch_id, delivery_id, caller.tenant), status_code=202)
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchView, summary="Cancel a batch",

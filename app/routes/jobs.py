@@ -11,12 +11,12 @@ from typing import Optional
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from core.views import TERMINAL, JobStatus, JobView
 
-from ..schemas import ErrorBody, JobList
+from ..schemas import DeliveryList, DeliveryView, ErrorBody, JobList
 from ..security import Caller, require_caller
 from ..streams import SLOT_REFRESH_S, JobWatcher, StreamSlots
 
@@ -66,6 +66,28 @@ def delete_job(request: Request, job_id: str = JobId, caller: Caller = Depends(r
     request.app.state.jobs.delete(job_id, tenant=caller.tenant)
     request.app.state.store.delete(job_id)
     return Response(status_code=204)
+
+
+DeliveryId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The delivery's id (from the deliveries list)")
+
+
+@router.get("/{job_id}/deliveries", response_model=DeliveryList, summary="The job's webhook deliveries",
+            description="Every webhook call queued for the job, newest first: event, status, attempts and the "
+                        "receiver's last answer.")
+def job_deliveries(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> DeliveryList:
+    return DeliveryList(data=request.app.state.jobs.list_deliveries("job", job_id, caller.tenant))
+
+
+@router.post("/{job_id}/deliveries/{delivery_id}/redeliver", response_model=DeliveryView, status_code=202,
+             summary="Send a webhook delivery again",
+             description="Queues the delivery again with its first body and id (receivers de-duplicate on the id; "
+                         "its signed URLs may have expired: fetch the job for fresh ones). 409 while it is still "
+                         "being delivered.",
+             responses={409: {"model": ErrorBody, "description": "Still being delivered, or no webhook"}})
+def redeliver_job(request: Request, job_id: str = JobId, delivery_id: str = DeliveryId,
+                  caller: Caller = Depends(require_caller)) -> JSONResponse:
+    view = request.app.state.jobs.redeliver("job", job_id, delivery_id, caller.tenant)
+    return JSONResponse(view, status_code=202)
 
 
 def _sse(event: str, data: dict, event_id: Optional[str] = None) -> str:

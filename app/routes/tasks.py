@@ -15,17 +15,22 @@ from core.views import TERMINAL, BatchView, JobView
 from model.tasks import TASKS
 
 from ..body import idempotency_key, parse_request
+from ..jobs import fingerprint
 from ..schemas import REQUEST_MODELS, ErrorBody, task_part
 from ..security import Caller, require_caller
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*(?:=\s*(\d+))?\s*(?=$|[,;\s])", re.IGNORECASE)
 
 
 def prefer_wait(request: Request, limit: int) -> Optional[int]:
+    """Seconds to hold the answer: `Prefer: wait=N` up to `limit`; a bare `Prefer: wait` (as Replicate
+    documents it) waits the full `limit`."""
     match = _PREFER_WAIT.search(request.headers.get("prefer", ""))
     if not match:
         return None
+    if match.group(1) is None:  # a bare `Prefer: wait`: as long as the server waits
+        return limit
     digits = match.group(1).lstrip("0") or "0"
     return min(int(digits), limit) if len(digits) <= 9 else limit  # wait=<5000 digits> is a long wait, not a 500
 
@@ -60,8 +65,10 @@ async def _submit_outputs(service, task: str, body, caller: Caller, idem: Option
     part = task_part(body, task)
     items = [(task, part.model_copy(update={"seed": (first + i) % 2**63}), body.output_format)
              for i in range(body.num_outputs)]
+    # the request as the client sent it (no drawn seed): an identical retry under the same key is a replay
+    sent = fingerprint("num_outputs", task, body.model_dump(mode="json", exclude={"task"}))
     view, replayed = await run_in_threadpool(
-        service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True
+        service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True, sent
     )
     headers = {"Location": view.urls["self"], **({REPLAY_HEADER: "true"} if replayed else {})}
     return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)

@@ -67,8 +67,12 @@ def test_text_to_image(page, shots):
     assert page.url.endswith("/playground/#text-to-image")
     page.wait_for_function("document.querySelector('#service-status').textContent.includes('1 worker ready')")
     choose(page, "text-to-image")
-    # the form comes from the schema: defaults and limits are there
-    assert page.input_value("#f-num_inference_steps") == "50" and page.get_attribute("#f-num_inference_steps", "max") == "200"
+    # the form comes from the schema: limits are there; on the demo checkpoint the size and steps are the
+    # quick ones (seconds on a CPU, not the model's 1024 px / 50 steps), and a note says so
+    page.wait_for_selector("#demo-note:not([hidden])")
+    assert "finishes in seconds" in page.inner_text("#demo-note")
+    assert page.input_value("#f-num_inference_steps") == "8" and page.get_attribute("#f-num_inference_steps", "max") == "200"
+    assert page.input_value("#f-width") == "256" and page.input_value("#f-height") == "256"
     assert page.get_attribute("#f-width", "step") == "16"
     page.fill("#f-prompt", "a lighthouse on a cliff at sunset")
     page.fill("#f-width", "96")
@@ -87,6 +91,22 @@ def test_text_to_image(page, shots):
     python = page.evaluate("asPython()")
     assert "client.text_to_image(\"a lighthouse on a cliff at sunset\", width=96, height=64, num_inference_steps=4)" in python
     page.screenshot(path=str(shots / "text-to-image.png"), full_page=True)
+
+
+def test_cameras_default_and_limit_are_the_apis(page, shared_service):
+    """Camera rows start at the API's distance (1.5) and stop at the server's MAX_VIEWS."""
+    choose(page, "text-to-multiview")
+    rows = page.locator("#f-cameras .item")
+    assert rows.count() == 4
+    assert {rows.nth(i).locator("[data-k=distance]").input_value() for i in range(4)} == {"1.5"}
+    limit = shared_service.client.get("/openapi.json").json()["components"]["schemas"]["TextToMultiviewRequest"]["properties"]["cameras"]["maxItems"]
+    assert limit == 8
+    add = page.locator("#f-cameras > button")
+    while not add.is_disabled():
+        add.click()
+    assert rows.count() == limit
+    rows.nth(0).locator("button").click()  # removing one allows one more
+    assert not add.is_disabled()
 
 
 def test_several_outputs_in_one_run(page, shots):

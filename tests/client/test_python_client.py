@@ -177,8 +177,8 @@ def test_submit_events_and_cancel(client):
     kinds = []
     for event in job.events(timeout=120):
         kinds.append(event.type)
-        if event.type == "progress":
-            job.cancel()
+        if event.type == "progress" and job.status != "canceled":
+            job.cancel()  # once: a second cancel is a Conflict (the job has ended)
     assert kinds[-1] == "finished" and "progress" in kinds and job.status == "canceled"
     with pytest.raises(od.JobCanceled) as caught:
         job.wait()
@@ -206,6 +206,46 @@ def test_list_jobs(client, openapi):
     else:
         with pytest.raises(od.NotSupported, match="cannot list jobs"):
             client.list_jobs()
+
+
+def test_progress_is_reported_for_a_job_that_ends_within_the_wait(client):
+    """`on_progress` sees the steps of a job short enough to end within Prefer: wait (it used to see none)."""
+    seen = []
+    job = client.text_to_image("quick", width=64, height=64, num_inference_steps=6, seed=3, on_progress=seen.append)
+    assert job.status == "succeeded" and seen, "on_progress was never called"
+    assert seen[-1].step == seen[-1].total == 6 and all(isinstance(p, od.Progress) for p in seen)
+
+    async def run_async():
+        steps = []
+        async with od.AsyncClient(client.base_url) as aclient:
+            await aclient.text_to_image("quick", width=64, height=64, num_inference_steps=4, on_progress=steps.append)
+        return steps
+
+    steps = asyncio.run(run_async())
+    assert steps and steps[-1].step == 4
+
+
+def test_paging_batches_and_batch_idempotency(client, shared_service):
+    """list_jobs / list_batches page with cursors, iter_* follow them; submit_batch sends an Idempotency-Key."""
+    tag = f"paged-{time.time_ns()}"
+    jobs = [client.text_to_image(tag, width=64, height=64, num_inference_steps=1, wait=False) for _ in range(3)]
+    first = client.list_jobs(task="text-to-image", limit=2)
+    assert isinstance(first, od.Page) and len(first) == 2 and first.next_cursor
+    second = client.list_jobs(task="text-to-image", limit=2, cursor=first.next_cursor)
+    assert {j.id for j in first}.isdisjoint({j.id for j in second})
+    everything = [j.id for j in client.iter_jobs(task="text-to-image", page_size=2)]
+    assert {j.id for j in jobs} <= set(everything) and len(everything) == len(set(everything))
+
+    items = [("text-to-image", {"prompt": tag, "width": 64, "height": 64, "num_inference_steps": 1})]
+    batch = client.submit_batch(items, idempotency_key=tag)
+    again = client.submit_batch(items, idempotency_key=tag)  # a retry: the same batch, not a second one
+    assert again.id == batch.id
+    other = client.submit_batch(items)  # a fresh key each call without one
+    assert other.id != batch.id
+    listed = client.list_batches(limit=1)
+    assert isinstance(listed, od.Page) and [b.id for b in listed] == [other.id] and listed.next_cursor
+    assert {batch.id, other.id} <= {b.id for b in client.iter_batches(page_size=1)}
+    assert all(isinstance(b, od.Batch) for b in listed)
 
 
 # ---- batches and webhooks -------------------------------------------------------------------------

@@ -90,4 +90,7 @@ def test_swagger_forms_run_as_prefilled(browser, shared_service, tmp_path, task,
     assert parts.get("webhook", "") == "" and "example.com" not in form  # no sample webhook goes out
     assert "string" not in parts.values()  # Swagger's sample text for a string field
     assert parts["seed"] == "42" and parts["num_inference_steps"] == "2"
+    # an optional text left empty (Swagger sends it as '') is unset: the default negative prompt applies
+    latest = shared_service.client.get("/v1/jobs", params={"task": task, "limit": 1}).json()["data"][0]
+    assert parts.get("negative_prompt", "") == "" and latest["input"]["negative_prompt"] is None
     page.close()

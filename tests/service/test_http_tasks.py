@@ -112,8 +112,9 @@ def test_cancel_running_job(shared_service):
     done = shared_service.wait_job(job["id"])
     assert done["status"] == "canceled" and done["error"]["type"] == "canceled"
     assert done["progress"]["step"] < 200
-    again = shared_service.client.post(f"/v1/jobs/{job['id']}/cancel")
-    assert again.status_code == 200 and again.json()["status"] == "canceled"
+    assert done["finished_at"] is not None and done["finished_at"] >= done["started_at"]
+    again = shared_service.client.post(f"/v1/jobs/{job['id']}/cancel")  # the docs: 409 once it has ended
+    assert again.status_code == 409 and "already canceled" in again.json()["error"]["message"]
 
 
 def test_cancel_queued_job_and_finished_job(shared_service):
@@ -121,6 +122,8 @@ def test_cancel_queued_job_and_finished_job(shared_service):
     queued = shared_service.submit("text-to-image", {"prompt": "y", "width": 64, "height": 64, "num_inference_steps": 1}).json()
     response = shared_service.client.post(f"/v1/jobs/{queued['id']}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "canceled"
+    assert response.json()["finished_at"] is not None and response.json()["started_at"] is None
+    assert shared_service.client.post(f"/v1/jobs/{queued['id']}/cancel").status_code == 409
     shared_service.client.post(f"/v1/jobs/{blocker['id']}/cancel")
     shared_service.wait_job(blocker["id"])
     finished = shared_service.submit("text-to-image", CASES["text-to-image"][0], headers={"Prefer": "wait=60"}).json()

@@ -29,12 +29,15 @@ const MAIN_FIELDS = ["image", "images", "mask", "prompt", "item", "source_captio
   "cameras", "frames", "width", "height", "num_inference_steps", "guidance_scale", "seed"];
 const IMAGE_FIELDS = ["image", "mask", "images"];
 const DEFAULT_CAMERAS = [[0, 0], [30, 0], [60, 0], [90, 0]];
+// On the demo checkpoint (random weights, often a CPU) the model's defaults (1024 px, 50+ steps) take
+// minutes and hold the only worker; these finish in seconds. A released checkpoint keeps the schema's.
+const DEMO_DEFAULTS = { width: 256, height: 256, num_inference_steps: 8 };
 const RECENT_KEY = "onediffusion.recent";
 const KEY_KEY = "onediffusion.apiKey";
 
 const state = {
   openapi: null, tasks: {}, task: null, images: {}, lists: {}, painter: null, job: null, abort: null,
-  authOn: false, colours: [],
+  authOn: false, colours: [], demo: false,
 };
 
 // ---- API ----------------------------------------------------------------------------------------------
@@ -99,6 +102,7 @@ async function start() {
   checkService();
   refreshRecent();
   $("#task-form").addEventListener("submit", (e) => { e.preventDefault(); submit(); });
+  $("#task-form").addEventListener("input", (e) => { if (e.target.id) e.target.dataset.touched = "1"; }); // kept over demo defaults
   document.addEventListener("keydown", (e) => { if ((e.ctrlKey || e.metaKey) && e.key === "Enter") submit(); });
   $("#cancel").addEventListener("click", cancel);
   $("#copy-curl").addEventListener("click", () => copy(asCurl(), "curl command copied"));
@@ -116,6 +120,9 @@ async function checkService() {
     const count = body.worker_count ?? (body.workers || []).length;
     pill.textContent = res.ok ? `${count} worker${count === 1 ? "" : "s"} ready` : "no worker ready";
     pill.className = `pill ${res.ok ? "ok" : "down"}`;
+    const modes = Object.keys(body.worker_modes || {});
+    const demo = res.ok && modes.length > 0 && modes.every((m) => m.split(" ").includes("checkpoint=demo"));
+    if (demo !== state.demo) { state.demo = demo; if (state.task) applyDemoDefaults(); }
   } catch (_) { pill.textContent = "offline"; pill.className = "pill down"; }
   try {
     const res = await fetch("/v1/jobs/playground-probe", { headers: authHeaders() });
@@ -178,6 +185,21 @@ function selectTask(name) {
     (isMain ? main : advanced).append(node);
   }
   if (numeric.length) flushRow(main, numeric);
+  applyDemoDefaults();
+}
+
+// The demo's quick size and steps in place of the schema's defaults, with a note that says so.
+function applyDemoDefaults() {
+  const note = $("#demo-note");
+  note.hidden = !state.demo;
+  if (!state.demo) return;
+  for (const [name, value] of Object.entries(DEMO_DEFAULTS)) {
+    const input = $(`#f-${name}`);
+    if (input && !input.dataset.touched) input.value = String(value);
+  }
+  note.textContent = `Demo checkpoint (outputs are noise): ${DEMO_DEFAULTS.width}×${DEMO_DEFAULTS.height} px and `
+    + `${DEMO_DEFAULTS.num_inference_steps} steps, so a job finishes in seconds on a CPU. With released weights on a GPU `
+    + "use the model's defaults (1024 px for text-to-image, 50 steps and more).";
 }
 
 function flushRow(parent, nodes) {
@@ -209,11 +231,11 @@ function fieldFor(name, rawProp, isRequired) {
   if (IMAGE_FIELDS.includes(name)) {
     input = dropZone(name, name === "images", prop);
   } else if (name === "classes") {
-    input = classesEditor(name);
+    input = classesEditor(name, prop);
   } else if (name === "cameras") {
     input = camerasEditor(name, prop);
   } else if (name === "frames") {
-    input = framesEditor(name);
+    input = framesEditor(name, prop);
   } else if (name === "webhook") {
     input = el("div", { class: "row" },
       el("input", { id: "f-webhook", "data-webhook": "url", placeholder: "https://example.com/hook" }),
@@ -272,7 +294,7 @@ function dropZone(name, multiple, prop, onChange) {
   };
   zone.addFiles = async (list) => {
     const read = await Promise.all([...list].filter((f) => f.type.startsWith("image/")).map(readFile));
-    state.images[name] = multiple ? [...(state.images[name] || []), ...read] : read.slice(0, 1);
+    state.images[name] = multiple ? [...(state.images[name] || []), ...read].slice(0, prop.maxItems || undefined) : read.slice(0, 1);
     render();
   };
   zone.addEventListener("click", (e) => { if (e.target === zone || e.target === text || e.target === thumbs) input.click(); });
@@ -347,38 +369,46 @@ function paintedMask() {
 
 // ---- classes, cameras, frames ---------------------------------------------------------------------------
 
-function listEditor(name, cls, makeRow, initial, addLabel) {
+// A list of rows, at most the schema's maxItems (the server's limit: MAX_VIEWS for cameras).
+function listEditor(name, cls, makeRow, initial, addLabel, maxItems) {
   const box = el("div", { class: `list-editor ${cls}`, id: `f-${name}` });
   const rows = el("div");
-  const add = (values) => { const row = makeRow(values || {}, () => row.remove()); row.classList.add("item"); rows.append(row); };
-  (initial || []).forEach(add);
-  box.append(rows, el("button", { type: "button", class: "ghost small", onclick: () => add() }, `+ ${addLabel}`));
+  const button = el("button", { type: "button", class: "ghost small", onclick: () => add() }, `+ ${addLabel}`);
+  const sync = () => { button.disabled = !!maxItems && rows.children.length >= maxItems; button.title = button.disabled ? `at most ${maxItems}` : ""; };
+  const add = (values) => {
+    if (maxItems && rows.children.length >= maxItems) return;
+    const row = makeRow(values || {}, () => { row.remove(); sync(); }); row.classList.add("item"); rows.append(row); sync();
+  };
+  (initial || []).slice(0, maxItems || undefined).forEach(add);
+  box.append(rows, button);
   state.lists[name] = rows;
   return box;
 }
 
 function removeButton(onRemove) { return el("button", { type: "button", class: "ghost small", title: "Remove", onclick: onRemove }, "×"); }
 
-function classesEditor(name) {
+function classesEditor(name, prop = {}) {
   return listEditor(name, "classes", (v, remove) => {
     const colour = el("select", { "data-k": "colour" }, el("option", { value: "" }, "auto colour"),
       state.colours.map((c) => el("option", { value: c, style: `color:${c}` }, `● ${c}`)));
     return el("div", {}, el("input", { "data-k": "name", placeholder: "class name, e.g. dog", value: v.name || "" }), colour, removeButton(remove));
-  }, [{ name: state.task === "detection" || state.task === "boxes-to-image" ? "object" : "" }], "class");
+  }, [{ name: state.task === "detection" || state.task === "boxes-to-image" ? "object" : "" }], "class", prop.maxItems);
 }
 
-function camerasEditor(name) {
+function camerasEditor(name, prop = {}) {
   const initial = DEFAULT_CAMERAS.map(([azimuth, elevation]) => ({ azimuth, elevation }));
+  const pose = resolve(prop.items);
+  const distance = ((pose.properties || {}).distance || {}).default ?? 1.5; // the API's default (the reference's)
   const editor = listEditor(name, "cameras", (v, remove) => el("div", {},
     el("input", { "data-k": "azimuth", type: "number", step: "any", min: -360, max: 360, value: v.azimuth ?? 0, title: "azimuth (degrees)", placeholder: "azimuth °" }),
     el("input", { "data-k": "elevation", type: "number", step: "any", min: -90, max: 90, value: v.elevation ?? 0, title: "elevation (degrees)", placeholder: "elevation °" }),
-    el("input", { "data-k": "distance", type: "number", step: "any", min: 0.1, max: 100, value: v.distance ?? 1.7, title: "distance", placeholder: "distance" }),
-    removeButton(remove)), initial, "camera");
+    el("input", { "data-k": "distance", type: "number", step: "any", min: 0.1, max: 100, value: v.distance ?? distance, title: "distance", placeholder: "distance" }),
+    removeButton(remove)), initial, "camera", prop.maxItems);
   editor.prepend(el("div", { class: "columns" }, el("span", { text: "azimuth (°)" }), el("span", { text: "elevation (°)" }), el("span", { text: "distance" })));
   return editor;
 }
 
-function framesEditor(name) {
+function framesEditor(name, prop = {}) {
   let counter = 0;
   return listEditor(name, "frames", (v, remove) => {
     const key = `frame${counter++}`;
@@ -396,7 +426,7 @@ function framesEditor(name) {
     };
     kind.addEventListener("change", update); gen.addEventListener("change", update); update();
     return row;
-  }, [{ kind: "image", generate: true }], "frame");
+  }, [{ kind: "image", generate: true }], "frame", prop.maxItems);
 }
 
 // ---- collecting the request -------------------------------------------------------------------------------

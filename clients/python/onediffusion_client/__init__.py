@@ -6,6 +6,7 @@
     job.image().save("lighthouse.png")
 """
 
+from ._common import Page
 from .aio import AsyncBatch, AsyncClient, AsyncJob
 from .client import Batch, Client, Job
 from .errors import (
@@ -22,7 +23,7 @@ from .webhooks import WebhookVerificationError, verify_webhook
 __all__ = [
     "ApiError", "AsyncBatch", "AsyncClient", "AsyncJob", "Batch", "Box", "Camera", "CameraPose", "ClassSpec", "Client",
     "Conflict", "DepthInfo", "Detection", "Event", "FieldError", "Frame", "Intrinsics", "InvalidRequest", "Job",
-    "JobCanceled", "JobError", "JobFailed", "NotFound", "NotSupported", "OneDiffusionError", "Output", "Progress",
+    "JobCanceled", "JobError", "JobFailed", "NotFound", "NotSupported", "OneDiffusionError", "Output", "Page", "Progress",
     "RateLimited", "Segment", "TASKS", "Unauthorized", "Unavailable", "WaitTimeout", "Webhook",
     "WebhookVerificationError", "verify_webhook",
 ]

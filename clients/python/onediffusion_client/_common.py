@@ -206,13 +206,32 @@ def same_origin(url: str, base: str) -> bool:
 
 
 def list_body(body: Any) -> list[dict]:
-    """Jobs out of a `GET /v1/jobs` answer: a list, or an object holding one."""
+    """Items out of a `GET /v1/jobs` or `/v1/batches` answer: a list, or an object holding one."""
     if isinstance(body, list):
         return body
     for key in ("jobs", "items", "data"):
         if isinstance(body, dict) and isinstance(body.get(key), list):
             return body[key]
-    raise ValueError("unexpected answer from GET /v1/jobs")
+    raise ValueError("unexpected answer from a listing (GET /v1/jobs or /v1/batches)")
+
+
+class Page(list):
+    """One page of a listing: its items (a list), and `next_cursor` for the next page (None on the last)."""
+
+    def __init__(self, items: Iterable[Any] = (), next_cursor: Optional[str] = None):
+        super().__init__(items)
+        self.next_cursor = next_cursor
+
+
+def listing_params(limit: Optional[int], cursor: Optional[str], **filters: Any) -> dict:
+    """Query parameters of GET /v1/jobs or /v1/batches; None values left out."""
+    return {k: v for k, v in {"limit": limit, "cursor": cursor, **filters}.items() if v is not None}
+
+
+def submit_wait(timeout: Optional[float], on_progress: Any) -> Optional[int]:
+    """`Prefer: wait` for run(): none when progress is to be followed, since the API would hold its answer
+    until the job ends (no progress seen for a job that ends within the wait); the event stream instead."""
+    return None if on_progress is not None else prefer_wait(timeout)
 
 
 def next_cursor(body: Any) -> Optional[str]:

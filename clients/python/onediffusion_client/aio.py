@@ -75,7 +75,8 @@ class AsyncClient(AsyncTaskMethods):
     async def run(self, task: str, /, *, timeout: Optional[float] = None,
                   on_progress: Optional[Callable[[Progress], Any]] = None, idempotency_key: Optional[str] = None,
                   **fields: Any) -> Union["AsyncJob", "AsyncBatch"]:
-        handle = await self.submit(task, idempotency_key=idempotency_key, prefer_wait=c.prefer_wait(timeout), **fields)
+        handle = await self.submit(task, idempotency_key=idempotency_key, prefer_wait=c.submit_wait(timeout, on_progress),
+                                   **fields)
         if isinstance(handle, AsyncBatch):
             return await handle.wait(timeout=timeout, raise_on_failure=True)
         return await handle.wait(timeout=timeout, on_progress=on_progress)
@@ -89,22 +90,55 @@ class AsyncClient(AsyncTaskMethods):
     async def job(self, job_id: str) -> "AsyncJob":
         return AsyncJob(self, (await self._request("GET", f"/v1/jobs/{job_id}", idempotent=True)).json())
 
-    async def list_jobs(self, **params: Any) -> list["AsyncJob"]:
+    async def list_jobs(self, *, status: Optional[str] = None, task: Optional[str] = None, limit: Optional[int] = None,
+                        cursor: Optional[str] = None) -> "c.Page":
+        """As `Client.list_jobs`: one page, with `next_cursor`."""
+        body = await self._listing("/v1/jobs", c.listing_params(limit, cursor, status=status, task=task))
+        return c.Page([AsyncJob(self, item) for item in c.list_body(body)], c.next_cursor(body))
+
+    async def iter_jobs(self, *, status: Optional[str] = None, task: Optional[str] = None,
+                        page_size: int = 100) -> AsyncIterator["AsyncJob"]:
+        cursor = None
+        while True:
+            page = await self.list_jobs(status=status, task=task, limit=page_size, cursor=cursor)
+            for job in page:
+                yield job
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    async def list_batches(self, *, status: Optional[str] = None, limit: Optional[int] = None,
+                           cursor: Optional[str] = None) -> "c.Page":
+        body = await self._listing("/v1/batches", c.listing_params(limit, cursor, status=status))
+        return c.Page([AsyncBatch(self, item) for item in c.list_body(body)], c.next_cursor(body))
+
+    async def iter_batches(self, *, status: Optional[str] = None, page_size: int = 100) -> AsyncIterator["AsyncBatch"]:
+        cursor = None
+        while True:
+            page = await self.list_batches(status=status, limit=page_size, cursor=cursor)
+            for batch in page:
+                yield batch
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    async def _listing(self, path: str, params: dict) -> Any:
         try:
-            response = await self._request("GET", "/v1/jobs", idempotent=True,
-                                           params={k: v for k, v in params.items() if v is not None})
+            return (await self._request("GET", path, idempotent=True, params=params)).json()
         except ApiError as exc:
             if exc.status in (404, 405):
-                raise NotSupported(f"this server ({self.base_url}) cannot list jobs (GET /v1/jobs answered "
-                                   f"{exc.status}); keep the ids of the jobs you submit") from None
+                raise NotSupported(f"this server ({self.base_url}) cannot list {path.rsplit('/', 1)[-1]} (GET {path} answered "
+                                   f"{exc.status}); keep the ids of what you submit") from None
             raise
-        return [AsyncJob(self, body) for body in c.list_body(response.json())]
 
-    async def submit_batch(self, items: Iterable[Any], webhook: Union[Webhook, dict, None] = None) -> "AsyncBatch":
+    async def submit_batch(self, items: Iterable[Any], webhook: Union[Webhook, dict, None] = None, *,
+                           idempotency_key: Optional[str] = None) -> "AsyncBatch":
+        """As `Client.submit_batch`, with an idempotency key."""
         body: dict[str, Any] = {"items": [await aencode_images(item) for item in c.batch_items(items)]}
         if webhook is not None:
             body["webhook"] = c.to_json(webhook)
-        response = await self._request("POST", "/v1/batches", idempotent=False, retry_on=(429,), json=body)
+        headers = {"Idempotency-Key": idempotency_key or c.new_idempotency_key()}
+        response = await self._request("POST", "/v1/batches", idempotent=True, json=body, headers=headers)
         return AsyncBatch(self, response.json())
 
     async def batch(self, batch_id: str) -> "AsyncBatch":

@@ -84,9 +84,10 @@ class Client(TaskMethods):
 
     def run(self, task: str, /, *, timeout: Optional[float] = None, on_progress: Optional[Callable[[Progress], Any]] = None,
             idempotency_key: Optional[str] = None, **fields: Any) -> Union["Job", "Batch"]:
-        """Submit and wait for the end (`Prefer: wait`, then the event stream); raises JobFailed /
-        JobCanceled when the job (or, for num_outputs > 1, one of the batch's jobs) does not succeed."""
-        handle = self.submit(task, idempotency_key=idempotency_key, prefer_wait=c.prefer_wait(timeout), **fields)
+        """Submit and wait for the end (`Prefer: wait`, then the event stream; with `on_progress`, the event
+        stream from the start, so that every job reports its progress); raises JobFailed / JobCanceled when
+        the job (or, for num_outputs > 1, one of the batch's jobs) does not succeed."""
+        handle = self.submit(task, idempotency_key=idempotency_key, prefer_wait=c.submit_wait(timeout, on_progress), **fields)
         if isinstance(handle, Batch):
             return handle.wait(timeout=timeout, raise_on_failure=True)
         return handle.wait(timeout=timeout, on_progress=on_progress)
@@ -101,26 +102,57 @@ class Client(TaskMethods):
     def job(self, job_id: str) -> "Job":
         return Job(self, self._request("GET", f"/v1/jobs/{job_id}", idempotent=True).json())
 
-    def list_jobs(self, **params: Any) -> list["Job"]:
-        """Your recent jobs (`GET /v1/jobs`; query parameters such as `status` or `limit` pass through)."""
+    def list_jobs(self, *, status: Optional[str] = None, task: Optional[str] = None, limit: Optional[int] = None,
+                  cursor: Optional[str] = None) -> "c.Page":
+        """One page of your jobs, newest first (`GET /v1/jobs`): a list with `next_cursor` (pass it as
+        `cursor` for the next page; None on the last). `iter_jobs` follows the pages for you."""
+        body = self._listing("/v1/jobs", c.listing_params(limit, cursor, status=status, task=task))
+        return c.Page([Job(self, item) for item in c.list_body(body)], c.next_cursor(body))
+
+    def iter_jobs(self, *, status: Optional[str] = None, task: Optional[str] = None, page_size: int = 100) -> Iterator["Job"]:
+        """Every job of yours (that matches), newest first, page after page."""
+        cursor = None
+        while True:
+            page = self.list_jobs(status=status, task=task, limit=page_size, cursor=cursor)
+            yield from page
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def list_batches(self, *, status: Optional[str] = None, limit: Optional[int] = None,
+                     cursor: Optional[str] = None) -> "c.Page":
+        """One page of your batches, newest first (`GET /v1/batches`), paged like `list_jobs`."""
+        body = self._listing("/v1/batches", c.listing_params(limit, cursor, status=status))
+        return c.Page([Batch(self, item) for item in c.list_body(body)], c.next_cursor(body))
+
+    def iter_batches(self, *, status: Optional[str] = None, page_size: int = 100) -> Iterator["Batch"]:
+        cursor = None
+        while True:
+            page = self.list_batches(status=status, limit=page_size, cursor=cursor)
+            yield from page
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def _listing(self, path: str, params: dict) -> Any:
         try:
-            response = self._request("GET", "/v1/jobs", idempotent=True,
-                                     params={k: v for k, v in params.items() if v is not None})
+            return self._request("GET", path, idempotent=True, params=params).json()
         except ApiError as exc:
             if exc.status in (404, 405):
-                raise NotSupported(f"this server ({self.base_url}) cannot list jobs (GET /v1/jobs answered "
-                                   f"{exc.status}); keep the ids of the jobs you submit") from None
+                raise NotSupported(f"this server ({self.base_url}) cannot list {path.rsplit('/', 1)[-1]} (GET {path} answered "
+                                   f"{exc.status}); keep the ids of what you submit") from None
             raise
-        return [Job(self, body) for body in c.list_body(response.json())]
 
-    def submit_batch(self, items: Iterable[Any], webhook: Union[Webhook, dict, None] = None) -> "Batch":
+    def submit_batch(self, items: Iterable[Any], webhook: Union[Webhook, dict, None] = None, *,
+                     idempotency_key: Optional[str] = None) -> "Batch":
         """Queue many tasks at once: items are `{"task": ..., **fields}` dicts or `(task, fields)` pairs.
-        Validated as a whole (nothing is queued if one item is bad)."""
+        Validated as a whole (nothing is queued if one item is bad). Sent with an idempotency key (yours,
+        or a new one), so retries after 429 / 503 or a broken connection never make a second batch."""
         body: dict[str, Any] = {"items": [encode_images(item) for item in c.batch_items(items)]}
         if webhook is not None:
             body["webhook"] = c.to_json(webhook)
-        # a batch has no idempotency key: only 429 (nothing was queued) is retried
-        response = self._request("POST", "/v1/batches", idempotent=False, retry_on=(429,), json=body)
+        headers = {"Idempotency-Key": idempotency_key or c.new_idempotency_key()}
+        response = self._request("POST", "/v1/batches", idempotent=True, json=body, headers=headers)
         return Batch(self, response.json())
 
     def batch(self, batch_id: str) -> "Batch":

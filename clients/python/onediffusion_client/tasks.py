@@ -32,6 +32,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -44,13 +46,15 @@ class TaskMethods:
         Args:
             prompt: Prompt
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -59,7 +63,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'text-to-image', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'text-to-image', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def depth_to_image(
@@ -75,6 +79,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -88,13 +94,15 @@ class TaskMethods:
             image: The condition map
             prompt: Prompt
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -103,7 +111,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'depth-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'depth-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def canny_to_image(
@@ -119,6 +127,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -132,13 +142,15 @@ class TaskMethods:
             image: The condition map
             prompt: Prompt
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -147,7 +159,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'canny-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'canny-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def hed_to_image(
@@ -163,6 +175,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -176,13 +190,15 @@ class TaskMethods:
             image: The condition map
             prompt: Prompt
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -191,7 +207,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'hed-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'hed-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def pose_to_image(
@@ -207,6 +223,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -220,13 +238,15 @@ class TaskMethods:
             image: The condition map
             prompt: Prompt
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -235,7 +255,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'pose-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'pose-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def semantic_map_to_image(
@@ -252,6 +272,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -266,13 +288,15 @@ class TaskMethods:
             prompt: Prompt
             classes: Classes (at least 1 items, at most 20 items)
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -281,7 +305,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'semantic-map-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'semantic-map-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def boxes_to_image(
@@ -298,6 +322,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -312,13 +338,15 @@ class TaskMethods:
             prompt: Prompt
             classes: Classes (at least 1 items, at most 20 items)
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -327,7 +355,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'boxes-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'boxes-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def depth_estimation(
@@ -342,6 +370,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -355,13 +385,15 @@ class TaskMethods:
         Args:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -371,7 +403,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'depth-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'depth-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def edge_estimation(
@@ -386,6 +418,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         edge_type: Literal['canny', 'hed'] = 'canny',
         webhook: Union[Webhook, dict, None] = None,
@@ -400,13 +434,15 @@ class TaskMethods:
         Args:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             edge_type: Canny edges or soft HED edges
             webhook: Webhook(url, secret): called (signed) when the job ends
@@ -417,7 +453,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'edge-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, edge_type=edge_type, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'edge-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, edge_type=edge_type, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def pose_estimation(
@@ -432,6 +468,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -445,13 +483,15 @@ class TaskMethods:
         Args:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -461,7 +501,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'pose-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'pose-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def segmentation(
@@ -477,6 +517,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -491,13 +533,15 @@ class TaskMethods:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             classes: Classes (at least 1 items, at most 20 items)
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -507,7 +551,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'segmentation', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'segmentation', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def detection(
@@ -523,6 +567,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -537,13 +583,15 @@ class TaskMethods:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             classes: Classes (at least 1 items, at most 20 items)
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -553,7 +601,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'detection', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'detection', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def deblurring(
@@ -568,6 +616,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -581,13 +631,15 @@ class TaskMethods:
         Args:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -597,7 +649,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'deblurring', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'deblurring', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def inpainting(
@@ -613,6 +665,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -627,13 +681,15 @@ class TaskMethods:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             mask: Same aspect as the image; non-black pixels mark the region to fill
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -643,7 +699,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'inpainting', dict(image=image, mask=mask, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'inpainting', dict(image=image, mask=mask, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def image_editing(
@@ -659,6 +715,8 @@ class TaskMethods:
         guidance_scale: float = 3.2,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -672,13 +730,15 @@ class TaskMethods:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             prompt: The instruction
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; 60, as the reference's editing example (>= 1, <= 200)
             guidance_scale: 3.2, as the reference's editing example (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -687,7 +747,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'image-editing', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'image-editing', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def id_customization(
@@ -703,6 +763,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         reference_captions: Optional[Sequence[str]] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -717,13 +779,15 @@ class TaskMethods:
             images: 1 to 3 reference photos of one person (at least 1 items, at most 3 items)
             prompt: Caption of the image to make
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; 75, as the reference's ID customization examples (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             reference_captions: A caption per reference photo (30 to 75 words work best) (at most 3 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -733,7 +797,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'id-customization', dict(images=images, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, reference_captions=reference_captions, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'id-customization', dict(images=images, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, reference_captions=reference_captions, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def subject_driven(
@@ -750,6 +814,8 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         source_caption: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -765,13 +831,15 @@ class TaskMethods:
             item: What the subject is
             prompt: Caption of the image to make
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; 70, as the reference's subject-driven example (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             source_caption: Caption of the source photo
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -781,7 +849,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'subject-driven', dict(image=image, item=item, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, source_caption=source_caption, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'subject-driven', dict(image=image, item=item, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, source_caption=source_caption, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def image_to_multiview(
@@ -796,9 +864,9 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
-        focal_length: float = 1.3887,
         scale_factor: float = 1.0,
         scale_watershed: float = 1.0,
+        focal_length: float = 1.3887,
         prompt: Optional[str] = None,
         cameras: Sequence[Union[Camera, dict]] = None,
         webhook: Union[Webhook, dict, None] = None,
@@ -813,18 +881,18 @@ class TaskMethods:
         Args:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; 60, as the reference's multiview examples (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
-            focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
             scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
+            focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
             prompt: Optional caption (avoid describing the face)
-            cameras: One camera per view, input view first (at least 2 items, at most 64 items)
+            cameras: One camera per view, input view first (at least 2 items, at most 8 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -833,7 +901,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'image-to-multiview', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'image-to-multiview', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, prompt=prompt, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def text_to_multiview(
@@ -848,9 +916,9 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
-        focal_length: float = 1.3887,
         scale_factor: float = 1.0,
         scale_watershed: float = 1.0,
+        focal_length: float = 1.3887,
         cameras: Sequence[Union[Camera, dict]] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -864,17 +932,17 @@ class TaskMethods:
         Args:
             prompt: Prompt
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; 60, as the reference's multiview examples (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
-            focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
             scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
-            cameras: Cameras (at least 1 items, at most 64 items)
+            focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
+            cameras: Cameras (at least 1 items, at most 8 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -883,7 +951,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'text-to-multiview', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'text-to-multiview', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def camera_pose_estimation(
@@ -898,9 +966,9 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
-        focal_length: float = 1.3887,
         scale_factor: float = 1.0,
         scale_watershed: float = 1.0,
+        focal_length: float = 1.3887,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -912,18 +980,18 @@ class TaskMethods:
         """`POST /v1/camera-pose-estimation`: Camera poses of 2 or more photos of one scene: 4x4 camera-to-world matrices (OpenGL convention) relative to the first photo, with normalised intrinsics. As in the reference, the first photo's camera is given (the identity, the frame of reference) and the model generates the others' ray maps.
 
         Args:
-            images: 2 or more photos of one object or scene (at least 2 items, at most 64 items)
+            images: 2 or more photos of one object or scene (at least 2 items, at most 8 items)
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; 60, as the reference's multiview examples (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
-            focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
             scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
+            focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
             prompt: Prompt
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -933,7 +1001,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'camera-pose-estimation', dict(images=images, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'camera-pose-estimation', dict(images=images, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     def generate(
@@ -949,9 +1017,9 @@ class TaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
-        focal_length: float = 1.3887,
         scale_factor: float = 1.0,
         scale_watershed: float = 1.0,
+        focal_length: float = 1.3887,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -963,18 +1031,18 @@ class TaskMethods:
 
         Args:
             prompt: Prompt
-            frames: Frames (at least 1 items, at most 64 items)
+            frames: Frames (at least 1 items, at most 16 items)
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
-            focal_length: Focal Length (> 0.1, <= 10.0)
             scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
+            focal_length: Focal Length (> 0.1, <= 10.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -983,7 +1051,7 @@ class TaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'generate', dict(prompt=prompt, frames=frames, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'generate', dict(prompt=prompt, frames=frames, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
 
@@ -1002,6 +1070,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -1014,13 +1084,15 @@ class AsyncTaskMethods:
         Args:
             prompt: Prompt
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1029,7 +1101,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'text-to-image', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'text-to-image', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def depth_to_image(
@@ -1045,6 +1117,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -1058,13 +1132,15 @@ class AsyncTaskMethods:
             image: The condition map
             prompt: Prompt
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1073,7 +1149,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'depth-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'depth-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def canny_to_image(
@@ -1089,6 +1165,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -1102,13 +1180,15 @@ class AsyncTaskMethods:
             image: The condition map
             prompt: Prompt
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1117,7 +1197,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'canny-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'canny-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def hed_to_image(
@@ -1133,6 +1213,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -1146,13 +1228,15 @@ class AsyncTaskMethods:
             image: The condition map
             prompt: Prompt
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1161,7 +1245,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'hed-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'hed-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def pose_to_image(
@@ -1177,6 +1261,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -1190,13 +1276,15 @@ class AsyncTaskMethods:
             image: The condition map
             prompt: Prompt
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1205,7 +1293,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'pose-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'pose-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def semantic_map_to_image(
@@ -1222,6 +1310,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -1236,13 +1326,15 @@ class AsyncTaskMethods:
             prompt: Prompt
             classes: Classes (at least 1 items, at most 20 items)
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1251,7 +1343,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'semantic-map-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'semantic-map-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def boxes_to_image(
@@ -1268,6 +1360,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -1282,13 +1376,15 @@ class AsyncTaskMethods:
             prompt: Prompt
             classes: Classes (at least 1 items, at most 20 items)
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1297,7 +1393,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'boxes-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'boxes-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def depth_estimation(
@@ -1312,6 +1408,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -1325,13 +1423,15 @@ class AsyncTaskMethods:
         Args:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1341,7 +1441,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'depth-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'depth-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def edge_estimation(
@@ -1356,6 +1456,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         edge_type: Literal['canny', 'hed'] = 'canny',
         webhook: Union[Webhook, dict, None] = None,
@@ -1370,13 +1472,15 @@ class AsyncTaskMethods:
         Args:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             edge_type: Canny edges or soft HED edges
             webhook: Webhook(url, secret): called (signed) when the job ends
@@ -1387,7 +1491,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'edge-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, edge_type=edge_type, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'edge-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, edge_type=edge_type, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def pose_estimation(
@@ -1402,6 +1506,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -1415,13 +1521,15 @@ class AsyncTaskMethods:
         Args:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1431,7 +1539,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'pose-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'pose-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def segmentation(
@@ -1447,6 +1555,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -1461,13 +1571,15 @@ class AsyncTaskMethods:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             classes: Classes (at least 1 items, at most 20 items)
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1477,7 +1589,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'segmentation', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'segmentation', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def detection(
@@ -1493,6 +1605,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -1507,13 +1621,15 @@ class AsyncTaskMethods:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             classes: Classes (at least 1 items, at most 20 items)
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1523,7 +1639,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'detection', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'detection', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def deblurring(
@@ -1538,6 +1654,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -1551,13 +1669,15 @@ class AsyncTaskMethods:
         Args:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1567,7 +1687,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'deblurring', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'deblurring', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def inpainting(
@@ -1583,6 +1703,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -1597,13 +1719,15 @@ class AsyncTaskMethods:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             mask: Same aspect as the image; non-black pixels mark the region to fill
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1613,7 +1737,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'inpainting', dict(image=image, mask=mask, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'inpainting', dict(image=image, mask=mask, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def image_editing(
@@ -1629,6 +1753,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 3.2,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -1642,13 +1768,15 @@ class AsyncTaskMethods:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             prompt: The instruction
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; 60, as the reference's editing example (>= 1, <= 200)
             guidance_scale: 3.2, as the reference's editing example (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1657,7 +1785,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'image-editing', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'image-editing', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def id_customization(
@@ -1673,6 +1801,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         reference_captions: Optional[Sequence[str]] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -1687,13 +1817,15 @@ class AsyncTaskMethods:
             images: 1 to 3 reference photos of one person (at least 1 items, at most 3 items)
             prompt: Caption of the image to make
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; 75, as the reference's ID customization examples (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             reference_captions: A caption per reference photo (30 to 75 words work best) (at most 3 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1703,7 +1835,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'id-customization', dict(images=images, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, reference_captions=reference_captions, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'id-customization', dict(images=images, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, reference_captions=reference_captions, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def subject_driven(
@@ -1720,6 +1852,8 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
+        scale_factor: float = 1.0,
+        scale_watershed: float = 1.0,
         source_caption: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -1735,13 +1869,15 @@ class AsyncTaskMethods:
             item: What the subject is
             prompt: Caption of the image to make
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; 70, as the reference's subject-driven example (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
+            scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
+            scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             source_caption: Caption of the source photo
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1751,7 +1887,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'subject-driven', dict(image=image, item=item, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, source_caption=source_caption, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'subject-driven', dict(image=image, item=item, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, source_caption=source_caption, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def image_to_multiview(
@@ -1766,9 +1902,9 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
-        focal_length: float = 1.3887,
         scale_factor: float = 1.0,
         scale_watershed: float = 1.0,
+        focal_length: float = 1.3887,
         prompt: Optional[str] = None,
         cameras: Sequence[Union[Camera, dict]] = None,
         webhook: Union[Webhook, dict, None] = None,
@@ -1783,18 +1919,18 @@ class AsyncTaskMethods:
         Args:
             image: An image as base64, a data URI, or (through the API) an http(s) URL the gateway fetches; PNG, JPEG or WebP.
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; 60, as the reference's multiview examples (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
-            focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
             scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
+            focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
             prompt: Optional caption (avoid describing the face)
-            cameras: One camera per view, input view first (at least 2 items, at most 64 items)
+            cameras: One camera per view, input view first (at least 2 items, at most 8 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1803,7 +1939,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'image-to-multiview', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'image-to-multiview', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, prompt=prompt, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def text_to_multiview(
@@ -1818,9 +1954,9 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
-        focal_length: float = 1.3887,
         scale_factor: float = 1.0,
         scale_watershed: float = 1.0,
+        focal_length: float = 1.3887,
         cameras: Sequence[Union[Camera, dict]] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -1834,17 +1970,17 @@ class AsyncTaskMethods:
         Args:
             prompt: Prompt
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; 60, as the reference's multiview examples (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
-            focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
             scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
-            cameras: Cameras (at least 1 items, at most 64 items)
+            focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
+            cameras: Cameras (at least 1 items, at most 8 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1853,7 +1989,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'text-to-multiview', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'text-to-multiview', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def camera_pose_estimation(
@@ -1868,9 +2004,9 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
-        focal_length: float = 1.3887,
         scale_factor: float = 1.0,
         scale_watershed: float = 1.0,
+        focal_length: float = 1.3887,
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
@@ -1882,18 +2018,18 @@ class AsyncTaskMethods:
         """`POST /v1/camera-pose-estimation`: Camera poses of 2 or more photos of one scene: 4x4 camera-to-world matrices (OpenGL convention) relative to the first photo, with normalised intrinsics. As in the reference, the first photo's camera is given (the identity, the frame of reference) and the model generates the others' ray maps.
 
         Args:
-            images: 2 or more photos of one object or scene (at least 2 items, at most 64 items)
+            images: 2 or more photos of one object or scene (at least 2 items, at most 8 items)
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; 60, as the reference's multiview examples (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
-            focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
             scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
+            focal_length: Normalised focal length of every view (> 0.1, <= 10.0)
             prompt: Prompt
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
@@ -1903,7 +2039,7 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'camera-pose-estimation', dict(images=images, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'camera-pose-estimation', dict(images=images, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )
 
     async def generate(
@@ -1919,9 +2055,9 @@ class AsyncTaskMethods:
         guidance_scale: float = 4.0,
         seed: Optional[int] = None,
         noise_scale: float = 1.0,
-        focal_length: float = 1.3887,
         scale_factor: float = 1.0,
         scale_watershed: float = 1.0,
+        focal_length: float = 1.3887,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
         wait: bool = True,
@@ -1933,18 +2069,18 @@ class AsyncTaskMethods:
 
         Args:
             prompt: Prompt
-            frames: Frames (at least 1 items, at most 64 items)
+            frames: Frames (at least 1 items, at most 16 items)
             num_outputs: How many images to make (1 to 4). Above 1 the answer is a batch of that many jobs (202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); jobs of one shape run as one sampler batch (>= 1, <= 4)
-            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none.
+            negative_prompt: What to steer away from; defaults to the prompt guide's list. '' for none (in a form, where an empty field means unset, the two characters "")
             width: Output width in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             height: Output height in pixels (multiple of 16) (>= 64, <= 2048, multiple of 16)
             num_inference_steps: Denoising steps; the default 50 is the reference's (inference.py, demo) (>= 1, <= 200)
             guidance_scale: Classifier-free guidance; 1 or less turns it off (>= 0.0, <= 20.0)
             seed: Fixes the noise; random when omitted (>= 0, <= 9223372036854775807)
             noise_scale: Scales the sequence length that shifts the noise schedule (above 1: more steps at high noise). Goes beyond the reference, whose text-to-image ignores it (its image-conditioned tasks apply it); 1.0, the default, is the reference's behaviour everywhere (> 0.0, <= 4.0)
-            focal_length: Focal Length (> 0.1, <= 10.0)
             scale_factor: RoPE position scaling of the denoiser; 1.0 (the reference's default) is none. The reference's demo suggests 1.1 to 1.5 for more than three views (>= 1.0, <= 4.0)
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
+            focal_length: Focal Length (> 0.1, <= 10.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
             wait: run to the end (True) or return the queued job at once (False).
@@ -1953,5 +2089,5 @@ class AsyncTaskMethods:
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'generate', dict(prompt=prompt, frames=frames, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, focal_length=focal_length, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'generate', dict(prompt=prompt, frames=frames, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
         )

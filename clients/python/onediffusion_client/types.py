@@ -53,10 +53,12 @@ class Frame:
 
 @dataclass
 class Webhook:
-    """Where the service POSTs when a job (or batch item) ends; `secret` signs each call."""
+    """Where the service POSTs when a job (or batch item) ends; `secret` signs each call. `events`: any of
+    "started", "progress" (throttled by the server) and "completed" (the server's default)."""
 
     url: str
     secret: Optional[str] = None
+    events: Optional[list[str]] = None
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -1,0 +1,99 @@
+"""The webhook delivery log: every delivery of a job's or batch's webhook with its attempts, so an owner
+can see what was sent and how the receiver answered, and send one again (GET .../deliveries, POST
+.../deliveries/{id}/redeliver). Written when a delivery is queued and after each attempt; kept as long as
+results (RESULTS_TTL_S)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Optional
+
+from redis import Redis
+
+MAX_LISTED = 200  # the newest deliveries of one job or batch that a listing returns
+
+
+class DeliveryLog:
+    def __init__(self, redis: Redis, prefix: str, ttl_s: int):
+        self.redis = redis
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+
+    def _record_key(self, delivery_id: str) -> str:
+        return f"{self.prefix}:delivery:{delivery_id}"
+
+    def _owner_key(self, owner: str, owner_id: str) -> str:
+        return f"{self.prefix}:deliveries:{owner}:{owner_id}"
+
+    def queued(self, owner: str, owner_id: str, delivery_id: str, event: str, body: str) -> None:
+        """A delivery was queued (again, for a redelivery: its attempts go on counting)."""
+        now = time.time()
+        key = self._record_key(delivery_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hsetnx(key, "created_at", now)
+            pipe.hset(key, mapping={"id": delivery_id, "owner": owner, "owner_id": owner_id, "event": event,
+                                    "status": "pending", "body": body})
+            pipe.hsetnx(key, "attempts", 0)
+            pipe.expire(key, self.ttl_s)
+            pipe.zadd(self._owner_key(owner, owner_id), {delivery_id: now}, nx=True)
+            pipe.expire(self._owner_key(owner, owner_id), self.ttl_s)
+            pipe.execute()
+
+    def attempted(self, delivery_id: str, status: str, status_code: Optional[int] = None,
+                  error: Optional[str] = None, attempt: bool = True) -> None:
+        """The outcome of an attempt: delivered, retrying, failed (retries used up), refused (an unsafe
+        address) or skipped (no webhook any more)."""
+        key = self._record_key(delivery_id)
+        with self.redis.pipeline() as pipe:
+            if attempt:
+                pipe.hincrby(key, "attempts", 1)
+            pipe.hset(key, mapping={"status": status, "last_attempt_at": time.time(),
+                                    "last_status_code": "" if status_code is None else status_code,
+                                    "last_error": error or ""})
+            pipe.expire(key, self.ttl_s)
+            pipe.execute()
+
+    def get(self, owner: str, owner_id: str, delivery_id: str) -> Optional[dict]:
+        """The record (body included) of one delivery of this owner; None when there is none."""
+        raw = self.redis.hgetall(self._record_key(delivery_id))
+        record = {k.decode(): v.decode() for k, v in raw.items()}
+        if not record or record.get("owner") != owner or record.get("owner_id") != owner_id:
+            return None
+        return record
+
+    def list(self, owner: str, owner_id: str) -> list[dict]:
+        """The owner's deliveries, newest first, without their bodies."""
+        ids = [i.decode() for i in self.redis.zrevrange(self._owner_key(owner, owner_id), 0, MAX_LISTED - 1)]
+        with self.redis.pipeline() as pipe:
+            for delivery_id in ids:
+                pipe.hgetall(self._record_key(delivery_id))
+            found = pipe.execute()
+        return [view({k.decode(): v.decode() for k, v in raw.items()}) for raw in found if raw]
+
+
+def view(record: dict) -> dict:
+    """A delivery as its owner sees it (times as ISO 8601 UTC; no body)."""
+    def iso(value: str) -> Optional[str]:
+        if not value:
+            return None
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(float(value))) + f".{int(float(value) % 1 * 1000):03d}Z"
+
+    code = record.get("last_status_code", "")
+    return {
+        "id": record["id"],
+        "event": record.get("event", ""),
+        "status": record.get("status", "pending"),
+        "attempts": int(record.get("attempts", 0)),
+        "last_status_code": int(code) if code else None,
+        "last_error": record.get("last_error") or None,
+        "created_at": iso(record.get("created_at", "")),
+        "last_attempt_at": iso(record.get("last_attempt_at", "")),
+    }
+
+
+def event_of(body: str) -> str:
+    try:
+        return str(json.loads(body).get("event", ""))
+    except (ValueError, AttributeError):
+        return ""
