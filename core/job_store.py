@@ -424,7 +424,7 @@ class JobStore:
             if body.get("event", "").endswith(".progress"):  # progress calls are many per job, each its own
                 event_job = f"{event_job}:{((body.get('job') or {}).get('progress') or {}).get('step', '')}"
             delivery_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{owner}:{owner_id}:{body.get('event')}:{event_job}").hex
-            if not self.redis.set(f"{self.keys.prefix}:delivery:{delivery_id}", 1, nx=True, ex=self.settings.job_ttl_s):
+            if not self.redis.set(f"{self.keys.prefix}:delivery-queued:{delivery_id}", 1, nx=True, ex=self.settings.job_ttl_s):
                 return delivery_id  # this event was queued already
         text = json.dumps(body, separators=(",", ":"), sort_keys=True)
         self.deliveries.queued(owner, owner_id, delivery_id, str(body.get("event", "")), text)
