@@ -23,6 +23,8 @@ from core.logs import setup_logging
 from core.settings import Settings, get_settings
 from core.storage import open_store
 
+from .idle import QuietMaintenance, WakingScheduler, wake_scheduler
+
 log = logging.getLogger(__name__)
 
 
@@ -95,14 +97,44 @@ def run_gpu_worker(settings: Settings | None = None) -> None:
     supervise(numbered(settings, "gpu", build), logging_level=os.environ.get("RQ_LOG_LEVEL", "WARNING"))
 
 
-class ThreadWorker(SimpleWorker):
-    """A SimpleWorker that can run in a thread other than the main one: no signal handlers (the main
-    worker of the process takes SIGTERM) and a timer, not SIGALRM, for job timeouts."""
+DELIVERER_WAIT_S = 30  # an idle deliverer's workers wait this long in one blocking command
+
+
+class DeliveryWorker(QuietMaintenance, SimpleWorker):
+    """The deliverer's main RQ worker: waits for deliveries in one blocking command, runs the scheduler
+    of retries (which sleeps until its next job is due) and wakes it after each delivery, since a
+    delivery that failed schedules its retry and one to a busy host is put back for a second."""
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return DELIVERER_WAIT_S
+
+    def _start_scheduler(self, burst=False, logging_level="INFO", *args, **kwargs) -> None:
+        self.scheduler = WakingScheduler(self.queues, connection=self.connection, serializer=self.serializer,
+                                         logging_level=logging_level if logging_level is not None else self.log.level)
+        if self.scheduler.acquire_locks():
+            self.scheduler.start()
+
+    def execute_job(self, job, queue):
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            wake_scheduler(self.connection, queue)
+
+
+class ThreadWorker(DeliveryWorker):
+    """A deliverer worker that can run in a thread other than the main one: no signal handlers (the main
+    worker of the process takes SIGTERM), a timer, not SIGALRM, for job timeouts, and no maintenance
+    (the main worker does it)."""
 
     death_penalty_class = TimerDeathPenalty
 
     def _install_signal_handlers(self) -> None:
         pass
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        return False
 
 
 def _run_in_thread(make_worker, **work_kwargs) -> None:
@@ -155,7 +187,7 @@ def run_webhook_deliverer(settings: Settings | None = None) -> None:
         )
         helpers.start()
     try:
-        supervise(numbered(settings, "webhooks", builder(SimpleWorker)), with_scheduler=True, logging_level=level)
+        supervise(numbered(settings, "webhooks", builder(DeliveryWorker)), with_scheduler=True, logging_level=level)
     finally:
         if helpers is not None and helpers.is_alive():
             helpers.terminate()

@@ -52,18 +52,19 @@ def job_response(view: JobView, wait: Optional[int], replayed: bool = False) -> 
     return JSONResponse(view.model_dump(mode="json"), status_code=status, headers=headers)
 
 
-async def _submit_outputs(service, task: str, body, caller: Caller, idem: Optional[str],
-                          maybe_replay: bool) -> JSONResponse:
-    """`num_outputs` > 1: a batch of that many jobs differing only by seed (seed, seed+1, ...)."""
-    first = body.seed if body.seed is not None else secrets.randbelow(2**31)
+def _queue(service, settings, task: str, body, caller: Caller, idem: Optional[str],
+           maybe_replay: bool) -> tuple[Union[JobView, BatchView], bool]:
+    """Fetch the images given by URL (through the guard), then queue the job; `num_outputs` > 1 queues a
+    batch of that many jobs differing only by seed (seed, seed+1, ...). One trip to the thread pool."""
+    body = fetch_image_urls(body, settings)
     part = task_part(body, task)
+    if body.num_outputs <= 1:
+        return service.submit_once(task, part, caller.tenant, caller.key_id, body.webhook, body.output_format,
+                                   idem, True, maybe_replay)
+    first = body.seed if body.seed is not None else secrets.randbelow(2**31)
     items = [(task, part.model_copy(update={"seed": (first + i) % 2**63}), body.output_format)
              for i in range(body.num_outputs)]
-    view, replayed = await run_in_threadpool(
-        service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True, maybe_replay
-    )
-    headers = {"Location": view.urls["self"], **({REPLAY_HEADER: "true"} if replayed else {})}
-    return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)
+    return service.submit_batch_once(items, body.webhook, caller.tenant, caller.key_id, idem, True, maybe_replay)
 
 
 def _endpoint(task: str):
@@ -77,13 +78,10 @@ def _endpoint(task: str):
         wait = prefer_wait(request, settings.max_wait_s)
         maybe_replay = await run_in_threadpool(service.precheck, caller.tenant, caller.key_id, idem)
         body = await parse_request(request, model)
-        body = await run_in_threadpool(fetch_image_urls, body, settings)  # images given by URL, through the guard
-        if body.num_outputs > 1:
-            return await _submit_outputs(service, task, body, caller, idem, maybe_replay)
-        view, replayed = await run_in_threadpool(
-            service.submit_once, task, task_part(body, task), caller.tenant, caller.key_id, body.webhook,
-            body.output_format, idem, True, maybe_replay,
-        )
+        view, replayed = await run_in_threadpool(_queue, service, settings, task, body, caller, idem, maybe_replay)
+        if isinstance(view, BatchView):
+            headers = {"Location": view.urls["self"], **({REPLAY_HEADER: "true"} if replayed else {})}
+            return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)
         if wait:
             view = await wait_for(service, view.id, wait, caller.tenant)
         return job_response(view, wait, replayed)
