@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -186,20 +185,25 @@ class Load:
 
 
 def drive_hey(url: str, headers: dict, concurrency: int, seconds: float) -> Load:
-    body = json.dumps(BODY)
-    command = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json", "-d", body]
+    command = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json",
+               "-d", json.dumps(BODY), "-o", "csv"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
+    started = time.perf_counter()
     out = subprocess.run(command + [url + PATH], capture_output=True, text=True, check=True).stdout
-    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
-    total = float(re.search(r"Total:\s+([\d.]+) secs", out).group(1))
-
-    def percentile(p: int) -> float:
-        found = re.search(rf"\s{p}%% in ([\d.]+) secs", out) or re.search(rf"\s{p}% in ([\d.]+) secs", out)
-        return float(found.group(1)) * 1000 if found else float("nan")
-
+    elapsed = time.perf_counter() - started
+    rows = [line.split(",") for line in out.splitlines()[1:] if line]
+    latencies = sorted(float(row[0]) for row in rows)
+    codes: dict[int, int] = {}
+    for row in rows:
+        codes[int(row[6])] = codes.get(int(row[6]), 0) + 1
+    span = max((float(row[7]) + float(row[0]) for row in rows), default=elapsed)  # first send to last answer
     ok = codes.pop(202, 0)
-    return Load(ok, codes, total, percentile(50), percentile(99))
+    return Load(ok, codes, span, _percentile(latencies, 0.5), _percentile(latencies, 0.99))
+
+
+def _percentile(sorted_s: list[float], q: float) -> float:
+    return sorted_s[min(len(sorted_s) - 1, int(q * len(sorted_s)))] * 1000 if sorted_s else float("nan")
 
 
 def drive_asyncio(url: str, headers: dict, concurrency: int, seconds: float) -> Load:
@@ -222,9 +226,8 @@ def drive_asyncio(url: str, headers: dict, concurrency: int, seconds: float) -> 
             await asyncio.gather(*(client_loop() for _ in range(concurrency)))
             elapsed = time.perf_counter() - start
         latencies.sort()
-        pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")  # noqa: E731
         ok = codes.pop(202, 0)
-        return Load(ok, codes, elapsed, pick(0.5), pick(0.99))
+        return Load(ok, codes, elapsed, _percentile(latencies, 0.5), _percentile(latencies, 0.99))
 
     return asyncio.run(run())
 
