@@ -11,13 +11,16 @@ wakes it after scheduling one (a retry, a postponed delivery).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Optional
 
+from redis.exceptions import RedisError
 from rq.queue import Queue
 from rq.scheduler import RQScheduler
 from rq.utils import now
 
+log = logging.getLogger(__name__)
 FULL_MAINTENANCE_EVERY = 12  # intervals (MAINTENANCE_INTERVAL_S): a minute by default
 HEARTBEAT_EVERY_S = 20  # RQ's worker record, which lives worker_ttl + 60 s after each beat
 SCHEDULER_MAX_SLEEP_S = 30  # under the scheduler's lock lifetime (its interval + 60 s)
@@ -72,7 +75,7 @@ class _Stop(Exception):
 class WakingScheduler(RQScheduler):
     """RQ's scheduler that waits in BLPOP on its wake key until the next scheduled job is due (at most
     SCHEDULER_MAX_SLEEP_S), instead of polling every second; its lock and record are refreshed every
-    wake-up, well within their lifetime."""
+    HEARTBEAT_EVERY_S, well within their lifetime."""
 
     def request_stop(self, signum=None, frame=None):
         self._stop_requested = True
@@ -91,10 +94,13 @@ class WakingScheduler(RQScheduler):
         self._install_signal_handlers()
         try:
             self.register_birth()
+            beat = -float("inf")
             while not self._stop_requested:
                 if self.should_reacquire_locks:
                     self.acquire_locks()
-                self.heartbeat()
+                if time.monotonic() - beat >= HEARTBEAT_EVERY_S:  # the lock lives interval + 60 s
+                    self.heartbeat()
+                    beat = time.monotonic()
                 self.enqueue_scheduled_jobs()
                 wait = min(self.next_wait(), (self._pool_kwargs.get("socket_timeout") or 60) - 5)
                 keys = [wake_key(Queue.redis_queue_namespace_prefix + registry.name)
@@ -109,8 +115,12 @@ class WakingScheduler(RQScheduler):
 
 
 def wake_scheduler(connection, queue) -> None:
-    """Tell the queue's scheduler that a job may have been scheduled (its list holds one element)."""
-    with connection.pipeline(transaction=False) as pipe:
-        pipe.lpush(wake_key(queue.key), 1)
-        pipe.ltrim(wake_key(queue.key), 0, 0)
-        pipe.execute()
+    """Tell the queue's scheduler that a job may have been scheduled (its list holds one element). Best
+    effort: without it the scheduler still wakes within SCHEDULER_MAX_SLEEP_S."""
+    try:
+        with connection.pipeline(transaction=False) as pipe:
+            pipe.lpush(wake_key(queue.key), 1)
+            pipe.ltrim(wake_key(queue.key), 0, 0)
+            pipe.execute()
+    except RedisError as exc:
+        log.warning("could not wake the scheduler: %s", exc)
