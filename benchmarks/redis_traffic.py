@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
             time.sleep(10)
             figures["deliverer_idle"] = show("idle deliverer", window(redis, args.window), args.window, "s")
             service.start_worker(wait_ready=False)
-            service.wait_ready(1)  # the first worker's entry lapsed during the deliverer's window
+            service.wait_ready(1, timeout=300)  # the first worker's entry lapsed during the deliverer's window
             time.sleep(5)
             redis.config_resetstat()
             started = time.monotonic()
@@ -87,6 +87,9 @@ def main(argv=None) -> dict:
             figures["per_job_less_idle"] = (sum(found.values()) - background) / args.jobs
             print(f"  less the idle worker and deliverer over those {spent:.0f} s: "
                   f"{figures['per_job_less_idle']:.0f} commands/job")
+        except Exception:
+            print(service.logs())
+            raise
         finally:
             service.stop()
             server.stop()
