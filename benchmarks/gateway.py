@@ -10,7 +10,7 @@ commandstats, commands run inside scripts included) and round trips per submissi
 process: one per command or pipeline sent). Then each app in two processes against one (sharing one
 port), at the highest concurrency: the bare app's gain is what the machine leaves room for.
 
-    python -m benchmarks.gateway                    # c = 1, 8, 64; 5 s each (about 2 min)
+    python -m benchmarks.gateway                    # c = 1, 8, 64; 5 s each (2-3 min)
     python -m benchmarks.gateway --seconds 10 --concurrency 1 8 64 256
 """
 
