@@ -17,12 +17,11 @@ from typing import Optional
 from redis import Redis
 from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation
-from rq.group import Group
 from rq.job import Callback, Job
 
 from core.connection import wait_replicated
 from core import deliveries
-from core.job_store import JOB_FUNC, ON_FAILURE, JobNotFound, JobStore, new_id, now_iso
+from core.job_store import JOB_FUNC, ON_FAILURE, JobNotFound, JobStore, iso_time, new_id, now_iso
 from core.plan import QueuedPlan
 from core.provenance import input_echo
 from core.usage import Usage
@@ -52,7 +51,7 @@ def fingerprint(*parts) -> str:
 class JobService(JobStore):
     def __init__(self, redis: Redis, settings: Settings, store: Optional[ResultStore] = None):
         super().__init__(redis, settings)
-        self.quotas = Quotas(redis, self.keys, settings)
+        self.quotas = Quotas(redis, self.keys, settings, self.queue.key)
         self.store = store if store is not None else open_store(settings)
 
     # ---- submission ------------------------------------------------------------------------------------
@@ -91,37 +90,24 @@ class JobService(JobStore):
         except UnsafeWebhook as exc:
             raise TaskInputError(field, str(exc)) from None
 
-    def admit(self, tenant: str, key_id: str, new_jobs: int) -> None:
-        """Rate, tenant quota and queue bound (429s), before anything is queued."""
-        self.quotas.check_rate(key_id)
-        self.quotas.check_queue(self.queue.count, new_jobs)
-        self.quotas.check_active(tenant, new_jobs)
-
-    def admission(self):
-        """The section where a submission checks the queue bound and tenant quota and enqueues: one at a
-        time across every API process (a Redis lock), so the bounds hold exactly under concurrent load."""
-        return self.redis.lock(f"{self.keys.prefix}:admission", timeout=10, sleep=0.002, blocking_timeout=10)
-
-    def _admit_locked(self, tenant: str, new_jobs: int) -> None:
-        self.quotas.check_queue(self.queue.count, new_jobs)
-        self.quotas.check_active(tenant, new_jobs)
-
-    def is_replay(self, tenant: str, key: Optional[str]) -> bool:
-        """Whether an Idempotency-Key already names a job or batch of this tenant: its replay creates no
-        work, so it is not held to the rate, quota and queue bounds (the fingerprint is checked later)."""
-        names = [self._idempotent(kind, tenant, key) for kind in ("job", "batch")] if key else []
-        return bool(names) and bool(self.redis.exists(*names))
+    def precheck(self, tenant: str, key_id: str, idempotency_key: Optional[str], new_jobs: int = 1) -> bool:
+        """Before the body is read: True when the Idempotency-Key already names a job or batch of this
+        tenant (its replay creates no work, so it is not held to the limits; the fingerprint is checked
+        later); else the rate is counted and a refused limit raises its 429 (app/quotas.py)."""
+        names = (self._idempotent("job", tenant, idempotency_key), self._idempotent("batch", tenant, idempotency_key))
+        return self.quotas.precheck(tenant, key_id, names, new_jobs)
 
     def _idempotent(self, kind: str, tenant: str, key: Optional[str]) -> Optional[str]:
         """One Idempotency-Key space per tenant for jobs and batches alike: a key used for a job and then
         for a batch (or the other way) is a different request, 409."""
         return self.keys.idempotency(f"{tenant}:{key}") if key else None
 
-    def _replayed_id(self, idem: Optional[str], fp: str, kind: str) -> Optional[str]:
-        """The id stored under an Idempotency-Key, if any; 409 when it was used for another request."""
+    def _replayed_id(self, idem: Optional[str], fp: str, kind: str, raw: Optional[bytes] = None) -> Optional[str]:
+        """The id stored under an Idempotency-Key (`raw`: the record, when already read), if any; 409 when
+        it was used for another request."""
         if not idem:
             return None
-        raw = self.redis.get(idem)
+        raw = raw if raw is not None else self.redis.get(idem)
         if raw is None:
             return None
         record = json.loads(raw)
@@ -130,6 +116,29 @@ class JobService(JobStore):
                            f"this Idempotency-Key was used for a different request ({record['id']}); "
                            "send a new key for a new request")
         return record["id"]
+
+    def _writes(self):
+        """A pipeline that only collects commands: a submission's writes, which the admission script
+        applies only when the bounds hold (`execute` is a no-op, should RQ call it)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.execute = lambda raise_on_error=True: []
+        return pipe
+
+    def _commit(self, tenant: str, idem: Optional[str], new_jobs: int, pipe):
+        return self.quotas.commit(tenant, idem, new_jobs, [args for args, _ in pipe.command_stack])
+
+    def _queued_view(self, job: Job, position: int) -> JobView:
+        """What `view` answers for a job this process has just queued, built from what it queued rather
+        than read back."""
+        meta = job.meta or {}
+        return JobView(
+            id=job.id, task=meta.get("task", ""), status="queued", queue_position=position,
+            created_at=meta.get("created_at") or iso_time(job.created_at), warnings=list(meta.get("warnings", [])),
+            attempts=int(meta.get("attempts", 0)), batch_id=meta.get("batch_id"),
+            urls={"self": self.url(f"/v1/jobs/{job.id}"), "cancel": self.url(f"/v1/jobs/{job.id}/cancel"),
+                  "events": self.url(f"/v1/jobs/{job.id}/events")},
+            input=meta.get("input") or {},
+        )
 
     def submit(
         self,
@@ -154,12 +163,14 @@ class JobService(JobStore):
         output_format: str = "png",
         idempotency_key: Optional[str] = None,
         admitted: bool = False,
+        maybe_replay: bool = True,
     ) -> tuple[JobView, bool]:
         """(the job, whether it is a replay of an earlier submission with the same Idempotency-Key).
-        `admitted`: the caller already ran `admit` (the rate is counted once)."""
+        `admitted`: the caller ran `precheck` (the rate is counted once); `maybe_replay`: False when that
+        precheck found no replay (the key is read only in the admission step then)."""
         idem = self._idempotent("job", tenant, idempotency_key)
         fp = fingerprint(task, request, webhook, output_format) if idem else ""
-        replayed = self._replayed_id(idem, fp, "job")
+        replayed = self._replayed_id(idem, fp, "job") if maybe_replay else None
         if replayed:
             return self.view(replayed, tenant=tenant), True
         request, plan = self._prepare(request)
@@ -170,22 +181,19 @@ class JobService(JobStore):
         meta = {"tenant": tenant, "key_id": key_id, "webhook": webhook.model_dump() if webhook else None,
                 "output_format": output_format}
         data = self._job_data(task, request, plan, meta, job_id)
-        with self.admission():
-            replayed = self._replayed_id(idem, fp, "job")
-            if replayed:
-                return self.view(replayed, tenant=tenant), True
-            self._admit_locked(tenant, 1)
-            with self.redis.pipeline() as pipe:  # MULTI/EXEC: the key, the quota entry and the job, or none
-                if idem:
-                    pipe.set(idem, json.dumps({"id": job_id, "fingerprint": fp}), ex=self.settings.job_ttl_s)
-                self.quotas.added(tenant, [job_id], pipe)
-                listing.add(pipe, self.keys.prefix, "jobs", tenant, [job_id], self.settings.job_ttl_s)
-                self.queue.enqueue_many([data], pipeline=pipe)
-                pipe.execute()
+        writes = self._writes()
+        if idem:
+            writes.set(idem, json.dumps({"id": job_id, "fingerprint": fp}), ex=self.settings.job_ttl_s)
+        self.quotas.added(tenant, [job_id], writes)
+        listing.add(writes, self.keys.prefix, "jobs", tenant, [job_id], self.settings.job_ttl_s)
+        (job,) = self.queue.enqueue_many([data], pipeline=writes)
+        self.metrics.inc("jobs_submitted_total", {"task": task}, pipe=writes)
+        decision = self._commit(tenant, idem, 1, writes)
+        if decision.outcome == "replay":  # the same key won a race with this submission
+            return self.view(self._replayed_id(idem, fp, "job", decision.value), tenant=tenant), True
         wait_replicated(self.redis, self.settings)  # a 202 then survives the master's loss
-        self.metrics.inc("jobs_submitted_total", {"task": task})
         log.info("job queued", extra={"job_id": job_id, "task": task, "bucket": plan.bucket, "tenant": tenant})
-        return self.view(job_id), False
+        return self._queued_view(job, int(decision.value) - 1), False
 
     def submit_batch(
         self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str,
@@ -195,13 +203,14 @@ class JobService(JobStore):
 
     def submit_batch_once(
         self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str,
-        idempotency_key: Optional[str] = None, admitted: bool = False, request_fingerprint: Optional[str] = None,
+        idempotency_key: Optional[str] = None, admitted: bool = False, maybe_replay: bool = True,
+        request_fingerprint: Optional[str] = None,
     ) -> tuple[BatchView, bool]:
         """`request_fingerprint`: what identifies the request for its Idempotency-Key when the items carry
         values the server drew (num_outputs' seeds), so that an identical retry is a replay, not a 409."""
         idem = self._idempotent("batch", tenant, idempotency_key)
         fp = (request_fingerprint or fingerprint([[task, request, fmt] for task, request, fmt in items], webhook)) if idem else ""
-        replayed = self._replayed_id(idem, fp, "batch")
+        replayed = self._replayed_id(idem, fp, "batch") if maybe_replay else None
         if replayed:
             return self.batch_view(replayed, tenant=tenant), True
         prepared = []
@@ -226,25 +235,29 @@ class JobService(JobStore):
             "job_ids": json.dumps(job_ids),
             "webhook": json.dumps(webhook.model_dump() if webhook else None),
         }
-        with self.admission():
-            replayed = self._replayed_id(idem, fp, "batch")
-            if replayed:
-                return self.batch_view(replayed, tenant=tenant), True
-            self._admit_locked(tenant, len(prepared))
-            with self.redis.pipeline() as pipe:
-                if idem:
-                    pipe.set(idem, json.dumps({"id": batch_id, "fingerprint": fp}), ex=self.settings.job_ttl_s)
-                pipe.hset(self.keys.batch(batch_id), mapping=record)
-                pipe.expire(self.keys.batch(batch_id), self.settings.job_ttl_s)
-                self.quotas.added(tenant, job_ids, pipe)
-                listing.add(pipe, self.keys.prefix, "jobs", tenant, job_ids, self.settings.job_ttl_s)
-                listing.add(pipe, self.keys.prefix, "batches", tenant, [batch_id], self.settings.job_ttl_s)
-                Group.create(self.redis, name=batch_id).enqueue_many(self.queue, datas, pipeline=pipe)
-        wait_replicated(self.redis, self.settings)
+        writes = self._writes()
+        if idem:
+            writes.set(idem, json.dumps({"id": batch_id, "fingerprint": fp}), ex=self.settings.job_ttl_s)
+        writes.hset(self.keys.batch(batch_id), mapping=record)
+        writes.expire(self.keys.batch(batch_id), self.settings.job_ttl_s)
+        self.quotas.added(tenant, job_ids, writes)
+        listing.add(writes, self.keys.prefix, "jobs", tenant, job_ids, self.settings.job_ttl_s)
+        listing.add(writes, self.keys.prefix, "batches", tenant, [batch_id], self.settings.job_ttl_s)
+        # no RQ Group: the batch record above tracks the items, and RQ's maintenance walks every group
+        jobs = self.queue.enqueue_many(datas, pipeline=writes)
         for task, *_ in prepared:
-            self.metrics.inc("jobs_submitted_total", {"task": task})
+            self.metrics.inc("jobs_submitted_total", {"task": task}, pipe=writes)
+        decision = self._commit(tenant, idem, len(prepared), writes)
+        if decision.outcome == "replay":
+            return self.batch_view(self._replayed_id(idem, fp, "batch", decision.value), tenant=tenant), True
+        wait_replicated(self.redis, self.settings)
         log.info("batch queued", extra={"batch_id": batch_id, "jobs": len(job_ids), "tenant": tenant})
-        return self.batch_view(batch_id), False
+        first = int(decision.value) - len(jobs)
+        views = [self._queued_view(job, first + i) for i, job in enumerate(jobs)]
+        counts = {s: 0 for s in ("queued", "running", "succeeded", "failed", "canceled")}
+        counts["queued"] = len(views)
+        return BatchView(id=batch_id, status="running", created_at=record["created_at"], counts=counts, jobs=views,
+                         urls={"self": self.url(f"/v1/batches/{batch_id}")}), False
 
     # ---- reading ---------------------------------------------------------------------------------------------
     # ---- listing -----------------------------------------------------------------------------------------------

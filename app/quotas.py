@@ -1,10 +1,27 @@
-"""Admission limits, checked before a job is queued: a request rate per API key, a number of active
-(queued or running) jobs per tenant, and a bound on the whole queue. Each answers 429 with Retry-After.
-A job leaves its tenant's active set when it ends (core/job_store.py)."""
+"""Admission limits: a request rate per API key, a number of active (queued or running) jobs per tenant,
+a bound on the whole queue, and Idempotency-Key replays. Each limit answers 429 with Retry-After.
+
+The decisions are Redis scripts over per-tenant keys, so every API process decides alone and the
+bounds stay exact under concurrency (a script runs atomically; no lock is shared between submissions):
+
+- `precheck`, before the body is read (cheapest first): a replay passes; else the key's rate is counted
+  and the queue and tenant bounds are looked at. One round trip.
+- `commit`, with the job records ready: the Idempotency-Key, queue bound and tenant quota are checked
+  again and, when they hold, the submission's writes (the job records and RQ's queue entries, the
+  tenant's active set, the listing, the key) are applied in the same script. One round trip: nothing is
+  reserved that a crash could leak, and no job is queued that the bounds refuse.
+
+A tenant's active jobs are a set of job ids: SCARD is O(1) and the end-of-job hook's SREM is idempotent
+(a retried hook cannot count a job twice, which a counter would). Should a hook be missed (a job
+record that expired), the scripts drop ended ids, but only when the count would refuse: accepting a
+job never reads the set's members.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 from redis import Redis
 from rq.job import Job
@@ -14,62 +31,173 @@ from core.settings import Settings
 
 from .exceptions import ApiError
 
-_ACTIVE = ("queued", "started", "deferred", "scheduled")
+RATE_WINDOW_S = 60
+JOB_PREFIX = Job.redis_job_namespace_prefix  # RQ's job records: <prefix><job id>
+
+# The tenant's active count, repaired when it would refuse: ids of jobs that ended without their hook or
+# whose record expired are dropped (at most the limit's worth of reads, and only on that path).
+_ACTIVE = """
+local function active_jobs(set, job_prefix, n, limit)
+  local count = redis.call('SCARD', set)
+  if count + n <= limit then return count end
+  count = 0
+  for _, id in ipairs(redis.call('SMEMBERS', set)) do
+    local status = redis.call('HGET', job_prefix .. id, 'status')
+    if status == 'queued' or status == 'started' or status == 'deferred' or status == 'scheduled' then
+      count = count + 1
+    else
+      redis.call('SREM', set, id)
+    end
+  end
+  return count
+end
+"""
+
+# KEYS: job replay key, batch replay key ('' = none), rate counter, queue, tenant's active set
+# ARGV: rate limit, queue limit, active limit, new jobs, rate counter lifetime (s), job key prefix
+# (limit 0 = none)
+_PRECHECK = _ACTIVE + """
+for i = 1, 2 do
+  if KEYS[i] ~= '' and redis.call('EXISTS', KEYS[i]) == 1 then return {'replay', 0} end
+end
+local rate = tonumber(ARGV[1])
+if rate > 0 then
+  local count = redis.call('INCR', KEYS[3])
+  if count == 1 then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
+  if count > rate then return {'rate', count} end
+end
+local n = tonumber(ARGV[4])
+local depth = tonumber(ARGV[2])
+if depth > 0 then
+  local queued = redis.call('LLEN', KEYS[4])
+  if queued + n > depth then return {'queue', queued} end
+end
+local quota = tonumber(ARGV[3])
+if quota > 0 then
+  local active = active_jobs(KEYS[5], ARGV[6], n, quota)
+  if active + n > quota then return {'quota', active} end
+end
+return {'ok', 0}
+"""
+
+# KEYS: replay key ('' = none), queue, tenant's active set
+# ARGV: queue limit, active limit, new jobs, job key prefix, then the writes: their count, then per write
+# its argument count and arguments. The writes name keys beside KEYS (RQ's job records); RQ needs a
+# single Redis, not a cluster, so every key is on this server.
+_COMMIT = _ACTIVE + """
+if KEYS[1] ~= '' then
+  local held = redis.call('GET', KEYS[1])
+  if held then return {'replay', held} end
+end
+local n = tonumber(ARGV[3])
+local depth = tonumber(ARGV[1])
+if depth > 0 then
+  local queued = redis.call('LLEN', KEYS[2])
+  if queued + n > depth then return {'queue', queued} end
+end
+local quota = tonumber(ARGV[2])
+if quota > 0 then
+  local active = active_jobs(KEYS[3], ARGV[4], n, quota)
+  if active + n > quota then return {'quota', active} end
+end
+local at = 6
+for _ = 1, tonumber(ARGV[5]) do
+  local argc = tonumber(ARGV[at])
+  redis.call(unpack(ARGV, at + 1, at + argc))
+  at = at + argc + 1
+end
+return {'ok', redis.call('LLEN', KEYS[2])}
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A script's answer: `ok`, `replay` (value: the stored record, at commit), or the limit that refused
+    (`rate`, `queue`, `quota`; value: the count it saw)."""
+
+    outcome: str
+    value: object = None
 
 
 class Quotas:
-    def __init__(self, redis: Redis, keys: Keys, settings: Settings):
+    def __init__(self, redis: Redis, keys: Keys, settings: Settings, queue_key: str):
         self.redis = redis
         self.keys = keys
         self.settings = settings
+        self.queue_key = queue_key  # RQ's list of the inference queue
+        self._precheck = redis.register_script(_PRECHECK)
+        self._commit = redis.register_script(_COMMIT)
+        self._encode = redis.connection_pool.get_encoder().encode
+
+    # ---- the two admission steps -------------------------------------------------------------------------
+    def precheck(self, tenant: str, key_id: str, replay_keys: tuple[Optional[str], Optional[str]],
+                 new_jobs: int) -> bool:
+        """Before the body: True when one of `replay_keys` (the job and batch Idempotency-Keys) is held (a
+        replay creates no work, so it is not held to the limits); else counts the rate and raises the
+        429 of the first limit that refuses."""
+        outcome, value = self._precheck(
+            keys=[*(name or "" for name in replay_keys), self._rate_key(key_id), self.queue_key,
+                  self.keys.active_jobs(tenant)],
+            args=[self.settings.rate_limit_per_minute, self.settings.max_queue_depth,
+                  self.settings.max_active_jobs_per_tenant, new_jobs, RATE_WINDOW_S * 2, JOB_PREFIX],
+        )
+        decision = Decision(outcome.decode(), value)
+        if decision.outcome == "replay":
+            return True
+        self.refuse(decision)
+        return False
+
+    def commit(self, tenant: str, replay_key: Optional[str], new_jobs: int, writes: list[tuple]) -> Decision:
+        """Check the replay key, queue bound and tenant quota and, when they hold, apply `writes` (redis
+        commands as argument tuples), all in one atomic step. `ok` carries the queue length after it;
+        `replay` the record stored under the key; a refusal raises its 429."""
+        flat: list = [len(writes)]
+        for command in writes:
+            flat.append(len(command))
+            flat.extend(self._encode(arg) for arg in command)
+        outcome, value = self._commit(
+            keys=[replay_key or "", self.queue_key, self.keys.active_jobs(tenant)],
+            args=[self.settings.max_queue_depth, self.settings.max_active_jobs_per_tenant, new_jobs, JOB_PREFIX, *flat],
+        )
+        decision = Decision(outcome.decode(), value)
+        self.refuse(decision)
+        return decision
+
+    # ---- answers -------------------------------------------------------------------------------------------
+    def refuse(self, decision: Decision) -> None:
+        """The 429 of a refusing decision (nothing for `ok` or `replay`)."""
+        if decision.outcome == "rate":
+            limit = self.settings.rate_limit_per_minute
+            retry = RATE_WINDOW_S - int(time.time() % RATE_WINDOW_S)
+            raise ApiError(429, "rate_limited", f"more than {limit} submissions a minute for this key; retry in {retry} s",
+                           {"Retry-After": str(retry)})
+        if decision.outcome == "queue":
+            raise ApiError(429, "queue_full", f"the service queue is full ({decision.value} jobs waiting); retry later",
+                           {"Retry-After": "30"})
+        if decision.outcome == "quota":
+            limit = self.settings.max_active_jobs_per_tenant
+            raise ApiError(429, "quota_exceeded",
+                           f"this tenant has {decision.value} queued or running jobs and the limit is {limit}; "
+                           "wait for some to finish", {"Retry-After": "10"})
 
     def check_rate(self, key_id: str) -> None:
+        """Count one submission against the key's rate alone (callers that skip `precheck`)."""
         limit = self.settings.rate_limit_per_minute
         if limit <= 0:
             return
-        window = int(time.time() // 60)
-        counter = f"{self.keys.prefix}:rate:{key_id}:{window}"
         with self.redis.pipeline() as pipe:
-            pipe.incr(counter)
-            pipe.expire(counter, 120)
+            pipe.incr(self._rate_key(key_id))
+            pipe.expire(self._rate_key(key_id), RATE_WINDOW_S * 2)
             count, _ = pipe.execute()
         if count > limit:
-            retry = 60 - int(time.time() % 60)
-            raise ApiError(429, "rate_limited", f"more than {limit} submissions a minute for this key; retry in {retry} s",
-                           {"Retry-After": str(retry)})
+            self.refuse(Decision("rate", count))
 
-    def _prune(self, tenant: str) -> int:
-        """Drop ids of jobs that ended or expired (a missed end-of-job hook must not block a tenant)."""
-        key = self.keys.active_jobs(tenant)
-        ids = [i.decode() for i in self.redis.smembers(key)]
-        with self.redis.pipeline() as pipe:
-            for job_id in ids:
-                pipe.hget(Job.key_for(job_id), "status")
-            statuses = pipe.execute()
-        stale = [i for i, s in zip(ids, statuses) if s is None or s.decode() not in _ACTIVE]
-        if stale:
-            self.redis.srem(key, *stale)
-        return len(ids) - len(stale)
+    def _rate_key(self, key_id: str) -> str:
+        """A fixed window per key and minute."""
+        return f"{self.keys.prefix}:rate:{key_id}:{int(time.time() // RATE_WINDOW_S)}"
 
-    def check_active(self, tenant: str, new_jobs: int) -> None:
-        limit = self.settings.max_active_jobs_per_tenant
-        if limit <= 0:
-            return
-        active = self.redis.scard(self.keys.active_jobs(tenant))
-        if active + new_jobs > limit:
-            active = self._prune(tenant)
-        if active + new_jobs > limit:
-            raise ApiError(429, "quota_exceeded",
-                           f"this tenant has {active} queued or running jobs and the limit is {limit}; "
-                           "wait for some to finish", {"Retry-After": "10"})
-
-    def check_queue(self, queue_length: int, new_jobs: int) -> None:
-        limit = self.settings.max_queue_depth
-        if limit > 0 and queue_length + new_jobs > limit:
-            raise ApiError(429, "queue_full", f"the service queue is full ({queue_length} jobs waiting); retry later",
-                           {"Retry-After": "30"})
-
-    def added(self, tenant: str, job_ids: list[str], pipe=None) -> None:
-        target = pipe if pipe is not None else self.redis
-        target.sadd(self.keys.active_jobs(tenant), *job_ids)
-        target.expire(self.keys.active_jobs(tenant), self.settings.results_ttl_s)
+    # ---- the tenant's active set ---------------------------------------------------------------------------
+    def added(self, tenant: str, job_ids: list[str], pipe) -> None:
+        """Count new jobs as active (inside the submission's writes)."""
+        pipe.sadd(self.keys.active_jobs(tenant), *job_ids)
+        pipe.expire(self.keys.active_jobs(tenant), self.settings.results_ttl_s)

@@ -43,8 +43,8 @@ class Metrics:
         self.redis = redis
         self.key = keys.metrics
 
-    def inc(self, name: str, labels: dict, value: float = 1) -> None:
-        self.redis.hincrbyfloat(self.key, name + _labels(labels), value)
+    def inc(self, name: str, labels: dict, value: float = 1, pipe=None) -> None:
+        (pipe if pipe is not None else self.redis).hincrbyfloat(self.key, name + _labels(labels), value)
 
     def observe(self, name: str, labels: dict, value: float, pipe=None) -> None:
         target = pipe if pipe is not None else self.redis.pipeline()

@@ -29,6 +29,7 @@ from core.redis_errors import is_transient
 from core.settings import Settings
 
 from .execution import Executor, WorkItem
+from .idle import QuietMaintenance
 from .model_host import worker_info
 from .watchdog import for_batch_worker
 
@@ -86,6 +87,7 @@ class Heartbeat(threading.Thread):
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.running: dict[str, tuple[Job, Execution]] = {}
+        self.beats_sent = 0
 
     def track(self, job: Job, execution: Execution) -> None:
         with self.lock:
@@ -100,10 +102,10 @@ class Heartbeat(threading.Thread):
         ttl = worker.settings.heartbeat_ttl_s
         with self.lock:
             running = list(self.running.values())
-        with worker.connection.pipeline() as pipe:
+        with worker.connection.pipeline(transaction=False) as pipe:  # no MULTI/EXEC: nothing here needs it
             pipe.zadd(worker.keys.workers, {worker.name: time.time()})
             pipe.expire(worker.keys.workers, ttl * 10)
-            if worker.info:
+            if worker.info and self.beats_sent % 10 == 0:  # it lives 40 beats: every 10th is enough
                 pipe.hset(worker.keys.worker_info(worker.name), mapping=worker.info)
                 pipe.expire(worker.keys.worker_info(worker.name), ttl * 10)
             if running:  # RQ's own worker heartbeat only once it is registered and working
@@ -112,6 +114,7 @@ class Heartbeat(threading.Thread):
                 execution.heartbeat(job.started_job_registry, ttl, pipeline=pipe)
                 job.heartbeat(now(), ttl, pipeline=pipe, xx=True)
             pipe.execute()
+        self.beats_sent += 1
 
     def run(self) -> None:
         while True:
@@ -123,7 +126,7 @@ class Heartbeat(threading.Thread):
                 return
 
 
-class BatchWorker(SimpleWorker):
+class BatchWorker(QuietMaintenance, SimpleWorker):
     def __init__(self, queues, connection, executor: Executor, settings: Settings, name: Optional[str] = None):
         self.settings = settings
         super().__init__(

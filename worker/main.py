@@ -26,6 +26,8 @@ from core.storage import open_store, wait_until_writable
 
 from .maintenance import PromptMaintenance
 
+from .idle import QuietMaintenance, WakingScheduler, wake_scheduler
+
 log = logging.getLogger(__name__)
 
 
@@ -115,24 +117,45 @@ def run_gpu_worker(settings: Settings | None = None) -> None:
     supervise(numbered(settings, "gpu", build), logging_level=os.environ.get("RQ_LOG_LEVEL", "WARNING"))
 
 
-class DeliveryWorker(PromptMaintenance, SimpleWorker):
-    """The deliverer's RQ worker. A delivery in progress is not heartbeaten (SimpleWorker runs it itself,
-    with no work horse to watch), so its entry in the started registry lasts one attempt's deadline and a
-    little more: the delivery of a killed deliverer is retried that long after it started, not 90 s later."""
+DELIVERER_WAIT_S = 30  # an idle deliverer's workers wait this long in one blocking command
+
+
+class DeliveryWorker(QuietMaintenance, PromptMaintenance, SimpleWorker):
+    """The deliverer's main RQ worker: waits for deliveries in one blocking command, runs the scheduler of
+    retries (which sleeps until its next job is due, and ends with this process) and wakes it after each
+    delivery, since a delivery that failed schedules its retry and one to a busy host is put back for a
+    second. A delivery in progress is not heartbeaten (SimpleWorker runs it itself, with no work horse to
+    watch), so its entry in the started registry lasts one attempt's deadline and a little more: the
+    delivery of a killed deliverer is retried that long after it started, not 90 s later."""
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return DELIVERER_WAIT_S
 
     def get_heartbeat_ttl(self, job) -> int:
         settings = get_settings()
         return int(max(settings.heartbeat_ttl_s, settings.webhook_timeout_s + 5))
 
+    def execute_job(self, job, queue):
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            wake_scheduler(self.connection, queue)
+
 
 class ThreadWorker(DeliveryWorker):
     """A deliverer worker that can run in a thread other than the main one: no signal handlers (the main
-    worker of the process takes SIGTERM) and a timer, not SIGALRM, for job timeouts."""
+    worker of the process takes SIGTERM), a timer, not SIGALRM, for job timeouts, and no maintenance
+    (the main worker does it)."""
 
     death_penalty_class = TimerDeathPenalty
 
     def _install_signal_handlers(self) -> None:
         pass
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        return False
 
 
 def _run_in_thread(make_worker, **work_kwargs) -> None:

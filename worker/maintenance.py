@@ -15,8 +15,9 @@ import signal
 
 from rq import worker_registration
 from rq.registry import clean_registries
-from rq.scheduler import RQScheduler
 from rq.utils import now
+
+from .idle import WakingScheduler
 
 _PR_SET_PDEATHSIG = 1
 
@@ -30,8 +31,9 @@ def _die_with_parent() -> None:
         pass
 
 
-class OwnedScheduler(RQScheduler):
-    """RQ's scheduler process, ended (locks released) when the worker that forked it goes away, even by SIGKILL."""
+class OwnedScheduler(WakingScheduler):
+    """The scheduler process (waiting until its next job is due, worker/idle.py), ended (locks released)
+    when the worker that forked it goes away, even by SIGKILL."""
 
     def work(self):
         parent = os.getppid()

@@ -41,7 +41,7 @@ async def submit_batch(request: Request, caller: Caller = Depends(require_caller
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", ""):
         raise ApiError(415, "unsupported_media_type", "send the batch as application/json")
-    await run_in_threadpool(service.admit, caller.tenant, caller.key_id, 1)
+    maybe_replay = await run_in_threadpool(service.precheck, caller.tenant, caller.key_id, idem)
     data = await read_json_object(request)
     raw_items = data.get("items")
     if isinstance(raw_items, list) and len(raw_items) > settings.max_batch_items:
@@ -52,7 +52,7 @@ async def submit_batch(request: Request, caller: Caller = Depends(require_caller
         body, caller.tenant, lambda checked: _check_items(checked, settings.task_limits()))
     items = [(item.task, task_part(item, item.task), item.output_format) for item in body.items]
     view, replayed = await run_in_threadpool(
-        service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True
+        service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True, maybe_replay
     )
     headers = {"Location": view.urls["self"], **({"Idempotent-Replayed": "true"} if replayed else {})}
     return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)

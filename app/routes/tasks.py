@@ -5,19 +5,22 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+from dataclasses import dataclass
 from typing import Optional, Union
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
 
 from core.views import TERMINAL, BatchView, JobView
 from model.tasks import TASKS
 
-from ..body import idempotency_key, parse_request
+from ..body import idempotency_key, load_json, parse_request
+from ..exceptions import ApiError
 from ..jobs import fingerprint
 from ..schemas import REQUEST_MODELS, ErrorBody, task_part
-from ..security import Caller, require_caller
+from ..security import Caller, bearer, optional_caller, require_caller
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*(?:=\s*(\d+))?\s*(?=$|[,;\s])", re.IGNORECASE)
@@ -59,44 +62,74 @@ def job_response(view: JobView, wait: Optional[int], replayed: bool = False) -> 
     return JSONResponse(view.model_dump(mode="json"), status_code=status, headers=headers)
 
 
-async def _submit_outputs(service, task: str, body, caller: Caller, idem: Optional[str]) -> JSONResponse:
-    """`num_outputs` > 1: a batch of that many jobs differing only by seed (seed, seed+1, ...)."""
-    first = body.seed if body.seed is not None else secrets.randbelow(2**31)
+@dataclass(frozen=True)
+class Admission:
+    caller: Caller
+    idempotency_key: Optional[str]
+    maybe_replay: bool  # False: the precheck found no job or batch under the Idempotency-Key
+
+
+def admit_submission(request: Request, credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Admission:
+    """What a submission is checked for before its body is read, cheapest first and in one trip to the
+    thread pool: the API key, the headers, then the rate, queue bound and tenant quota (app/quotas.py)."""
+    caller = require_caller(optional_caller(request, credentials))
+    idem = idempotency_key(request)
+    return Admission(caller, idem, request.app.state.jobs.precheck(caller.tenant, caller.key_id, idem))
+
+
+_URL_SCHEME = re.compile(rb"https?:", re.IGNORECASE)
+
+
+def _validated(model, raw: bytes):
+    data = load_json(raw) if raw else {}
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_request", "the body must be a JSON object")
+    return model.model_validate(data)
+
+
+def _queue(service, settings, task: str, model, body, admission: Admission) -> tuple[Union[JobView, BatchView], bool]:
+    """Validate the body (`bytes`: JSON text not parsed yet, with no image by URL), then queue the job; `num_outputs` > 1 queues a batch of that many jobs differing only by seed
+    (seed, seed+1, ...). One trip to the thread pool for all of it."""
+    if isinstance(body, bytes):
+        body = _validated(model, body)
     part = task_part(body, task)
+    caller, idem = admission.caller, admission.idempotency_key
+    if body.num_outputs <= 1:
+        return service.submit_once(task, part, caller.tenant, caller.key_id, body.webhook, body.output_format,
+                                   idem, True, admission.maybe_replay)
+    first = body.seed if body.seed is not None else secrets.randbelow(2**31)
     items = [(task, part.model_copy(update={"seed": (first + i) % 2**63}), body.output_format)
              for i in range(body.num_outputs)]
     # the request as the client sent it (no drawn seed): an identical retry under the same key is a replay
     sent = fingerprint("num_outputs", task, body.model_dump(mode="json", exclude={"task"}))
-    view, replayed = await run_in_threadpool(
-        service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True, sent
-    )
-    headers = {"Location": view.urls["self"], **({REPLAY_HEADER: "true"} if replayed else {})}
-    return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)
+    return service.submit_batch_once(items, body.webhook, caller.tenant, caller.key_id, idem, True,
+                                     admission.maybe_replay, sent)
 
 
 def _endpoint(task: str):
     model = REQUEST_MODELS[task]
 
-    async def submit(request: Request, caller: Caller = Depends(require_caller)) -> JSONResponse:
+    async def submit(request: Request, admission: Admission = Depends(admit_submission)) -> JSONResponse:
         service = request.app.state.jobs
         settings = request.app.state.settings
-        # cheapest first: the key (a dependency), headers, rate and quota, then the body, then its images
-        idem = idempotency_key(request)
         wait = prefer_wait(request, settings.max_wait_s)
-        if not await run_in_threadpool(service.is_replay, caller.tenant, idem):
-            await run_in_threadpool(service.admit, caller.tenant, caller.key_id, 1)
-        body = await parse_request(request, model)
-        limits = settings.task_limits()
-        body = await request.app.state.image_fetcher.fetch_all(  # images given by URL, checked first, off the request threads
-            body, caller.tenant, lambda checked: task_part(checked, task).plan(limits))
-        if body.num_outputs > 1:
-            return await _submit_outputs(service, task, body, caller, idem)
-        view, replayed = await run_in_threadpool(
-            service.submit_once, task, task_part(body, task), caller.tenant, caller.key_id, body.webhook,
-            body.output_format, idem, True,
-        )
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type in ("application/json", ""):
+            body = await request.body()  # parsed and validated with the rest, in _queue
+            if _URL_SCHEME.search(body):  # may hold images by URL: validated now, fetched below
+                body = await run_in_threadpool(_validated, model, body)
+        else:
+            body = await parse_request(request, model)  # multipart (or a 415)
+        if not isinstance(body, bytes):
+            limits = settings.task_limits()
+            body = await request.app.state.image_fetcher.fetch_all(  # images by URL, checked first, off the request threads
+                body, admission.caller.tenant, lambda checked: task_part(checked, task).plan(limits))
+        view, replayed = await run_in_threadpool(_queue, service, settings, task, model, body, admission)
+        if isinstance(view, BatchView):
+            headers = {"Location": view.urls["self"], **({REPLAY_HEADER: "true"} if replayed else {})}
+            return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)
         if wait:
-            view = await wait_for(service, view.id, wait, caller.tenant)
+            view = await wait_for(service, view.id, wait, admission.caller.tenant)
         return job_response(view, wait, replayed)
 
     submit.__name__ = "submit_" + task.replace("-", "_")
