@@ -137,7 +137,7 @@ class JobService(JobStore):
             attempts=int(meta.get("attempts", 0)), batch_id=meta.get("batch_id"),
             urls={"self": self.url(f"/v1/jobs/{job.id}"), "cancel": self.url(f"/v1/jobs/{job.id}/cancel"),
                   "events": self.url(f"/v1/jobs/{job.id}/events")},
-            input=meta.get("input") or {},
+            input=self._input_echo(job, meta),
         )
 
     def submit(

@@ -142,6 +142,13 @@ class DeliveryWorker(QuietMaintenance, PromptMaintenance, SimpleWorker):
         finally:
             wake_scheduler(self.connection, queue)
 
+    def run_maintenance_tasks(self) -> None:
+        """Maintenance retries the deliveries of killed deliverers (scheduled with backoff): the scheduler,
+        asleep until what was due before, is woken to see them."""
+        super().run_maintenance_tasks()
+        for queue in self.queues:
+            wake_scheduler(self.connection, queue)
+
 
 class ThreadWorker(DeliveryWorker):
     """A deliverer worker that can run in a thread other than the main one: no signal handlers (the main

@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from core.views import TERMINAL, BatchView, JobView
 from model.tasks import TASKS
 
-from ..body import idempotency_key, load_json, parse_request
+from ..body import idempotency_key, load_json, parse_request, read_body
 from ..exceptions import ApiError
 from ..jobs import fingerprint
 from ..schemas import REQUEST_MODELS, ErrorBody, task_part
@@ -115,7 +115,7 @@ def _endpoint(task: str):
         wait = prefer_wait(request, settings.max_wait_s)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type in ("application/json", ""):
-            body = await request.body()  # parsed and validated with the rest, in _queue
+            body = await read_body(request)  # parsed and validated with the rest, in _queue
             if _URL_SCHEME.search(body):  # may hold images by URL: validated now, fetched below
                 body = await run_in_threadpool(_validated, model, body)
         else:

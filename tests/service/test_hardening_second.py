@@ -192,7 +192,7 @@ def test_image_urls_do_not_go_through_the_webhook_allowlist_nor_to_loopback(make
     loopback = SlowImages(0, _png(), "127.0.0.1")  # an image server on loopback that counts what reaches it
     try:
         opened = make_service(workers=0, deliverer=False, webhook_allowlist="127.0.0.0/8", image_url_allowlist="")
-        for allowed in (opened, make_service(workers=0, deliverer=False, image_url_allowlist="127.0.0.0/8,169.254.0.0/16,::1")):
+        for allowed in (opened, make_service(workers=0, deliverer=False, image_url_allowlist="127.0.0.0/8,169.254.0.0/16,::/127")):
             for url in (f"{loopback.url}/x.png", "http://169.254.169.254/latest/meta-data", "http://[::1]:9/x.png"):
                 response = allowed.submit("depth-estimation", {"image": url})
                 assert response.status_code == 422, response.text
@@ -210,7 +210,7 @@ def test_webhook_limits_count_resolved_addresses_and_tenants(make_service):
                            webhook_allowlist=f"127.0.0.0/8,::1,{local_address()}", rate_limit_per_minute=0)
     a = {"Authorization": f"Bearer {new_key(service, 'stalls')}"}
     b = {"Authorization": f"Bearer {new_key(service, 'waits')}"}
-    one, two = StalledReceiver("127.0.0.1"), StalledReceiver("127.0.0.2")
+    one, two = StalledReceiver("127.0.0.1"), StalledReceiver("127.0.0.3")  # `other` listens on 127.0.0.2
     other = WebhookReceiver(local_address())
     other.up()
     small = {"prompt": "x", "width": 64, "height": 64, "num_inference_steps": 1}
