@@ -67,6 +67,11 @@ class Keys:
         return f"{self.prefix}:worker:{name}"
 
     @property
+    def step_seconds(self) -> str:
+        """Hash: token shape -> the measured seconds of one denoising step (workers keep it; ETAs use it)."""
+        return f"{self.prefix}:step-seconds"
+
+    @property
     def metrics(self) -> str:
         return f"{self.prefix}:metrics"
 

@@ -54,6 +54,19 @@ class Metrics:
         if pipe is None:
             target.execute()
 
+    def observe_many(self, name: str, labels: dict, values: list[float], pipe) -> None:
+        """Many observations of one histogram at once: at most one command per bucket, whatever their
+        number (a worker adds its per-step times every few seconds, not per step)."""
+        if not values:
+            return
+        for bound in BUCKETS[name]:
+            count = sum(1 for v in values if v <= bound)
+            if count:
+                pipe.hincrbyfloat(self.key, f"{name}_bucket" + _labels({**labels, "le": _fmt(bound)}), count)
+        pipe.hincrbyfloat(self.key, f"{name}_bucket" + _labels({**labels, "le": "+Inf"}), len(values))
+        pipe.hincrbyfloat(self.key, f"{name}_sum" + _labels(labels), sum(values))
+        pipe.hincrbyfloat(self.key, f"{name}_count" + _labels(labels), len(values))
+
     def render(self, gauges: Optional[Iterable[tuple[str, str, dict, float]]] = None) -> str:
         """All counters and histograms, plus `gauges` given as (name, help, labels, value)."""
         stored = {k.decode(): float(v) for k, v in self.redis.hgetall(self.key).items()}

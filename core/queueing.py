@@ -249,12 +249,17 @@ class FairLine:
         priority = max(0, min(MAX_PRIORITY, int(priority or 0)))
         return self._add(args=[self.prefix, job_id, tenant or "", shape, priority, int(front), inbox], client=pipe or self.redis)
 
-    def claim(self, limit: int, intermediate_key: str, shape: Optional[str] = None) -> tuple[list[str], bool]:
+    def claim(self, limit: int, intermediate_key: str, shape: Optional[str] = None, pipe=None):
         """Claim up to `limit` jobs: a new batch (`shape` None: the fair head and jobs of its shape) or
-        joiners of a running batch of `shape`. (job ids, whether another shape waits at the head)."""
+        joiners of a running batch of `shape`. (job ids, whether another shape waits at the head); in a
+        pipeline, the pipeline's answer at this place goes through `claimed`."""
         mode = "new" if shape is None else "join"
         out = self._claim(args=[self.prefix, mode, shape or "", limit, intermediate_key, Job.redis_job_namespace_prefix,
-                                *_flat(self.weights)])
+                                *_flat(self.weights)], client=pipe or self.redis)
+        return out if pipe is not None else self.claimed(out)
+
+    @staticmethod
+    def claimed(out) -> tuple[list[str], bool]:
         return [i.decode() if isinstance(i, bytes) else i for i in out[1:]], bool(out[0])
 
     def remove(self, job_id: str, pipe=None) -> None:

@@ -337,6 +337,11 @@ class LiveBatch:
     def __len__(self) -> int:
         return len(self.batch)
 
+    @property
+    def open(self) -> bool:
+        """Whether plans may still join: always, but for a RoPE-scaled batch once it has stepped."""
+        return not self.shape[3] or self.steps_run == 0
+
     def joinable(self, plan: FramePlan) -> bool:
         """Same token shape; a RoPE-scaled plan only before the first step and with the same step count
         (the denoiser picks its scaling from the batch's largest timestep)."""

@@ -98,6 +98,10 @@ class Executor:
                 results.extend(self._run_isolated([plan], on_step, one))
             return results
 
+    def outcome(self, item: WorkItem, result) -> Outcome:
+        """A job's outcome from what the model gave for it (a TaskResult is stored; an exception fails it)."""
+        return self._outcome(item, result)
+
     def _texts(self, item: WorkItem) -> Optional[dict[str, str]]:
         try:
             return parameter_texts(item.task, input_echo(TASKS[item.task].model_validate(item.payload)))

@@ -1,0 +1,259 @@
+"""Scheduling benchmark: a replayed trace through the worker's batching loop, static vs step-level, and
+a fairness check of the fair line, in one run.
+
+    python -m benchmarks.scheduling                    # demo checkpoint on the CPU, about a minute
+    python -m benchmarks.scheduling --jobs 60 --rate 6 --json out.json
+    ONEDIFFUSION_MODEL=/models/onediffusion python -m benchmarks.scheduling --size 1024 --device cuda
+
+1. Trace replay. Jobs of one token shape, short (4 steps) and long (24 steps) mixed, arriving as a Poisson
+   process, replayed on the wall clock against the real model through `worker.scheduler.StepScheduler`:
+   once with static batching (as before: a batch is formed once from queued jobs of the same size, frames
+   and steps, after a 50 ms window, and runs to its end) and once with step-level batching (jobs of the
+   shape join at the next step whatever their step count; no window). Prints latency (arrival to result,
+   decode and PNG encoding included) of short and long jobs, and throughput.
+2. Fairness. Tenant A queues 24 jobs, then tenant B queues one; the same loop runs them, taking jobs from
+   one FIFO (as before) and from the fair line in a real Redis (core/queueing.py). Prints the rank at
+   which B's job finished (goal: within the first 2 x MAX_BATCH) and its wait.
+Run from the repository root."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from worker.scheduler import Entry, StepReport, StepScheduler
+
+
+@dataclass
+class Arrival:
+    key: str
+    at: float  # seconds after the start
+    steps: int
+    seed: int
+    tenant: str = "a"
+    done_at: Optional[float] = None
+
+
+def trace(jobs: int, rate: float, short: int, long: int, long_share: float, seed: int) -> list[Arrival]:
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for i in range(jobs):
+        t += rng.expovariate(rate)
+        out.append(Arrival(f"j{i}", t, long if rng.random() < long_share else short, seed=i))
+    return out
+
+
+class ReplayHost:
+    """Jobs arrive on the wall clock; the queue is a FIFO (`fair` None) or the fair line in Redis."""
+
+    def __init__(self, arrivals: list[Arrival], plan_of, continuous: bool, max_batch: int, window_s: float,
+                 fair=None, redis=None):
+        self.pending = sorted(arrivals, key=lambda a: a.at)
+        self.by_key = {a.key: a for a in arrivals}
+        self.queue: list[Arrival] = []
+        self.plan_of = plan_of
+        self.continuous = continuous
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self.fair, self.redis = fair, redis
+        self.t0 = time.perf_counter()
+        self.finished_order: list[str] = []
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def release(self) -> None:
+        while self.pending and self.pending[0].at <= self.now():
+            arrival = self.pending.pop(0)
+            if self.fair is not None:
+                self.redis.hset(f"rq:job:{arrival.key}", "status", "queued")
+                self.fair.add(arrival.key, arrival.tenant, "shape")
+            else:
+                self.queue.append(arrival)
+
+    def group(self, arrival: Arrival):
+        return "shape" if self.continuous else arrival.steps  # static: same size, frames and steps
+
+    def entry(self, arrival: Arrival) -> Entry:
+        return Entry(arrival.key, plan=self.plan_of(arrival), shape="shape")
+
+    def take(self, limit: int, group=None) -> list[Arrival]:
+        if self.fair is not None:
+            ids, _ = self.fair.claim(limit, self.fair.key("inter"), shape=None if group is None else "shape")
+            return [self.by_key[i] for i in ids]
+        if not self.queue:
+            return []
+        group = self.group(self.queue[0]) if group is None else group
+        taken = [a for a in self.queue if self.group(a) == group][:limit]
+        for a in taken:
+            self.queue.remove(a)
+        return taken
+
+    def next_batch(self) -> list[Entry]:
+        """Wait for a job; static batching then waits the window for companions, as the old worker did."""
+        while True:
+            self.release()
+            first = self.take(1)
+            if first:
+                break
+            if not self.pending:
+                return []
+            time.sleep(max(0.0, min(0.01, self.pending[0].at - self.now())))
+        group = self.group(first[0])
+        taken = first
+        deadline = time.perf_counter() + (0 if self.continuous else self.window_s)
+        while True:
+            self.release()
+            taken += self.take(self.max_batch - len(taken), group)
+            if len(taken) >= self.max_batch or time.perf_counter() >= deadline:
+                return [self.entry(a) for a in taken]
+            time.sleep(0.002)
+
+    # ---- the scheduler's host ----
+    def after_step(self, rows, step_s, want, shape) -> StepReport:
+        self.release()
+        return StepReport(joiners=[self.entry(a) for a in self.take(want, "shape")] if want else [])
+
+    def drops(self, keys):
+        return {}
+
+    def finished(self, entry, result, reason) -> None:
+        assert not isinstance(result, BaseException), result
+        self.by_key[entry.key].done_at = self.now()
+        self.finished_order.append(entry.key)
+
+    def stopping(self) -> bool:
+        return False
+
+    def run(self, scheduler: StepScheduler) -> None:
+        while True:
+            first = self.next_batch()
+            if not first:
+                return
+            scheduler.run(self, first)
+
+
+def summary(arrivals: list[Arrival], short: int) -> dict:
+    lat = {kind: [a.done_at - a.at for a in arrivals if (a.steps == short) == (kind == "short")] for kind in ("short", "long")}
+    span = max(a.done_at for a in arrivals) - min(a.at for a in arrivals)
+    out = {"jobs": len(arrivals), "throughput_jobs_per_s": round(len(arrivals) / span, 3), "makespan_s": round(span, 2)}
+    for kind, values in lat.items():
+        if values:
+            out[f"{kind}_mean_s"] = round(statistics.mean(values), 3)
+            out[f"{kind}_p90_s"] = round(sorted(values)[int(0.9 * (len(values) - 1))], 3)
+    return out
+
+
+def replay(model, plan_of, arrivals: list[Arrival], continuous: bool, max_batch: int, window_s: float,
+           fair=None, redis=None) -> ReplayHost:
+    for a in arrivals:
+        a.done_at = None
+    host = ReplayHost(arrivals, plan_of, continuous, max_batch, window_s, fair, redis)
+    host.run(StepScheduler(model.live_batch, max_batch, continuous=continuous))
+    return host
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=40)
+    parser.add_argument("--rate", type=float, default=0.0, help="arrivals per second (0: sized to keep the worker ~busy)")
+    parser.add_argument("--short", type=int, default=4)
+    parser.add_argument("--long", type=int, default=24)
+    parser.add_argument("--long-share", type=float, default=0.3)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument("--window-ms", type=float, default=50)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import os
+
+    import torch
+
+    from model.pipeline import OneDiffusion
+    from model.tasks import TASKS
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    if os.environ.get("ONEDIFFUSION_MODEL"):
+        model = OneDiffusion.load(os.environ["ONEDIFFUSION_MODEL"], device=args.device)
+    else:
+        from model.demo_checkpoint import make_demo_checkpoint
+
+        path = make_demo_checkpoint(Path(tempfile.mkdtemp()) / "checkpoint")
+        model = OneDiffusion.load(str(path), device=args.device)
+
+    def plan_of(a: Arrival):
+        return TASKS["text-to-image"].model_validate(
+            {"prompt": f"job {a.key}", "width": args.size, "height": args.size, "num_inference_steps": a.steps,
+             "seed": a.seed}).plan()
+
+    # warm up and measure a step, to size the arrival rate when not given
+    warm = [Arrival("w0", 0, args.short, 0)]
+    replay(model, plan_of, warm, True, 1, 0)
+    t0 = time.perf_counter()
+    replay(model, plan_of, [Arrival("w1", 0, args.long, 1)], True, 1, 0)
+    one_long = time.perf_counter() - t0
+    step_s = one_long / args.long
+    mean_steps = args.short * (1 - args.long_share) + args.long * args.long_share
+    rate = args.rate or round(0.8 / (mean_steps * step_s), 2)  # ~80 % of what a one-row worker serves
+    arrivals = trace(args.jobs, rate, args.short, args.long, args.long_share, args.seed)
+
+    results: dict = {"settings": {**{k: v for k, v in vars(args).items() if k != "json"}, "rate": rate,
+                                  "step_s_alone": round(step_s, 4)}}
+    for name, continuous in (("static", False), ("continuous", True)):
+        replay(model, plan_of, arrivals, continuous, args.max_batch, args.window_ms / 1000)
+        results[name] = summary(arrivals, args.short)
+        print(name, json.dumps(results[name]))
+    s, c = results["static"], results["continuous"]
+    results["short_mean_latency_change"] = round(c["short_mean_s"] / s["short_mean_s"] - 1, 3)
+    results["throughput_change"] = round(c["throughput_jobs_per_s"] / s["throughput_jobs_per_s"] - 1, 3)
+    print("short jobs' mean latency: {:+.0%}, throughput: {:+.0%}".format(results["short_mean_latency_change"],
+                                                                           results["throughput_change"]))
+
+    results["fairness"] = fairness(model, plan_of, args)
+    print("fairness", json.dumps(results["fairness"]))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def fairness(model, plan_of, args) -> dict:
+    """Tenant A queues 24 jobs, then B one: B's finishing rank, FIFO vs the fair line (real Redis)."""
+    from redis import Redis
+
+    from core.queueing import FairLine
+    from tests.service.harness import RedisServer
+
+    def arrivals():
+        jobs = [Arrival(f"a{i}", 0.0, args.short, i, "a") for i in range(24)]
+        return jobs + [Arrival("b0", 0.001, args.short, 99, "b")]
+
+    out = {}
+    server = RedisServer(Path(tempfile.mkdtemp()) / "redis")
+    server.start()
+    try:
+        redis = Redis.from_url(server.url)
+        for name in ("fifo", "fair"):
+            jobs = arrivals()
+            fair = FairLine(redis, "bench" + uuid.uuid4().hex[:6]) if name == "fair" else None
+            host = replay(model, plan_of, jobs, True, args.max_batch, 0, fair, redis)
+            b = next(a for a in jobs if a.tenant == "b")
+            out[name] = {"b_finished_rank": host.finished_order.index("b0") + 1, "b_latency_s": round(b.done_at - b.at, 3),
+                         "jobs": len(jobs)}
+    finally:
+        server.stop()
+    out["goal_rank"] = 2 * args.max_batch
+    return out
+
+
+if __name__ == "__main__":
+    main()
