@@ -14,6 +14,9 @@ a fairness check of the fair line, in one run.
 2. Fairness. Tenant A queues 24 jobs, then tenant B queues one; the same loop runs them, taking jobs from
    one FIFO (as before) and from the fair line in a real Redis (core/queueing.py). Prints the rank at
    which B's job finished (goal: within the first 2 x MAX_BATCH) and its wait.
+3. Redis commands (`--redis-commands`): through a real stack (API, one worker), a batch of MAX_BATCH jobs at
+   two step counts; Redis's own command counts (INFO commandstats, while nothing else runs) give the
+   commands per step of a batch (the slope) and per job (the rest).
 Run from the repository root."""
 
 from __future__ import annotations
@@ -174,7 +177,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--redis-commands", action="store_true", help="only the Redis command count, through a real stack")
     args = parser.parse_args()
+    if args.redis_commands:
+        figures = redis_commands(args.max_batch)
+        print("redis", json.dumps(figures))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+        return
 
     import os
 
@@ -252,6 +262,62 @@ def fairness(model, plan_of, args) -> dict:
     finally:
         server.stop()
     out["goal_rank"] = 2 * args.max_batch
+    return out
+
+
+def redis_commands(max_batch: int, steps: tuple[int, int] = (4, 24)) -> dict:
+    """Commands Redis ran for a batch of `max_batch` jobs at two step counts (the API's polls excluded: the
+    jobs are awaited by watching Redis directly, and the idle worker's own commands are measured and
+    subtracted)."""
+    from redis import Redis
+
+    from model.demo_checkpoint import make_demo_checkpoint
+    from tests.service.harness import RedisServer, Service, wait_until
+
+    root = Path(tempfile.mkdtemp())
+    server = RedisServer(root / "redis")
+    server.start()
+    redis = Redis.from_url(server.url)
+    checkpoint = make_demo_checkpoint(root / "checkpoint")
+
+    def total() -> int:
+        stats = redis.info("commandstats")
+        return sum(v["calls"] for k, v in stats.items() if k.startswith("cmdstat_") and k not in ("cmdstat_info",))
+
+    service = Service(root / "stack", server.url, checkpoint, deliverer=False, max_batch=max_batch)
+    out: dict = {"max_batch": max_batch}
+    try:
+        counts = {}
+        for n in steps:
+            items = [{"task": "text-to-image", "prompt": f"x{i}", "width": 64, "height": 64, "num_inference_steps": n,
+                      "seed": i} for i in range(max_batch)]
+            time.sleep(1.0)
+            idle0, t_idle = total(), time.monotonic()
+            time.sleep(3.0)
+            idle_rate = (total() - idle0) / (time.monotonic() - t_idle)
+            before, t0 = total(), time.monotonic()
+            ids = [j["id"] for j in service.client.post("/v1/batches", json={"items": items}).json()["jobs"]]
+            after_submit = total()
+            polled = [0]  # the wait below reads Redis too: its commands are counted out
+
+            def ended() -> bool:
+                polled[0] += len(ids)
+                return all([redis.hget(f"rq:job:{i}", "status") in (b"finished", b"failed") for i in ids])
+
+            wait_until(ended, 600, interval=0.5, what="the batch")
+            time.sleep(0.5)
+            elapsed = time.monotonic() - t0
+            ran = total() - after_submit - polled[0] - idle_rate * elapsed
+            counts[n] = {"submit": after_submit - before, "worker": round(ran), "seconds": round(elapsed, 1)}
+        a, b = steps
+        per_step = (counts[b]["worker"] - counts[a]["worker"]) / (b - a)
+        per_job = (counts[a]["worker"] - per_step * a) / max_batch
+        out.update({"runs": counts, "commands_per_step_per_batch": round(per_step, 1),
+                    "worker_commands_per_job_besides_steps": round(per_job, 1),
+                    "gateway_commands_per_job_submitted_in_a_batch": round(counts[a]["submit"] / max_batch, 1)})
+    finally:
+        service.stop()
+        server.stop()
     return out
 
 
