@@ -254,9 +254,16 @@ class FairLine:
         joiners of a running batch of `shape`. (job ids, whether another shape waits at the head); in a
         pipeline, the pipeline's answer at this place goes through `claimed`."""
         mode = "new" if shape is None else "join"
-        out = self._claim(args=[self.prefix, mode, shape or "", limit, intermediate_key, Job.redis_job_namespace_prefix,
-                                *_flat(self.weights)], client=pipe or self.redis)
-        return out if pipe is not None else self.claimed(out)
+        args = [self.prefix, mode, shape or "", limit, intermediate_key, Job.redis_job_namespace_prefix, *_flat(self.weights)]
+        if pipe is None:
+            return self.claimed(self._claim(args=args))
+        # EVALSHA as is, so the pipeline stays one round trip (redis-py would first ask SCRIPT EXISTS); after
+        # a Redis restart the first such call fails with NoScriptError and `load_scripts` loads them again.
+        pipe.evalsha(self._claim.sha, 0, *args)
+
+    def load_scripts(self) -> None:
+        for script in (self._add, self._claim, self._remove, self._position):
+            script.sha = self.redis.script_load(script.script)
 
     @staticmethod
     def claimed(out) -> tuple[list[str], bool]:

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Optional
 
-from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError, NoScriptError, TimeoutError as RedisTimeoutError
 
 from core.job_store import JobStore
 from core.queueing import FairQueue, token_shape
@@ -70,6 +70,7 @@ class BatchWorker(SimpleWorker):
         return self.queues[0]
 
     def work(self, *args, **kwargs):
+        self.line_queue.line.load_scripts()
         put_back(self, self.line_queue)
         self.job_store.rename_old_callbacks()  # before RQ's maintenance resolves them
         if not self.beats.is_alive():
@@ -193,6 +194,9 @@ class RQHost:
                 answers = pipe.execute()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.warning("progress not recorded (%s)", exc)  # best effort; the results are not
+            return StepReport(drop=self._timeouts(keys, {}))
+        except NoScriptError:  # Redis restarted and forgot the scripts: load them; joiners come next step
+            line.load_scripts()
             return StepReport(drop=self._timeouts(keys, {}))
         flags = answers[len(rows)] if keys else []
         report = StepReport(drop=self._timeouts(keys, dict(zip(keys, flags))))
