@@ -213,7 +213,8 @@ class JobStore:
             pipe.hget(self.keys.step_seconds, shape)
             pipe.zcount(self.keys.workers, time.time() - self.settings.heartbeat_ttl_s, "+inf")
             step_s, workers = pipe.execute()
-        steps = (job.args[1] if len(job.args) > 1 and isinstance(job.args[1], dict) else {}).get("num_inference_steps")
+        parts = meta.get("bucket", "").split("x")  # height x width x frames x steps [x rope]
+        steps = int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else None
         if step_s is None or not steps:
             return None
         slots = self.settings.max_batch * max(1, int(workers))

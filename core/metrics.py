@@ -17,7 +17,7 @@ HELP = {
     "jobs_submitted_total": ("counter", "Jobs accepted by the gateway, by task"),
     "jobs_total": ("counter", "Jobs that ended, by task and final status"),
     "batches_total": ("counter", "Batches whose items have all ended"),
-    "batch_size": ("histogram", "Jobs per sampler batch run by a worker"),
+    "batch_size": ("histogram", "Jobs sharing a denoising step of a worker (one observation per step)"),
     "step_seconds": ("histogram", "Wall time of one denoising step of a batch"),
     "job_latency_seconds": ("histogram", "Submission to result of succeeded jobs"),
 }

@@ -242,17 +242,16 @@ class RQHost:
             outcome = executor.outcome(item, result)
         if reason is not None and outcome.error is not None:
             outcome.canceled = False
-        retry_redis(lambda: self._end(job, execution, outcome), f"finishing job {job.id}")
+        steps = entry.plan.num_inference_steps if entry.plan is not None else None
+        retry_redis(lambda: self._end(job, execution, outcome, steps), f"finishing job {job.id}")
         self.worker.beats.untrack(job.id)
         self.started.pop(job.id, None)
 
-    def _end(self, job: Job, execution: Execution, outcome: Outcome) -> None:
+    def _end(self, job: Job, execution: Execution, outcome: Outcome, steps: Optional[int]) -> None:
         extra = {"job_id": job.id, "task": (job.meta or {}).get("task")}
         canceled = outcome.canceled or self.store.cancel_requested([job.id])[0]
-        if outcome.result is not None and not canceled:
-            steps = (job.args[1] or {}).get("num_inference_steps")
-            if steps:
-                self.store.record_progress([job.id], steps, steps)
+        if outcome.result is not None and not canceled and steps:
+            self.store.record_progress([job.id], steps, steps)
         how = end_job(self.worker, job, self.queue, execution, canceled=canceled, error=outcome.error,
                       result=outcome.result)
         if how == "failed":
