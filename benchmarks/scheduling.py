@@ -166,7 +166,7 @@ def replay(model, plan_of, arrivals: list[Arrival], continuous: bool, max_batch:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=40)
+    parser.add_argument("--jobs", type=int, default=24)
     parser.add_argument("--rate", type=float, default=0.0, help="arrivals per second (0: sized to keep the worker ~busy)")
     parser.add_argument("--short", type=int, default=4)
     parser.add_argument("--long", type=int, default=24)
@@ -178,6 +178,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--redis-commands", action="store_true", help="only the Redis command count, through a real stack")
+    parser.add_argument("--sequential", action="store_true",
+                        help="the two modes one after the other in one process (default: side by side in two processes, "
+                             "so that both see the same load on a shared machine)")
+    parser.add_argument("--no-fairness", action="store_true")
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=["static", "continuous"], help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.redis_commands:
         figures = redis_commands(args.max_batch)
@@ -187,51 +194,69 @@ def main() -> None:
         return
 
     import os
+    import subprocess
+    import sys
 
     import torch
 
     from model.pipeline import OneDiffusion
     from model.tasks import TASKS
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    if os.environ.get("ONEDIFFUSION_MODEL"):
-        model = OneDiffusion.load(os.environ["ONEDIFFUSION_MODEL"], device=args.device)
-    else:
+    torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
+    checkpoint = args.checkpoint or os.environ.get("ONEDIFFUSION_MODEL")
+    if not checkpoint:
         from model.demo_checkpoint import make_demo_checkpoint
 
-        path = make_demo_checkpoint(Path(tempfile.mkdtemp()) / "checkpoint")
-        model = OneDiffusion.load(str(path), device=args.device)
+        checkpoint = str(make_demo_checkpoint(Path(tempfile.mkdtemp()) / "checkpoint"))
+    model = OneDiffusion.load(checkpoint, device=args.device)
 
     def plan_of(a: Arrival):
         return TASKS["text-to-image"].model_validate(
             {"prompt": f"job {a.key}", "width": args.size, "height": args.size, "num_inference_steps": a.steps,
              "seed": a.seed}).plan()
 
-    # warm up and measure a step, to size the arrival rate when not given
-    warm = [Arrival("w0", 0, args.short, 0)]
-    replay(model, plan_of, warm, True, 1, 0)
+    replay(model, plan_of, [Arrival("w0", 0, args.short, 0)], True, 1, 0)  # warm up
+    if args.mode:  # one side of a side-by-side run: start on the agreed second, print the figures
+        arrivals = trace(args.jobs, args.rate, args.short, args.long, args.long_share, args.seed)
+        time.sleep(max(0.0, args.start_at - time.time()))
+        replay(model, plan_of, arrivals, args.mode == "continuous", args.max_batch, args.window_ms / 1000)
+        print("RESULT " + json.dumps(summary(arrivals, args.short)), flush=True)
+        return
+
+    # measure a job alone, to size the arrival rate when not given
     t0 = time.perf_counter()
     replay(model, plan_of, [Arrival("w1", 0, args.long, 1)], True, 1, 0)
-    one_long = time.perf_counter() - t0
-    step_s = one_long / args.long
+    step_s = (time.perf_counter() - t0) / args.long
     mean_steps = args.short * (1 - args.long_share) + args.long * args.long_share
-    rate = args.rate or round(0.8 / (mean_steps * step_s), 2)  # ~80 % of what a one-row worker serves
-    arrivals = trace(args.jobs, rate, args.short, args.long, args.long_share, args.seed)
-
-    results: dict = {"settings": {**{k: v for k, v in vars(args).items() if k != "json"}, "rate": rate,
-                                  "step_s_alone": round(step_s, 4)}}
-    for name, continuous in (("static", False), ("continuous", True)):
-        replay(model, plan_of, arrivals, continuous, args.max_batch, args.window_ms / 1000)
-        results[name] = summary(arrivals, args.short)
+    rate = args.rate or round(0.8 / (mean_steps * step_s), 3)  # ~80 % of what a one-row worker serves
+    results: dict = {"settings": {**{k: v for k, v in vars(args).items() if k not in ("json", "mode", "start_at")},
+                                  "rate": rate, "step_s_alone": round(step_s, 4)}}
+    modes = (("static", False), ("continuous", True))
+    if args.sequential:
+        arrivals = trace(args.jobs, rate, args.short, args.long, args.long_share, args.seed)
+        for name, continuous in modes:
+            replay(model, plan_of, arrivals, continuous, args.max_batch, args.window_ms / 1000)
+            results[name] = summary(arrivals, args.short)
+    else:  # side by side: both modes at once in two processes, so both see the same machine load
+        start_at = time.time() + 90
+        common = [sys.executable, "-m", "benchmarks.scheduling", "--checkpoint", checkpoint, "--rate", str(rate),
+                  "--start-at", str(start_at)] + [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (
+                      "jobs", "short", "long", "long_share", "size", "max_batch", "window_ms", "device", "seed")]
+        procs = {name: subprocess.Popen(common + ["--mode", name], stdout=subprocess.PIPE, text=True) for name, _ in modes}
+        for name, proc in procs.items():
+            out, _ = proc.communicate()
+            line = next(l for l in out.splitlines() if l.startswith("RESULT "))
+            results[name] = json.loads(line[len("RESULT "):])
+    for name, _ in modes:
         print(name, json.dumps(results[name]))
     s, c = results["static"], results["continuous"]
     results["short_mean_latency_change"] = round(c["short_mean_s"] / s["short_mean_s"] - 1, 3)
     results["throughput_change"] = round(c["throughput_jobs_per_s"] / s["throughput_jobs_per_s"] - 1, 3)
     print("short jobs' mean latency: {:+.0%}, throughput: {:+.0%}".format(results["short_mean_latency_change"],
                                                                            results["throughput_change"]))
-
-    results["fairness"] = fairness(model, plan_of, args)
-    print("fairness", json.dumps(results["fairness"]))
+    if not args.no_fairness:
+        results["fairness"] = fairness(model, plan_of, args)
+        print("fairness", json.dumps(results["fairness"]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
