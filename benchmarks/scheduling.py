@@ -6,10 +6,11 @@ a fairness check of the fair line, in one run.
     ONEDIFFUSION_MODEL=/models/onediffusion python -m benchmarks.scheduling --size 1024 --device cuda
 
 1. Trace replay. Jobs of one token shape, short (4 steps) and long (24 steps) mixed, arriving as a Poisson
-   process, replayed on the wall clock against the real model through `worker.scheduler.StepScheduler`:
-   once with static batching (as before: a batch is formed once from queued jobs of the same size, frames
-   and steps, after a 50 ms window, and runs to its end) and once with step-level batching (jobs of the
-   shape join at the next step whatever their step count; no window). Prints latency (arrival to result,
+   process, replayed on the wall clock against the real model through `worker.scheduler.StepScheduler`,
+   side by side in two processes started on the same second (so both see the same load on a shared
+   machine; `--sequential` for one after the other): one with static batching (as before: a batch is
+   formed once from queued jobs of the same size, frames and steps, after a 50 ms window, and runs to its
+   end), one with step-level batching (jobs of the shape join at the next step whatever their step count; no window). Prints latency (arrival to result,
    decode and PNG encoding included) of short and long jobs, and throughput.
 2. Fairness. Tenant A queues 24 jobs, then tenant B queues one; the same loop runs them, taking jobs from
    one FIFO (as before) and from the fair line in a real Redis (core/queueing.py). Prints the rank at
