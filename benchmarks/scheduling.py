@@ -292,9 +292,10 @@ def fairness(model, plan_of, args) -> dict:
 
 
 def redis_commands(max_batch: int, steps: tuple[int, int] = (4, 24)) -> dict:
-    """Commands Redis ran for a batch of `max_batch` jobs at two step counts (the API's polls excluded: the
-    jobs are awaited by watching Redis directly, and the idle worker's own commands are measured and
-    subtracted)."""
+    """Commands Redis ran (INFO commandstats) for a batch of `max_batch` jobs at two step counts, through a
+    real stack (API, one worker; the jobs are awaited by reading Redis, and those reads are counted out).
+    The difference between the two runs, per extra step, is what one step of the batch costs; the rest,
+    per job, what a job costs besides its steps (the worker's idle loop and heartbeats included)."""
     from redis import Redis
 
     from model.demo_checkpoint import make_demo_checkpoint
@@ -306,41 +307,51 @@ def redis_commands(max_batch: int, steps: tuple[int, int] = (4, 24)) -> dict:
     redis = Redis.from_url(server.url)
     checkpoint = make_demo_checkpoint(root / "checkpoint")
 
-    def total() -> int:
-        stats = redis.info("commandstats")
-        return sum(v["calls"] for k, v in stats.items() if k.startswith("cmdstat_") and k not in ("cmdstat_info",))
+    def stats() -> dict[str, int]:
+        return {k[len("cmdstat_"):]: v["calls"] for k, v in redis.info("commandstats").items()
+                if k.startswith("cmdstat_") and k != "cmdstat_info"}
 
-    service = Service(root / "stack", server.url, checkpoint, deliverer=False, max_batch=max_batch)
+    def delta(a: dict, b: dict) -> dict[str, int]:
+        return {k: b.get(k, 0) - a.get(k, 0) for k in set(a) | set(b) if b.get(k, 0) != a.get(k, 0)}
+
+    # heartbeats and maintenance (time-driven, not per step) rare, so that the difference is the steps'
+    service = Service(root / "stack", server.url, checkpoint, deliverer=False, max_batch=max_batch,
+                      heartbeat_ttl_s=240, maintenance_interval_s=60)
     out: dict = {"max_batch": max_batch}
     try:
-        counts = {}
+        runs = {}
         for n in steps:
             items = [{"task": "text-to-image", "prompt": f"x{i}", "width": 64, "height": 64, "num_inference_steps": n,
                       "seed": i} for i in range(max_batch)]
             time.sleep(1.0)
-            idle0, t_idle = total(), time.monotonic()
-            time.sleep(3.0)
-            idle_rate = (total() - idle0) / (time.monotonic() - t_idle)
-            before, t0 = total(), time.monotonic()
+            before, t0 = stats(), time.monotonic()
             ids = [j["id"] for j in service.client.post("/v1/batches", json={"items": items}).json()["jobs"]]
-            after_submit = total()
-            polled = [0]  # the wait below reads Redis too: its commands are counted out
+            submitted = stats()
+            polled = [0]
 
             def ended() -> bool:
                 polled[0] += len(ids)
                 return all([redis.hget(f"rq:job:{i}", "status") in (b"finished", b"failed") for i in ids])
 
             wait_until(ended, 600, interval=0.5, what="the batch")
-            time.sleep(0.5)
-            elapsed = time.monotonic() - t0
-            ran = total() - after_submit - polled[0] - idle_rate * elapsed
-            counts[n] = {"submit": after_submit - before, "worker": round(ran), "seconds": round(elapsed, 1)}
+            after = stats()
+            worker = delta(submitted, after)
+            worker["hget"] = worker.get("hget", 0) - polled[0]
+            runs[n] = {"submit": sum(delta(before, submitted).values()), "worker": worker,
+                       "seconds": round(time.monotonic() - t0, 1)}
         a, b = steps
-        per_step = (counts[b]["worker"] - counts[a]["worker"]) / (b - a)
-        per_job = (counts[a]["worker"] - per_step * a) / max_batch
-        out.update({"runs": counts, "commands_per_step_per_batch": round(per_step, 1),
-                    "worker_commands_per_job_besides_steps": round(per_job, 1),
-                    "gateway_commands_per_job_submitted_in_a_batch": round(counts[a]["submit"] / max_batch, 1)})
+        extra = {k: (runs[b]["worker"].get(k, 0) - runs[a]["worker"].get(k, 0)) / (b - a)
+                 for k in set(runs[a]["worker"]) | set(runs[b]["worker"])}
+        per_step = {k: round(v, 2) for k, v in sorted(extra.items()) if abs(v) >= 0.05}
+        total_a = sum(runs[a]["worker"].values())
+        out.update({
+            "runs": {n: {"submit": r["submit"], "worker_total": sum(r["worker"].values()), "seconds": r["seconds"]}
+                     for n, r in runs.items()},
+            "per_step_of_the_batch": per_step,
+            "commands_per_step_per_batch": round(sum(extra.values()), 1),
+            "worker_commands_per_job_besides_steps": round((total_a - sum(extra.values()) * a) / max_batch, 1),
+            "gateway_commands_per_job_submitted_in_a_batch": round(runs[a]["submit"] / max_batch, 1),
+        })
     finally:
         service.stop()
         server.stop()
