@@ -24,7 +24,7 @@ from .cameras import (
 )
 from .loading import Components, load_components
 from .preprocess import image_tensor
-from .sampler import FlowSampler, Interrupted, SampleRequest, SampleResult, SteppedBatch
+from .sampler import FlowSampler, SampleRequest, SampleResult, SteppedBatch
 from .tasks import FramePlan
 from .text import PromptEncoder
 

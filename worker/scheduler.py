@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
-from model.pipeline import Interrupted, LiveBatch, TaskResult
+from model.pipeline import LiveBatch, TaskResult
+from model.sampler import Interrupted
 
 log = logging.getLogger(__name__)
 
