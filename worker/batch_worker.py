@@ -55,7 +55,8 @@ class BatchWorker(SimpleWorker):
         self.beats = Heartbeat(self, interval=max(1.0, settings.heartbeat_ttl_s / 4))
         self._last_sweep = -float("inf")
         self._claimed: list[Job] = []
-        self.scheduler = StepScheduler(executor.model.live_batch, settings.max_batch, on_step=self.on_step)
+        self.step_scheduler = StepScheduler(  # not `scheduler`: RQ's worker has one (its job scheduler)
+            executor.model.live_batch, settings.max_batch, on_step=self.on_step)
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         return self.settings.heartbeat_ttl_s
@@ -123,7 +124,7 @@ class BatchWorker(SimpleWorker):
         host = RQHost(self, queue)
         try:
             entries = host.start([*jobs])
-            self.scheduler.run(host, entries)
+            self.step_scheduler.run(host, entries)
         finally:
             host.flush_metrics(force=True)
             self.set_state(WorkerStatus.IDLE)
