@@ -114,14 +114,15 @@ def image_of(job: dict):
 
 
 def test_a_short_job_joins_a_running_batch_and_leaves_first_with_the_same_image(make_service):
-    """Step-level batching through the real worker: a 3-step job that arrives while a 40-step job runs
+    """Step-level batching through the real worker: a 3-step job that arrives while a 200-step job runs
     joins it at the next step, ends long before it, and its image is the one it makes alone; canceling
     the long job then leaves a third job that joined it undisturbed."""
     service = make_service(max_batch=4)
-    short = small("a red cat", seed=7, steps=3)
+    size = {"width": 128, "height": 128}  # steps long enough that the long job is still running when checked
+    short = small("a red cat", seed=7, steps=3, **size)
     alone = service.submit("text-to-image", short, headers={"Prefer": "wait=60"}).json()
     assert alone["status"] == "succeeded" and alone["timings"]["batch_size"] == 1
-    long_id = service.submit("text-to-image", small("a long walk", seed=1, steps=40)).json()["id"]
+    long_id = service.submit("text-to-image", small("a long walk", seed=1, steps=200, **size)).json()["id"]
     wait_until(lambda: (service.job(long_id).get("progress") or {}).get("step", 0) >= 2, 60, what="the long job's steps")
     joined = service.submit("text-to-image", short, headers={"Prefer": "wait=60"}).json()
     assert joined["status"] == "succeeded" and joined["timings"]["batch_size"] == 2
@@ -129,11 +130,12 @@ def test_a_short_job_joins_a_running_batch_and_leaves_first_with_the_same_image(
     assert running["status"] == "running" and running["eta_s"] is not None
     assert abs(image_of(alone) - image_of(joined)).max() <= 1
 
-    third = service.submit("text-to-image", small("a third one", seed=3, steps=8)).json()["id"]
+    third = service.submit("text-to-image", small("a third one", seed=3, steps=8, **size)).json()["id"]
     wait_until(lambda: (service.job(third).get("progress") or {}).get("step", 0) >= 1, 60, what="the third job's steps")
     assert service.client.post(f"/v1/jobs/{long_id}/cancel").status_code == 200
     assert service.wait_job(long_id)["status"] == "canceled"
     done = service.wait_job(third)
     assert done["status"] == "succeeded" and done["timings"]["batch_size"] == 2
-    again = service.submit("text-to-image", small("a third one", seed=3, steps=8), headers={"Prefer": "wait=60"}).json()
+    again = service.submit("text-to-image", small("a third one", seed=3, steps=8, **size), headers={"Prefer": "wait=60"}).json()
     assert abs(image_of(again) - image_of(done)).max() <= 1
+    assert "worker loop ended on an error" not in service.logs(full=True)  # no restart hid a crash of the loop
