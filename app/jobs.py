@@ -51,7 +51,7 @@ def fingerprint(*parts) -> str:
 class JobService(JobStore):
     def __init__(self, redis: Redis, settings: Settings, store: Optional[ResultStore] = None):
         super().__init__(redis, settings)
-        self.quotas = Quotas(redis, self.keys, settings, self.queue.key)
+        self.quotas = Quotas(redis, self.keys, settings, self.queue)
         self.store = store if store is not None else open_store(settings)
 
     # ---- submission ------------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ class JobService(JobStore):
             return self.view(self._replayed_id(idem, fp, "job", decision.value), tenant=tenant), True
         wait_replicated(self.redis, self.settings)  # a 202 then survives the master's loss
         log.info("job queued", extra={"job_id": job_id, "task": task, "bucket": plan.bucket, "tenant": tenant})
-        return self._queued_view(job, int(decision.value) - 1), False
+        return self._queued_view(job, self.queue.get_job_position(job.id) or 0), False
 
     def submit_batch(
         self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str,
@@ -252,7 +252,7 @@ class JobService(JobStore):
             return self.batch_view(self._replayed_id(idem, fp, "batch", decision.value), tenant=tenant), True
         wait_replicated(self.redis, self.settings)
         log.info("batch queued", extra={"batch_id": batch_id, "jobs": len(job_ids), "tenant": tenant})
-        first = int(decision.value) - len(jobs)
+        first = self.queue.get_job_position(jobs[0].id) or 0 if jobs else 0  # the others: behind it, as a first guess
         views = [self._queued_view(job, first + i) for i, job in enumerate(jobs)]
         counts = {s: 0 for s in ("queued", "running", "succeeded", "failed", "canceled")}
         counts["queued"] = len(views)

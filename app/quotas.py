@@ -27,6 +27,7 @@ from redis import Redis
 from rq.job import Job
 
 from core.connection import Keys
+from core.queueing import FQ_ADD_LIB, FairQueue
 from core.settings import Settings
 
 from .exceptions import ApiError
@@ -53,7 +54,8 @@ local function active_jobs(set, job_prefix, n, limit)
 end
 """
 
-# KEYS: job replay key, batch replay key ('' = none), rate counter, queue, tenant's active set
+# KEYS: job replay key, batch replay key ('' = none), rate counter, queue (RQ's list: jobs RQ re-queued, not
+# yet in the fair line), tenant's active set, the fair line's set of every queued job (core/queueing.py)
 # ARGV: rate limit, queue limit, active limit, new jobs, rate counter lifetime (s), job key prefix
 # (limit 0 = none)
 _PRECHECK = _ACTIVE + """
@@ -69,7 +71,7 @@ end
 local n = tonumber(ARGV[4])
 local depth = tonumber(ARGV[2])
 if depth > 0 then
-  local queued = redis.call('LLEN', KEYS[4])
+  local queued = redis.call('LLEN', KEYS[4]) + redis.call('ZCARD', KEYS[6])
   if queued + n > depth then return {'queue', queued} end
 end
 local quota = tonumber(ARGV[3])
@@ -80,11 +82,12 @@ end
 return {'ok', 0}
 """
 
-# KEYS: replay key ('' = none), queue, tenant's active set
-# ARGV: queue limit, active limit, new jobs, job key prefix, then the writes: their count, then per write
-# its argument count and arguments. The writes name keys beside KEYS (RQ's job records); RQ needs a
-# single Redis, not a cluster, so every key is on this server.
-_COMMIT = _ACTIVE + """
+# KEYS: replay key ('' = none), queue (RQ's list), tenant's active set, the fair line's set of every job
+# ARGV: queue limit, active limit, new jobs, job key prefix, the fair line's prefix, the SHA of its add
+# script, then the writes: their count, then per write its argument count and arguments. The writes name
+# keys beside KEYS (RQ's job records); RQ needs a single Redis, not a cluster, so every key is on this
+# server. A write that calls the line's add script (a script cannot call another) runs its function here.
+_COMMIT = _ACTIVE + "local p = ARGV[5]\n" + FQ_ADD_LIB + """
 if KEYS[1] ~= '' then
   local held = redis.call('GET', KEYS[1])
   if held then return {'replay', held} end
@@ -92,7 +95,7 @@ end
 local n = tonumber(ARGV[3])
 local depth = tonumber(ARGV[1])
 if depth > 0 then
-  local queued = redis.call('LLEN', KEYS[2])
+  local queued = redis.call('LLEN', KEYS[2]) + redis.call('ZCARD', KEYS[4])
   if queued + n > depth then return {'queue', queued} end
 end
 local quota = tonumber(ARGV[2])
@@ -100,13 +103,18 @@ if quota > 0 then
   local active = active_jobs(KEYS[3], ARGV[4], n, quota)
   if active + n > quota then return {'quota', active} end
 end
-local at = 6
-for _ = 1, tonumber(ARGV[5]) do
+local at = 8
+for _ = 1, tonumber(ARGV[7]) do
   local argc = tonumber(ARGV[at])
-  redis.call(unpack(ARGV, at + 1, at + argc))
+  if ARGV[at + 1] == 'EVALSHA' and ARGV[at + 2] == ARGV[6] then
+    -- EVALSHA sha 0 prefix id tenant shape priority front inbox
+    fq_add(ARGV[at + 5], ARGV[at + 6], ARGV[at + 7], tonumber(ARGV[at + 8]), ARGV[at + 9] == '1', ARGV[at + 10])
+  else
+    redis.call(unpack(ARGV, at + 1, at + argc))
+  end
   at = at + argc + 1
 end
-return {'ok', redis.call('LLEN', KEYS[2])}
+return {'ok', redis.call('LLEN', KEYS[2]) + redis.call('ZCARD', KEYS[4])}
 """
 
 
@@ -120,11 +128,12 @@ class Decision:
 
 
 class Quotas:
-    def __init__(self, redis: Redis, keys: Keys, settings: Settings, queue_key: str):
+    def __init__(self, redis: Redis, keys: Keys, settings: Settings, queue: FairQueue):
         self.redis = redis
         self.keys = keys
         self.settings = settings
-        self.queue_key = queue_key  # RQ's list of the inference queue
+        self.queue_key = queue.key  # RQ's list of the inference queue (an inbox for what RQ re-queues)
+        self.line = queue.line  # the fair line the gateway's jobs join
         self._precheck = redis.register_script(_PRECHECK)
         self._commit = redis.register_script(_COMMIT)
         self._encode = redis.connection_pool.get_encoder().encode
@@ -137,7 +146,7 @@ class Quotas:
         429 of the first limit that refuses."""
         outcome, value = self._precheck(
             keys=[*(name or "" for name in replay_keys), self._rate_key(key_id), self.queue_key,
-                  self.keys.active_jobs(tenant)],
+                  self.keys.active_jobs(tenant), self.line.key("all")],
             args=[self.settings.rate_limit_per_minute, self.settings.max_queue_depth,
                   self.settings.max_active_jobs_per_tenant, new_jobs, RATE_WINDOW_S * 2, JOB_PREFIX],
         )
@@ -156,8 +165,9 @@ class Quotas:
             flat.append(len(command))
             flat.extend(self._encode(arg) for arg in command)
         outcome, value = self._commit(
-            keys=[replay_key or "", self.queue_key, self.keys.active_jobs(tenant)],
-            args=[self.settings.max_queue_depth, self.settings.max_active_jobs_per_tenant, new_jobs, JOB_PREFIX, *flat],
+            keys=[replay_key or "", self.queue_key, self.keys.active_jobs(tenant), self.line.key("all")],
+            args=[self.settings.max_queue_depth, self.settings.max_active_jobs_per_tenant, new_jobs, JOB_PREFIX,
+                  self.line.prefix, self.line.add_sha, *flat],
         )
         decision = Decision(outcome.decode(), value)
         self.refuse(decision)

@@ -118,6 +118,11 @@ class Keys:
         return f"{self.prefix}:worker:{name}"
 
     @property
+    def step_seconds(self) -> str:
+        """Hash: token shape -> the measured seconds of one denoising step (workers keep it; ETAs use it)."""
+        return f"{self.prefix}:step-seconds"
+
+    @property
     def metrics(self) -> str:
         return f"{self.prefix}:metrics"
 
@@ -141,6 +146,9 @@ def keys_for(prefix: str) -> Keys:
 
 
 def queues(redis: Redis, settings: Settings) -> tuple[Queue, Queue]:
-    """(inference queue, webhook queue)."""
+    """(inference queue: fair between tenants (core/queueing.py), webhook queue: RQ's FIFO)."""
+    from .queueing import fair_queue, parse_weights
+
     keys = keys_for(settings.queue_prefix)
-    return Queue(keys.inference_queue, connection=redis), Queue(keys.webhook_queue, connection=redis)
+    inference = fair_queue(redis, keys.inference_queue, parse_weights(settings.tenant_weights).items())
+    return inference, Queue(keys.webhook_queue, connection=redis)

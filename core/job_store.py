@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Iterable, Optional
@@ -28,6 +29,7 @@ from .deliveries import DeliveryLog
 from .usage import Usage
 from .metrics import Metrics
 from .plan import is_queued_plan
+from .queueing import FairQueue, token_shape
 from .settings import Settings, get_settings
 from .storage import FORMATS, BlobStore, converted_name, open_store
 from .url_signing import UrlSigner
@@ -187,6 +189,18 @@ class JobStore:
             cache[job_id] = (owner, owner_id, events) if RUNNING_EVENTS & set(events) else None
         return cache[job_id]
 
+    def write_progress(self, pipe, job_id: str, step: int, total: int, step_s: Optional[float] = None,
+                       new: bool = False) -> None:
+        """One command per job and step (its expiry set once, when it starts): the worker's per-step
+        pipeline carries every row's progress in one round trip. `step_s` (the step's wall time) gives the ETA."""
+        key = self.keys.progress(job_id)
+        fields = {"step": step, "total": total}
+        if step_s is not None:
+            fields["step_s"] = round(step_s, 5)
+        pipe.hset(key, mapping=fields)
+        if new:
+            pipe.expire(key, self.settings.job_ttl_s)
+
     def request_cancel(self, job_id: str, reason: str) -> None:
         """Flag the job canceled; a worker running it drops it at its next step."""
         self.redis.set(self.keys.cancel(job_id), reason, ex=self.settings.job_ttl_s)
@@ -252,6 +266,10 @@ class JobStore:
         if progress:
             step, total = int(progress[b"step"]), int(progress[b"total"])
             view.progress = Progress(step=step, total=total, fraction=round(step / max(total, 1), 4))
+            if status == "running" and b"step_s" in progress:
+                view.eta_s = round(max(0, total - step) * float(progress[b"step_s"]), 2)
+        if status == "queued" and view.queue_position is not None:
+            view.eta_s = self._queued_eta(job, meta, view.queue_position)
         if status == "succeeded":
             result = self._result(job, meta)
             view.outputs = [self._output(job.id, f, meta.get("output_format", "png")) for f in result.get("outputs", [])]
@@ -277,6 +295,20 @@ class JobStore:
         except Exception:  # a record without arguments: nothing to show
             return {}
         return payload.get("input") or {} if is_queued_plan(payload) else {}
+    def _queued_eta(self, job: Job, meta: dict, position: int) -> Optional[float]:
+        """Seconds until a queued job ends, from its shape's measured step time: the jobs ahead of it run
+        MAX_BATCH at a time on each ready worker, taken to be as long as it is (an estimate)."""
+        shape = token_shape(meta.get("bucket", ""))
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.step_seconds, shape)
+            pipe.zcount(self.keys.workers, time.time() - self.settings.heartbeat_ttl_s, "+inf")
+            step_s, workers = pipe.execute()
+        parts = meta.get("bucket", "").split("x")  # height x width x frames x steps [x rope]
+        steps = int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else None
+        if step_s is None or not steps:
+            return None
+        slots = self.settings.max_batch * max(1, int(workers))
+        return round((position // slots + 1) * int(steps) * float(step_s), 2)
 
     def _output(self, job_id: str, output: dict, fmt: str) -> OutputView:
         # Named and labelled by the format they are served in: `image.jpeg`, image/jpeg. 16-bit depth
@@ -367,6 +399,8 @@ class JobStore:
             self.keep_outcome_in_record(job)
         view = self.view(job_id, job)
         meta = job.meta or {}
+        if view.status == "canceled" and isinstance(self.queue, FairQueue):
+            self.queue.line.remove(job_id)  # canceled while queued: out of the line at once
         if meta.get("tenant"):
             self.redis.srem(self.keys.active_jobs(meta["tenant"]), job_id)
         self.metrics.inc("jobs_total", {"task": view.task, "status": view.status})

@@ -20,7 +20,7 @@ HELP = {
         "counter", "Submissions answered, and job starts and ends recorded, before REDIS_WAIT_REPLICAS replicas held "
         "them (REDIS_WAIT_TIMEOUT_MS ran out), by what"),
     "batches_total": ("counter", "Batches whose items have all ended"),
-    "batch_size": ("histogram", "Jobs per sampler batch run by a worker"),
+    "batch_size": ("histogram", "Jobs sharing a denoising step of a worker (one observation per step)"),
     "step_seconds": ("histogram", "Wall time of one denoising step of a batch"),
     "job_latency_seconds": ("histogram", "Submission to result of succeeded jobs"),
 }
@@ -56,6 +56,19 @@ class Metrics:
         target.hincrbyfloat(self.key, f"{name}_count" + _labels(labels), 1)
         if pipe is None:
             target.execute()
+
+    def observe_many(self, name: str, labels: dict, values: list[float], pipe) -> None:
+        """Many observations of one histogram at once: at most one command per bucket, whatever their
+        number (a worker adds its per-step times every few seconds, not per step)."""
+        if not values:
+            return
+        for bound in BUCKETS[name]:
+            count = sum(1 for v in values if v <= bound)
+            if count:
+                pipe.hincrbyfloat(self.key, f"{name}_bucket" + _labels({**labels, "le": _fmt(bound)}), count)
+        pipe.hincrbyfloat(self.key, f"{name}_bucket" + _labels({**labels, "le": "+Inf"}), len(values))
+        pipe.hincrbyfloat(self.key, f"{name}_sum" + _labels(labels), sum(values))
+        pipe.hincrbyfloat(self.key, f"{name}_count" + _labels(labels), len(values))
 
     def render(self, gauges: Optional[Iterable[tuple[str, str, dict, float]]] = None) -> str:
         """All counters and histograms, plus `gauges` given as (name, help, labels, value)."""

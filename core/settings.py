@@ -85,8 +85,14 @@ class Settings(BaseSettings):
     queue_prefix: str = Field("onediffusion", description="Prefix of the RQ queue names (inference and webhooks)")
 
     # ---- worker
-    max_batch: int = Field(4, ge=1, le=64, description="Most jobs of one shape run as one sampler batch")
-    batch_window_ms: int = Field(50, ge=0, le=10_000, description="How long a worker waits for companions of a job")
+    max_batch: int = Field(4, ge=1, le=64, description="Most jobs of one token shape that share a denoising step (a sampler batch)")
+    batch_window_ms: int = Field(
+        0, ge=0, le=10_000,
+        description="No longer used: a lone job starts at once on an idle worker and later jobs of its shape join at the next step (kept so older configurations still load)",
+    )
+    tenant_weights: str = Field(
+        "", description="Shares of the GPUs between tenants with queued jobs, e.g. 'acme=2,beta=0.5' (unnamed tenants: 1)"
+    )
     device: Optional[str] = Field(None, description="Torch device of the worker; default cuda when present, else cpu")
     compile: bool = Field(True, description="torch.compile the denoiser on CUDA (checked against eager at start; see fast path)")
     compile_on_cpu: bool = Field(False, description="Also compile on the CPU (slow to start; for proofs of the GPU path)")
@@ -220,6 +226,14 @@ class Settings(BaseSettings):
             from .storage import parse_url  # ValueError naming STORAGE_URL
 
             parse_url(value)
+        return value
+
+    @field_validator("tenant_weights")
+    @classmethod
+    def _weights_parse(cls, value: str) -> str:
+        from .queueing import parse_weights
+
+        parse_weights(value)
         return value
 
     @classmethod

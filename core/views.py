@@ -39,7 +39,13 @@ class JobView(BaseModel):
     task: str
     status: JobStatus
     progress: Optional[Progress] = None
-    queue_position: Optional[int] = Field(None, description="0 = next to run; only while queued")
+    queue_position: Optional[int] = Field(
+        None, description="Jobs that run before this one in the fair order between tenants (0 = next); only while queued"
+    )
+    eta_s: Optional[float] = Field(
+        None, description="Estimated seconds until the job ends, from measured step times (queued: assuming the jobs "
+        "ahead are like it); null until a step time of its shape has been measured"
+    )
     created_at: Optional[str] = None
     started_at: Optional[str] = None
     finished_at: Optional[str] = None

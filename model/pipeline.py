@@ -24,7 +24,7 @@ from .cameras import (
 )
 from .loading import Components, load_components
 from .preprocess import image_tensor
-from .sampler import FlowSampler, SampleRequest, SampleResult
+from .sampler import FlowSampler, SampleRequest, SampleResult, SteppedBatch
 from .tasks import FramePlan
 from .text import PromptEncoder
 
@@ -179,6 +179,11 @@ class OneDiffusion:
         )
         return request, warnings
 
+    # ---- step-level batches ---------------------------------------------------------------------------
+    def live_batch(self, plan: FramePlan) -> "LiveBatch":
+        """An empty batch for plans of `plan`'s token shape, that plans join and leave between steps."""
+        return LiveBatch(self, plan)
+
     # ---- the batch --------------------------------------------------------------------------------------
     def run(
         self,
@@ -316,3 +321,104 @@ class OneDiffusion:
                 "OpenGL camera-to-world (x right, y up, looking along -z), relative to the first given camera "
                 "(view 0 for camera-pose-estimation; view 0 when no camera is given)"
             )
+
+
+def token_shape(plan: FramePlan) -> tuple:
+    """Plans with the same token shape can share denoiser steps whatever their step counts: frame count,
+    resolution, and the RoPE scaling group (a scaled plan's scaling depends on the batch's timesteps, so
+    scaled plans share a batch only when they also share the schedule: see `LiveBatch.joinable`)."""
+    return (plan.height, plan.width, len(plan.frames), plan.rope_group)
+
+
+@dataclass
+class _Member:
+    plan: FramePlan
+    result: TaskResult
+    prepare_s: float
+    joined: float
+    batch_size: int = 1
+
+
+class LiveBatch:
+    """Plans of one token shape denoised one step at a time: a plan joins at any step boundary (its text,
+    condition latents and noise prepared then), and leaves when its own steps are done (`take` decodes
+    it) or when it is dropped, while the others go on. Results are those of the plan run alone."""
+
+    def __init__(self, model: OneDiffusion, first: FramePlan):
+        self.model = model
+        self.shape = token_shape(first)
+        group = first.rope_group
+        kwargs = {"scale_factor": group[0], "scale_watershed": group[1]} if group else None
+        self.batch: SteppedBatch = model.sampler.batch(kwargs)
+        self.members: dict = {}
+        self.steps_run = 0
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    @property
+    def open(self) -> bool:
+        """Whether plans may still join: always, but for a RoPE-scaled batch once it has stepped."""
+        return not self.shape[3] or self.steps_run == 0
+
+    def joinable(self, plan: FramePlan) -> bool:
+        """Same token shape; a RoPE-scaled plan only before the first step and with the same step count
+        (the denoiser picks its scaling from the batch's largest timestep)."""
+        if token_shape(plan) != self.shape:
+            return False
+        if self.shape[3]:
+            return self.steps_run == 0 and all(m.plan.num_inference_steps == plan.num_inference_steps
+                                               for m in self.members.values())
+        return True
+
+    def join(self, key, plan: FramePlan) -> None:
+        """Prepare the plan (text, VAE, noise) and add it at the next step. Raises what failed it (a
+        broken input image, say): that plan alone fails."""
+        if not self.joinable(plan):
+            raise ValueError(f"plan of shape {token_shape(plan)} cannot join a batch of shape {self.shape}")
+        t0 = time.perf_counter()
+        request, warnings = self.model.sample_request(plan)
+        self.batch.add(key, request)
+        result = TaskResult(warnings=list(plan.warnings) + warnings)
+        self.members[key] = _Member(plan, result, time.perf_counter() - t0, time.perf_counter())
+
+    def progress(self, key) -> tuple[int, int]:
+        member = self.members[key]
+        done = self.batch.latents_of(key) is not None
+        return (member.plan.num_inference_steps if done else self.batch.step_of(key)), member.plan.num_inference_steps
+
+    def step(self, all_dropped: Optional[Callable[[], bool]] = None) -> list:
+        """One denoising step for every member; the keys of those whose steps are now all done.
+        Raises `Interrupted` when `all_dropped()` says no member is wanted any more."""
+        size = len(self.batch)
+        for key in self.batch.keys:
+            self.members[key].batch_size = max(self.members[key].batch_size, size)
+        done = self.batch.step(all_dropped)
+        self.steps_run += 1
+        return done
+
+    def drop(self, key) -> None:
+        """A member leaves without a result (canceled, timed out); the others are not disturbed."""
+        self.batch.remove(key)
+        if self.batch.latents_of(key) is not None:
+            self.batch.pop_finished(key)
+        self.members.pop(key, None)
+
+    def take(self, key) -> TaskResult | BaseException:
+        """Decode and post-process a member whose steps are done; it leaves the batch."""
+        member = self.members.pop(key)
+        latents = self.batch.pop_finished(key)
+        denoise_s = time.perf_counter() - member.joined
+        t0 = time.perf_counter()
+        try:
+            self.model.finish(member.plan, latents, member.result)
+        except Exception as exc:
+            log.exception("post-processing a %s plan failed", member.plan.task)
+            return exc
+        member.result.timings = {
+            "prepare_s": round(member.prepare_s, 4),
+            "denoise_s": round(denoise_s, 4),
+            "decode_s": round(time.perf_counter() - t0, 4),
+            "batch_size": member.batch_size,
+        }
+        return member.result

@@ -159,3 +159,14 @@ def test_job_records_live_for_job_ttl_not_for_the_outputs_ttl(redis_url):
     service.record_progress([job_id], 1, 2)
     for key in (service.keys.progress(job_id), service.keys.idempotency("tenant-a:k1")):
         assert 3500 < service.redis.ttl(key) <= 3600
+def test_queued_jobs_show_their_fair_position_and_an_eta_once_a_step_time_is_known(service):
+    a = [service.submit("text-to-image", TextToImage(**SMALL), "tenant-a", "key-a").id for _ in range(6)]
+    b = service.submit("text-to-image", TextToImage(**SMALL), "tenant-b", "key-b").id
+    assert [service.view(i).queue_position for i in a[:2]] == [0, 2]  # b's first job goes second
+    assert service.view(b).queue_position == 1 and service.queue.count == 7
+    assert service.view(b).eta_s is None  # no step measured for this shape yet
+    service.redis.hset(service.keys.step_seconds, "64x64x1", 0.5)
+    assert service.view(b).eta_s == 1.0  # within the first MAX_BATCH: its own 2 steps
+    assert service.view(a[5]).eta_s == 2.0  # behind one batch of MAX_BATCH (4) jobs
+    service.cancel(a[0])  # out of the line at once: a's next job takes its turn
+    assert [service.view(i).queue_position for i in (a[1], b, a[2])] == [0, 1, 2] and service.queue.count == 6

@@ -98,15 +98,12 @@ class Executor:
         outcomes: list[Optional[Outcome]] = [None] * len(items)
         plans, positions = [], []
         for i, item in enumerate(items):
-            try:
-                plans.append(self.with_storage(lambda: self.plan(item)))
+            plan, error = self.plan_or_error(item)
+            if error is not None:
+                outcomes[i] = Outcome(error=error)
+            else:
+                plans.append(plan)
                 positions.append(i)
-            except (TaskInputError, ValidationError, KeyError, PlanVersionError) as exc:
-                outcomes[i] = Outcome(error={"type": "invalid_request", "message": str(exc)})
-            except StorageUnavailable as exc:
-                outcomes[i] = Outcome(error={"type": "storage_unavailable", "message": str(exc)})
-            except InputUnavailable as exc:
-                outcomes[i] = Outcome(error={"type": "input_unavailable", "message": str(exc)})
 
         def dropped() -> set[int]:
             wanted = canceled()
@@ -117,6 +114,21 @@ class Executor:
             for i, result in zip(positions, results):
                 outcomes[i] = self._outcome(items[i], result)
         return outcomes  # type: ignore[return-value]
+
+    def plan_or_error(self, item: WorkItem) -> tuple[Optional[FramePlan], Optional[dict]]:
+        """(the job's model plan, None), or (None, the error the job fails with): storage retried for
+        STORAGE_RETRY_S; a Redis error never becomes a job's error text (it can name other jobs)."""
+        try:
+            return self.with_storage(lambda: self.plan(item)), None
+        except (TaskInputError, ValidationError, KeyError, PlanVersionError) as exc:
+            return None, {"type": "invalid_request", "message": str(exc)}
+        except StorageUnavailable as exc:
+            return None, {"type": "storage_unavailable", "message": str(exc)}
+        except InputUnavailable as exc:
+            return None, {"type": "input_unavailable", "message": str(exc)}
+        except RedisError as exc:
+            log.error("could not plan a job on a Redis error: %s", exc, extra={"job_id": item.job_id})
+            return None, {"type": "internal", "message": "the job store (Redis) failed while this job started"}
 
     def _run_isolated(self, plans, on_step, canceled):
         """One batch; if the batch itself breaks (out of memory, say), each plan alone, so the one that
@@ -133,6 +145,10 @@ class Executor:
                 one = (lambda k=k: {0} if k in canceled() else set()) if canceled else None
                 results.extend(self._run_isolated([plan], on_step, one))
             return results
+
+    def outcome(self, item: WorkItem, result) -> Outcome:
+        """A job's outcome from what the model gave for it (a TaskResult is stored; an exception fails it)."""
+        return self._outcome(item, result)
 
     def _texts(self, item: WorkItem) -> Optional[dict[str, str]]:
         try:

@@ -143,7 +143,7 @@ async def job_events(request: Request, job_id: str = JobId, caller: Caller = Dep
                     if view.status != last_status:
                         if view.status == "queued":
                             if fresh("queued"):
-                                yield _sse("queued", {"id": view.id, "queue_position": view.queue_position}, "queued")
+                                yield _sse("queued", {"id": view.id, "queue_position": view.queue_position, "eta_s": view.eta_s}, "queued")
                         elif view.status == "running" or (last_status in (None, "queued") and view.status in TERMINAL):
                             if fresh("started"):
                                 yield _sse("started", {"id": view.id, "started_at": view.started_at}, "started")
@@ -151,7 +151,7 @@ async def job_events(request: Request, job_id: str = JobId, caller: Caller = Dep
                     step = view.progress.step if view.progress else None
                     if step is not None and step != last_step:
                         if fresh(f"progress-{step}"):
-                            yield _sse("progress", view.progress.model_dump(), f"progress-{step}")
+                            yield _sse("progress", {**view.progress.model_dump(), "eta_s": view.eta_s}, f"progress-{step}")
                         last_step = step
                     if view.status in TERMINAL:
                         if fresh("finished"):

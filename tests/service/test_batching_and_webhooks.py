@@ -15,12 +15,13 @@ def small(prompt: str, steps: int = 2, **extra) -> dict:
 
 
 def test_queued_jobs_of_one_shape_share_a_batch(make_service):
-    service = make_service(batch_window_ms=3000, max_batch=4)
-    ids = [service.submit("text-to-image", small(f"cat {i}", seed=i)).json()["id"] for i in range(2)]
-    other_shape = service.submit("text-to-image", small("dog", steps=3)).json()["id"]
+    service = make_service(max_batch=4)
+    items = [{"task": "text-to-image", **small(f"cat {i}", seed=i, steps=2 + i)} for i in range(2)]
+    ids = [j["id"] for j in service.client.post("/v1/batches", json={"items": items}).json()["jobs"]]
+    other_shape = service.submit("text-to-image", {**small("dog"), "width": 128}).json()["id"]
     jobs = [service.wait_job(i) for i in ids]
     assert all(j["status"] == "succeeded" for j in jobs)
-    assert [j["timings"]["batch_size"] for j in jobs] == [2, 2]
+    assert [j["timings"]["batch_size"] for j in jobs] == [2, 2]  # step counts differ: they still share steps
     assert service.wait_job(other_shape)["timings"]["batch_size"] == 1
     metrics = service.client.get("/metrics").text
     assert 'onediffusion_batch_size_bucket{le="2"}' in metrics
@@ -30,9 +31,9 @@ def test_batch_is_equivalent_to_single_runs(make_service):
     """The same request gives the same image whether it ran in a batch or alone."""
     import httpx
 
-    service = make_service(batch_window_ms=3000, max_batch=4)
-    a = service.submit("text-to-image", small("a red cat", seed=7)).json()["id"]
-    b = service.submit("text-to-image", small("a blue dog", seed=8)).json()["id"]
+    service = make_service(max_batch=4)
+    items = [{"task": "text-to-image", **small("a red cat", seed=7)}, {"task": "text-to-image", **small("a blue dog", seed=8)}]
+    a, b = [j["id"] for j in service.client.post("/v1/batches", json={"items": items}).json()["jobs"]]
     batched = service.wait_job(a)
     assert service.wait_job(b)["timings"]["batch_size"] == 2
     alone = service.submit("text-to-image", small("a red cat", seed=7), headers={"Prefer": "wait=60"}).json()
@@ -100,3 +101,41 @@ def test_webhooks_arrive_after_the_receiver_comes_back(make_service, receiver):
     single = next(c for c in receiver.calls if c["json"]["event"] == "job.succeeded")
     assert single["json"]["job"]["id"] == job["id"]
     assert single["json"]["job"]["outputs"][0]["url"].startswith(service.url)
+
+
+def image_of(job: dict):
+    import io
+
+    import httpx
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(httpx.get(job["outputs"][0]["url"]).content)), dtype=int)
+
+
+def test_a_short_job_joins_a_running_batch_and_leaves_first_with_the_same_image(make_service):
+    """Step-level batching through the real worker: a 3-step job that arrives while a 200-step job runs
+    joins it at the next step, ends long before it, and its image is the one it makes alone; canceling
+    the long job then leaves a third job that joined it undisturbed."""
+    service = make_service(max_batch=4)
+    size = {"width": 128, "height": 128}  # steps long enough that the long job is still running when checked
+    short = small("a red cat", seed=7, steps=3, **size)
+    alone = service.submit("text-to-image", short, headers={"Prefer": "wait=60"}).json()
+    assert alone["status"] == "succeeded" and alone["timings"]["batch_size"] == 1
+    long_id = service.submit("text-to-image", small("a long walk", seed=1, steps=200, **size)).json()["id"]
+    wait_until(lambda: (service.job(long_id).get("progress") or {}).get("step", 0) >= 2, 60, what="the long job's steps")
+    joined = service.submit("text-to-image", short, headers={"Prefer": "wait=60"}).json()
+    assert joined["status"] == "succeeded" and joined["timings"]["batch_size"] == 2
+    running = service.job(long_id)
+    assert running["status"] == "running" and running["eta_s"] is not None
+    assert abs(image_of(alone) - image_of(joined)).max() <= 1
+
+    third = service.submit("text-to-image", small("a third one", seed=3, steps=8, **size)).json()["id"]
+    wait_until(lambda: (service.job(third).get("progress") or {}).get("step", 0) >= 1, 60, what="the third job's steps")
+    assert service.client.post(f"/v1/jobs/{long_id}/cancel").status_code == 200
+    assert service.wait_job(long_id)["status"] == "canceled"
+    done = service.wait_job(third)
+    assert done["status"] == "succeeded" and done["timings"]["batch_size"] == 2
+    again = service.submit("text-to-image", small("a third one", seed=3, steps=8, **size), headers={"Prefer": "wait=60"}).json()
+    assert abs(image_of(again) - image_of(done)).max() <= 1
+    assert "worker loop ended on an error" not in service.logs(full=True)  # no restart hid a crash of the loop
