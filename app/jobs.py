@@ -366,7 +366,7 @@ class JobService(JobStore):
 
     def worker_info(self, names: list[str]) -> dict[str, dict[str, str]]:
         """The fields each worker publishes with its heartbeat (its precision, ...), by worker name."""
-        with self.redis.pipeline() as pipe:
+        with self.redis.pipeline(transaction=False) as pipe:  # a read: a full Redis refuses MULTI
             for name in names:
                 pipe.hgetall(self.keys.worker_info(name))
             found = pipe.execute()

@@ -44,7 +44,9 @@ def test_worker_maintenance_sweeps_outputs(tmp_path, redis_url):
     os.utime(tmp_path / "expired", (time.time() - 10_000,) * 2)
     settings = Settings(redis_url=redis_url, results_ttl_s=3600, queue_prefix="sweeptest")
     redis = Redis.from_url(redis_url)
-    worker = BatchWorker(["sweeptest"], redis, SimpleNamespace(store=store), settings, name=f"sweep-{os.getpid()}")
+    from core.queueing import fair_queue
+
+    worker = BatchWorker([fair_queue(redis, "sweeptest")], redis, SimpleNamespace(store=store, model=SimpleNamespace(live_batch=None)), settings, name=f"sweep-{os.getpid()}")
     worker.run_maintenance_tasks()
     assert not (tmp_path / "expired").exists()
 

@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from rq import Queue
+from core.queueing import fair_queue  # the inference queue (its fair line and RQ's list)
 
 from tests.service.harness import free_port, wait_until
 from tests.service.test_hardening import SMALL, bearer, new_key
@@ -55,13 +55,13 @@ def test_tenant_quota_is_exact_under_concurrent_submissions(make_service):
         assert refused.json()["error"]["type"] == "quota_exceeded" and refused.headers["retry-after"] == "10"
     redis = service.redis()
     assert redis.scard(f"{service.prefix}:active:qa") == 7 and redis.scard(f"{service.prefix}:active:qb") == 7
-    assert Queue(service.prefix, connection=redis).count == 14
+    assert fair_queue(redis, service.prefix).count == 14
 
     # batch items count one each: tenant qa is full, so a batch of two is refused as a whole
     batch = {"items": [{"task": "text-to-image", **SMALL}] * 2}
     refused = service.client.post("/v1/batches", json=batch, headers=bearer(a1))
     assert refused.status_code == 429 and "limit is 7" in refused.json()["error"]["message"]
-    assert Queue(service.prefix, connection=redis).count == 14
+    assert fair_queue(redis, service.prefix).count == 14
 
     # one Idempotency-Key sent 24 times at once: one job; one fresh answer, the others replay it
     c = new_key(service, "qc")
@@ -70,7 +70,7 @@ def test_tenant_quota_is_exact_under_concurrent_submissions(make_service):
     assert {r.status_code for r in answers} == {202}, [r.text for r in answers if r.status_code != 202]
     assert len({r.json()["id"] for r in answers}) == 1
     assert sum("idempotent-replayed" not in r.headers for r in answers) == 1
-    assert redis.scard(f"{service.prefix}:active:qc") == 1 and Queue(service.prefix, connection=redis).count == 15
+    assert redis.scard(f"{service.prefix}:active:qc") == 1 and fair_queue(redis, service.prefix).count == 15
 
 
 def test_rate_and_idempotency_are_exact_under_concurrent_submissions(make_service):

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from PIL import Image
-from rq import Queue
+from core.queueing import fair_queue  # the inference queue (its fair line and RQ's list)
 
 from tests.conftest import b64_image
 from tests.service.harness import free_port, wait_until
@@ -158,7 +158,7 @@ def test_queue_bound_holds_under_concurrent_submissions(make_service):
     with ThreadPoolExecutor(60) as pool:
         codes = list(pool.map(submit, range(90)))
     assert codes.count(202) == 10 and codes.count(429) == 80, codes
-    assert Queue(service.prefix, connection=service.redis()).count == 10
+    assert fair_queue(service.redis(), service.prefix).count == 10
 
 
 # ---- 7: idempotency ------------------------------------------------------------------------------------

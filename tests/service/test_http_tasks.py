@@ -180,7 +180,9 @@ def test_same_seed_same_image(shared_service):
     payload = {**CASES["text-to-image"][0], "seed": 1234}
     a = shared_service.submit("text-to-image", payload, headers={"Prefer": "wait=60"}).json()
     b = shared_service.submit("text-to-image", payload, headers={"Prefer": "wait=60"}).json()
-    assert httpx.get(a["outputs"][0]["url"]).content == httpx.get(b["outputs"][0]["url"]).content
+    first, second = (Image.open(io.BytesIO(httpx.get(job["outputs"][0]["url"]).content)) for job in (a, b))
+    assert first.text == second.text  # the parameters written into the PNG
+    assert first.tobytes() == second.tobytes()
 
 
 def test_metrics(shared_service):

@@ -28,11 +28,12 @@ def redis_set(tmp_path):
 
 
 def batch_starts(service) -> dict[str, int]:
-    """How many times each job id was started, from the workers' "batch started" log lines."""
+    """How many times each job id was started, from the workers' "jobs joined" log lines (a batch's first
+    jobs and each job that joins it later)."""
     counts: dict[str, int] = {}
     for path in service.tmp.glob("worker*.log"):
         for line in path.read_text(errors="replace").splitlines():
-            if '"batch started"' in line:
+            if '"jobs joined"' in line:
                 for job_id in json.loads(line)["jobs"]:
                     counts[job_id] = counts.get(job_id, 0) + 1
     return counts
