@@ -8,7 +8,8 @@ TORCH_SPEC ?= torch==2.13.0
 
 # Three installs, each what its commands need: serving (`make run`: torch and the project's runtime
 # dependencies), the tests (`make test`: + the dev extra: pytest, playwright, schemathesis, triton for the
-# kernel's CPU interpreter test, ...) and the GPU check (+ the fp8 extra, torchao). Each adds to the one before.
+# kernel's CPU interpreter test, ...; and the fp8 extra, whose CPU path the tests run) and the GPU check
+# (+ the fp8 extra, torchao). Each adds to the one before.
 STAMP_SERVE := $(BIN)/.installed
 STAMP_DEV := $(BIN)/.installed-dev
 STAMP_GPU := $(BIN)/.installed-gpu
@@ -28,7 +29,7 @@ $(STAMP_SERVE): pyproject.toml
 	touch $@
 
 $(STAMP_DEV): $(STAMP_SERVE)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,fp8]"
 	touch $@
 
 $(STAMP_GPU): $(STAMP_SERVE)

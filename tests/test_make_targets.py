@@ -37,9 +37,9 @@ def test_run_installs_only_what_serving_needs(tmp_path):
     assert extras(lines) == set(), lines  # no dev (pytest, playwright, triton, ...) and no fp8
 
 
-def test_test_adds_the_dev_extra(tmp_path):
-    lines = planned("test", tmp_path)
-    assert any(re.search(r"-e \.$", line) for line in lines) and extras(lines) == {"dev"}, lines
+def test_test_adds_the_dev_and_fp8_extras(tmp_path):
+    lines = planned("test", tmp_path)  # fp8: the tests run its CPU path (tests/test_precision.py, the fp8 benchmarks)
+    assert any(re.search(r"-e \.$", line) for line in lines) and extras(lines) == {"dev", "fp8"}, lines
 
 
 def test_gpu_check_adds_fp8_not_dev(tmp_path):

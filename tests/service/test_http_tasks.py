@@ -6,6 +6,7 @@ import io
 import json
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -182,7 +183,9 @@ def test_same_seed_same_image(shared_service):
     b = shared_service.submit("text-to-image", payload, headers={"Prefer": "wait=60"}).json()
     first, second = (Image.open(io.BytesIO(httpx.get(job["outputs"][0]["url"]).content)) for job in (a, b))
     assert first.text == second.text  # the parameters written into the PNG
-    assert first.tobytes() == second.tobytes()
+    # the same image, to one level: a job may have shared its steps with others (text padded to the longest)
+    difference = np.abs(np.asarray(first, dtype=np.int16) - np.asarray(second, dtype=np.int16))
+    assert difference.max() <= 1, difference.max()
 
 
 def test_metrics(shared_service):
