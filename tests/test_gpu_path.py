@@ -136,7 +136,7 @@ def test_the_fastest_passing_candidate_wins_not_the_first(tiny, monkeypatch):
     def slow_flex_compiler(module):
         def run(*args):
             if backend_for(torch.device("cpu"), torch.float32) == "flex":
-                time.sleep(0.05)
+                time.sleep(0.5)  # far above the run-to-run spread of a loaded machine
                 from model import attention
                 with torch.no_grad():
                     attention.use_backend("math")  # same numbers as flex, without compiling flex here
