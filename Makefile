@@ -14,7 +14,7 @@ STAMP_SERVE := $(BIN)/.installed
 STAMP_DEV := $(BIN)/.installed-dev
 STAMP_GPU := $(BIN)/.installed-gpu
 
-# The GPU check (benchmarks/gpu_check.py): one command on a lent GPU; ARGS='--tiny --device cpu' runs it here.
+# The GPU check (benchmarks/gpu_check.py): one command on a GPU machine; ARGS='--tiny --device cpu' runs it here.
 .PHONY: gpu-check
 gpu-check: $(STAMP_GPU)
 	$(BIN)/python -m benchmarks.gpu_check $(ARGS)
