@@ -52,6 +52,19 @@ local function active_jobs(set, job_prefix, n, limit)
   end
   return count
 end
+-- The queue bound and the tenant quota for `n` new jobs: nil when both hold, else {limit, count seen}.
+-- The queue is RQ's list (jobs RQ re-queued, not yet adopted) and the fair line's set of every job.
+local function refused_bound(list, line_all, active_set, job_prefix, depth, quota, n)
+  if depth > 0 then
+    local queued = redis.call('LLEN', list) + redis.call('ZCARD', line_all)
+    if queued + n > depth then return {'queue', queued} end
+  end
+  if quota > 0 then
+    local active = active_jobs(active_set, job_prefix, n, quota)
+    if active + n > quota then return {'quota', active} end
+  end
+  return nil
+end
 """
 
 # KEYS: job replay key, batch replay key ('' = none), rate counter, queue (RQ's list: jobs RQ re-queued, not
@@ -68,17 +81,8 @@ if rate > 0 then
   if count == 1 then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
   if count > rate then return {'rate', count} end
 end
-local n = tonumber(ARGV[4])
-local depth = tonumber(ARGV[2])
-if depth > 0 then
-  local queued = redis.call('LLEN', KEYS[4]) + redis.call('ZCARD', KEYS[6])
-  if queued + n > depth then return {'queue', queued} end
-end
-local quota = tonumber(ARGV[3])
-if quota > 0 then
-  local active = active_jobs(KEYS[5], ARGV[6], n, quota)
-  if active + n > quota then return {'quota', active} end
-end
+local refused = refused_bound(KEYS[4], KEYS[6], KEYS[5], ARGV[6], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+if refused then return refused end
 return {'ok', 0}
 """
 
@@ -92,17 +96,8 @@ if KEYS[1] ~= '' then
   local held = redis.call('GET', KEYS[1])
   if held then return {'replay', held} end
 end
-local n = tonumber(ARGV[3])
-local depth = tonumber(ARGV[1])
-if depth > 0 then
-  local queued = redis.call('LLEN', KEYS[2]) + redis.call('ZCARD', KEYS[4])
-  if queued + n > depth then return {'queue', queued} end
-end
-local quota = tonumber(ARGV[2])
-if quota > 0 then
-  local active = active_jobs(KEYS[3], ARGV[4], n, quota)
-  if active + n > quota then return {'quota', active} end
-end
+local refused = refused_bound(KEYS[2], KEYS[4], KEYS[3], ARGV[4], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+if refused then return refused end
 local at = 8
 for _ = 1, tonumber(ARGV[7]) do
   local argc = tonumber(ARGV[at])
