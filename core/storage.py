@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from abc import ABC, abstractmethod
 from functools import lru_cache
 from pathlib import Path
@@ -67,8 +68,13 @@ def source_of(name: str) -> tuple[str, str]:
     return f"{stem}.png", fmt
 
 
-def _write_atomic(tmp: Path, path: Path, data: bytes) -> None:
-    """Temp file, then rename; a failed write (a full disk) leaves no temp file behind."""
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Temp file, then rename; a failed write (a full disk) leaves no temp file behind.
+
+    The temp name is unique per write: two requests storing the same input at once (same digest, same
+    process, two threads) must not share a temp file, or one rename finds it already gone.
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         tmp.write_bytes(data)
         tmp.replace(path)
@@ -149,7 +155,7 @@ class LocalStore(BlobStore):
         folder = self._folder(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / name
-        _write_atomic(folder / f".{name}.tmp", path, data)
+        _write_atomic(path, data)
         return path
 
     def path(self, job_id: str, name: str) -> Optional[Path]:
@@ -177,7 +183,7 @@ class LocalStore(BlobStore):
             os.utime(path)  # used again: the sweep counts its age from now (a queued job still needs it)
         else:
             folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(folder / f".{digest}.{os.getpid()}.tmp", path, data)
+            _write_atomic(path, data)
         return digest
 
     def load_input(self, digest: str) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -21,6 +22,19 @@ def test_save_path_and_names(tmp_path):
     with pytest.raises(ValueError):
         store.save("job1", "../escape.png", b"x")
     assert not list(tmp_path.glob("job1/.*.tmp"))
+
+
+def test_the_same_input_stored_by_many_threads_at_once(tmp_path):
+    """Two requests with the same image reach the gateway together: both store one blob, neither fails."""
+    store = ResultStore(tmp_path)
+    data = os.urandom(2_000_000)
+    for _ in range(5):
+        with ThreadPoolExecutor(8) as pool:
+            digests = list(pool.map(lambda _: store.save_input(data), range(8)))
+        assert set(digests) == {digests[0]}
+        assert store.load_input(digests[0]) == data
+        (tmp_path / "_inputs" / digests[0]).unlink()
+    assert not list((tmp_path / "_inputs").glob(".*.tmp"))
 
 
 def test_sweep_removes_only_expired_folders(tmp_path):
