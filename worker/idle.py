@@ -74,8 +74,19 @@ class _Stop(Exception):
 
 class WakingScheduler(RQScheduler):
     """RQ's scheduler that waits in BLPOP on its wake key until the next scheduled job is due (at most
-    SCHEDULER_MAX_SLEEP_S), instead of polling every second; its lock and record are refreshed every
-    HEARTBEAT_EVERY_S, well within their lifetime."""
+    SCHEDULER_MAX_SLEEP_S), instead of polling every second.
+
+    Its lock lives `lock_ttl_s` (RQ's lives a minute and more): the lock of a scheduler killed before it
+    could release it (its worker killed between taking the lock and forking it, or it killed before its
+    signal handlers were in place) holds a restarted worker's retries back only that long. The lock and
+    the record are refreshed every third of that."""
+
+    def __init__(self, *args, lock_ttl_s: int = 60, **kwargs):
+        # RQ gives the lock and the record a lifetime of `interval + 60` s and uses `interval` for nothing
+        # else once work() is this class's: the interval is what makes that lifetime lock_ttl_s.
+        super().__init__(*args, interval=lock_ttl_s - 60, **kwargs)
+        self.lock_ttl_s = lock_ttl_s
+        self.beat_every_s = max(1.0, min(HEARTBEAT_EVERY_S, lock_ttl_s / 3))
 
     def request_stop(self, signum=None, frame=None):
         self._stop_requested = True
@@ -98,11 +109,12 @@ class WakingScheduler(RQScheduler):
             while not self._stop_requested:
                 if self.should_reacquire_locks:
                     self.acquire_locks()
-                if time.monotonic() - beat >= HEARTBEAT_EVERY_S:  # the lock lives interval + 60 s
+                if time.monotonic() - beat >= self.beat_every_s:  # the lock lives lock_ttl_s
                     self.heartbeat()
                     beat = time.monotonic()
                 self.enqueue_scheduled_jobs()
-                wait = min(self.next_wait(), (self._pool_kwargs.get("socket_timeout") or 60) - 5)
+                next_beat = beat + self.beat_every_s - time.monotonic()
+                wait = min(self.next_wait(), next_beat, (self._pool_kwargs.get("socket_timeout") or 60) - 5)
                 keys = [wake_key(Queue.redis_queue_namespace_prefix + registry.name)
                         for registry in self._scheduled_job_registries]
                 if keys and wait > 0:

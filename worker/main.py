@@ -7,6 +7,7 @@ batch in hand (a warm shutdown)."""
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -130,7 +131,24 @@ class DeliveryWorker(QuietMaintenance, PromptMaintenance, SimpleWorker):
 
     @property
     def dequeue_timeout(self) -> int:
-        return DELIVERER_WAIT_S
+        """DELIVERER_WAIT_S, or less while something is due sooner: a started delivery's deadline (a killed
+        deliverer's delivery, retried as soon as it lapses) or, without a scheduler, its next claim of the
+        scheduler's lock. Read once per wait, in one command."""
+        wait = DELIVERER_WAIT_S if self.scheduler_running() else max(1, self.maintenance_interval)
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for queue in self.queues:
+                    pipe.zrange(queue.started_job_registry.key, 0, 0, withscores=True)
+                deadlines = [entries[0][1] for entries in pipe.execute() if entries]
+        except RedisError:
+            return wait  # the wait itself meets the outage and is retried as RQ retries it
+        if deadlines:
+            wait = min(wait, max(1, math.ceil(min(deadlines) - time.time()) + 1))
+        return wait
+
+    @property
+    def connection_timeout(self) -> int:
+        return DELIVERER_WAIT_S + 10  # the socket outlasts the longest wait
 
     def get_heartbeat_ttl(self, job) -> int:
         settings = get_settings()
@@ -156,6 +174,10 @@ class ThreadWorker(DeliveryWorker):
     (the main worker does it)."""
 
     death_penalty_class = TimerDeathPenalty
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return DELIVERER_WAIT_S  # nothing to come back for: the main worker recovers and schedules
 
     def _install_signal_handlers(self) -> None:
         pass

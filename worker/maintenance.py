@@ -2,9 +2,10 @@
 
 RQ takes a queue's cleanup lock for 899 s and frees it when the cleanup ends: a worker killed while
 cleaning (it cleans every MAINTENANCE_INTERVAL_S, so this is likely) leaves the lock for 15 minutes,
-and no worker finds abandoned jobs meanwhile. Here the lock lapses after HEARTBEAT_TTL_S. RQ's
-scheduler runs in a forked process that outlives a killed parent (an orphan that keeps the scheduler
-lock); here it ends with its parent. Every worker (GPU workers and deliverers) uses both."""
+and no worker finds abandoned jobs meanwhile. Here the lock lapses after HEARTBEAT_TTL_S, and so does
+the scheduler's lock (RQ's lives a minute). RQ's scheduler runs in a forked process that outlives a
+killed parent (an orphan that keeps the scheduler lock); here it ends with its parent. Every worker
+(GPU workers and deliverers) uses both."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import time
 
 from rq import worker_registration
 from rq.registry import clean_registries
@@ -53,9 +55,26 @@ class OwnedScheduler(WakingScheduler):
 
 
 class PromptMaintenance:
-    """Mixin for RQ workers: a cleanup lock that lapses after `maintenance_lock_s` and the owned scheduler."""
+    """Mixin for RQ workers: a cleanup lock and a scheduler lock that lapse after `maintenance_lock_s`, and
+    the owned scheduler. A worker that started while a killed one's scheduler lock was still held claims
+    the lock every maintenance interval until it has it (one command), not only in full maintenance."""
 
     maintenance_lock_s: int = 20
+    _last_claim: float = -float("inf")
+
+    def scheduler_running(self) -> bool:
+        scheduler = getattr(self, "scheduler", None)  # RQ sets it in __init__, after asking for timeouts
+        process = scheduler._process if scheduler is not None else None
+        return process is not None and process.is_alive()
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        due = super().should_run_maintenance_tasks  # type: ignore[misc]
+        if (self.scheduler is not None and not self.scheduler_running()
+                and time.monotonic() - self._last_claim >= self.maintenance_interval):
+            self._last_claim = time.monotonic()
+            self.scheduler.acquire_locks(auto_start=True)
+        return due
 
     def clean_registries(self):
         for queue in self.queues:
@@ -71,7 +90,7 @@ class PromptMaintenance:
     def _start_scheduler(self, burst: bool = False, logging_level=None, date_format=None, log_format=None):
         kwargs = {k: v for k, v in (("date_format", date_format), ("log_format", log_format)) if v is not None}
         self.scheduler = OwnedScheduler(
-            self.queues, connection=self.connection, serializer=self.serializer,
+            self.queues, connection=self.connection, serializer=self.serializer, lock_ttl_s=self.maintenance_lock_s,
             logging_level=logging_level if logging_level is not None else self.log.level, **kwargs,
         )
         self.scheduler.acquire_locks()
