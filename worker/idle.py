@@ -39,8 +39,10 @@ class QuietMaintenance:
     _last_full: Optional[float] = None
     _last_beat: float = -float("inf")
 
+    heartbeat_every_s: float = HEARTBEAT_EVERY_S
+
     def heartbeat(self, timeout=None, pipeline=None):
-        if timeout is None and pipeline is None and time.monotonic() - self._last_beat < HEARTBEAT_EVERY_S:
+        if timeout is None and pipeline is None and time.monotonic() - self._last_beat < self.heartbeat_every_s:
             return
         super().heartbeat(timeout, pipeline)  # type: ignore[misc]
         self._last_beat = time.monotonic()
@@ -79,14 +81,14 @@ class WakingScheduler(RQScheduler):
     Its lock lives `lock_ttl_s` (RQ's lives a minute and more): the lock of a scheduler killed before it
     could release it (its worker killed between taking the lock and forking it, or it killed before its
     signal handlers were in place) holds a restarted worker's retries back only that long. The lock and
-    the record are refreshed every third of that."""
+    the record are refreshed at half that."""
 
     def __init__(self, *args, lock_ttl_s: int = 60, **kwargs):
         # RQ gives the lock and the record a lifetime of `interval + 60` s and uses `interval` for nothing
         # else once work() is this class's: the interval is what makes that lifetime lock_ttl_s.
         super().__init__(*args, interval=lock_ttl_s - 60, **kwargs)
         self.lock_ttl_s = lock_ttl_s
-        self.beat_every_s = max(1.0, min(HEARTBEAT_EVERY_S, lock_ttl_s / 3))
+        self.beat_every_s = max(1.0, min(HEARTBEAT_EVERY_S, lock_ttl_s / 2))
 
     def request_stop(self, signum=None, frame=None):
         self._stop_requested = True
@@ -106,21 +108,26 @@ class WakingScheduler(RQScheduler):
         try:
             self.register_birth()
             beat = -float("inf")
+            look = True
             while not self._stop_requested:
                 if self.should_reacquire_locks:
                     self.acquire_locks()
                 if time.monotonic() - beat >= self.beat_every_s:  # the lock lives lock_ttl_s
                     self.heartbeat()
                     beat = time.monotonic()
-                self.enqueue_scheduled_jobs()
+                if look:
+                    self.enqueue_scheduled_jobs()
+                due = self.next_wait()
                 next_beat = beat + self.beat_every_s - time.monotonic()
-                wait = min(self.next_wait(), next_beat, (self._pool_kwargs.get("socket_timeout") or 60) - 5)
+                wait = min(due, next_beat, (self._pool_kwargs.get("socket_timeout") or 60) - 5)
                 keys = [wake_key(Queue.redis_queue_namespace_prefix + registry.name)
                         for registry in self._scheduled_job_registries]
+                woken = False
                 if keys and wait > 0:
-                    self.connection.blpop(keys, timeout=max(wait, 0.05))
+                    woken = self.connection.blpop(keys, timeout=max(wait, 0.05)) is not None
                 elif wait > 0:
                     time.sleep(wait)
+                look = woken or due <= wait  # not after a wait that only ended for the next beat
         except _Stop:
             pass
         self.stop()

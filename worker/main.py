@@ -174,10 +174,21 @@ class ThreadWorker(DeliveryWorker):
     (the main worker does it)."""
 
     death_penalty_class = TimerDeathPenalty
+    # Eight of these wait in one idle deliverer: each waits and beats once a minute (its record, which lives
+    # worker_ttl + 60 s after a beat, outlives the next beat by a minute).
+    heartbeat_every_s = 2 * DELIVERER_WAIT_S - 5
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.worker_ttl = max(self.worker_ttl, 2 * DELIVERER_WAIT_S)
 
     @property
     def dequeue_timeout(self) -> int:
-        return DELIVERER_WAIT_S  # nothing to come back for: the main worker recovers and schedules
+        return 2 * DELIVERER_WAIT_S  # nothing to come back for: the main worker recovers and schedules
+
+    @property
+    def connection_timeout(self) -> int:
+        return 2 * DELIVERER_WAIT_S + 10
 
     def _install_signal_handlers(self) -> None:
         pass
