@@ -4,6 +4,7 @@ It imports no torch, diffusers or transformers, so it starts in a second in a sm
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Optional
 
 from pathlib import Path
@@ -95,9 +96,23 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     return app
 
 
+class PlaygroundFiles(StaticFiles):
+    """The playground's files, each load checked again (`no-cache`: a 304 while unchanged), so that after an
+    upgrade a browser never runs a mix of old and new modules."""
+
+    def file_response(self, *args, **kwargs):
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def mount_playground(app: FastAPI) -> None:
-    """The web playground (plain HTML/JS/CSS from app/static/playground) at /playground/, linked from /."""
-    app.mount("/playground", StaticFiles(directory=PLAYGROUND_DIR, html=True), name="playground")
+    """The web playground (plain HTML, CSS and JavaScript modules from app/static/playground) at /playground/,
+    linked from /."""
+    # Browsers run a module only when it comes as JavaScript; the system's MIME table (the Windows registry,
+    # a sparse /etc/mime.types) may say otherwise.
+    mimetypes.add_type("text/javascript", ".js")
+    app.mount("/playground", PlaygroundFiles(directory=PLAYGROUND_DIR, html=True), name="playground")
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
