@@ -12,6 +12,8 @@ from typing import Literal, Optional
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.attention_registry import backend_names, check_setting  # no torch: the gateway validates with it
+
 
 class SettingsError(ValueError):
     """A setting's environment variable holds a bad value; the message names the variable, e.g.
@@ -96,8 +98,10 @@ class Settings(BaseSettings):
     device: Optional[str] = Field(None, description="Torch device of the worker; default cuda when present, else cpu")
     compile: bool = Field(True, description="torch.compile the denoiser on CUDA (checked against eager at start; see fast path)")
     compile_on_cpu: bool = Field(False, description="Also compile on the CPU (slow to start; for proofs of the GPU path)")
-    onediffusion_attention: Literal["auto", "math", "triton", "triton-fast", "flex"] = Field(
-        "auto", description="Attention backend; auto = the fastest that passes the start-up check (math on the CPU)"
+    onediffusion_attention: str = Field(
+        "auto",
+        description="Attention backend: auto = the fastest that passes the start-up check (math on the CPU), or one "
+        f"of the registered backends ({', '.join(backend_names())}), still checked at start",
     )
     fast_path_tolerance: float = Field(
         3e-2, gt=0, le=1, description="Largest relative error of the compiled/fused model against eager math at start"
@@ -218,6 +222,11 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() in ("bf16", "fp8"):
             return value.strip().lower()
         raise ValueError(f"PRECISION must be 'bf16' or 'fp8', got {value!r}")
+
+    @field_validator("onediffusion_attention")
+    @classmethod
+    def _registered_attention(cls, value: str) -> str:
+        return check_setting(value)  # ValueError listing the registered backends
 
     @field_validator("storage_url")
     @classmethod
