@@ -175,3 +175,56 @@ def test_the_gateway_checks_the_setting_without_torch():
     code = ("import sys; from core.settings import Settings; Settings(onediffusion_attention='flex'); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- output kinds ----------------------------------------------------------------------------------------
+def outputs_of(kind: str, pictures: dict, **plan):
+    from model.postprocess import Outputs, TaskResult, postprocessor
+    from model.tasks import FramePlan
+
+    frame_plan = FramePlan(task="test", prompt="", negative_prompt="", width=8, height=8, frames=[], num_inference_steps=1,
+                           guidance_scale=1.0, seed=0, postprocess=kind, **plan)
+    result = TaskResult()
+    postprocessor(kind)(Outputs(frame_plan, pictures, torch.zeros(0), result))
+    return result
+
+
+def test_every_task_output_kind_is_registered():
+    from model.postprocess import postprocess_kinds
+    from model.tasks import TASKS
+
+    kinds = {getattr(cls, "postprocess", "images") for cls in TASKS.values()} | {"poses"}
+    assert kinds <= set(postprocess_kinds()), kinds - set(postprocess_kinds())
+
+
+def test_a_toy_output_kind_is_one_registration():
+    from model.postprocess import register_postprocessor, unregister_postprocessor
+
+    @register_postprocessor("brightness")
+    def brightness(out):
+        out.result.data["brightness"] = {name: float(p.mean()) for name, p in out.pictures.items()}
+
+    try:
+        result = outputs_of("brightness", {"image": np.full((8, 8, 3), 200, np.uint8)})
+        assert result.data == {"brightness": {"image": 200.0}} and result.files == []
+    finally:
+        unregister_postprocessor("brightness")
+
+
+def test_built_in_output_kinds():
+    picture = np.zeros((8, 8, 3), np.uint8)
+    picture[2:6, 2:6] = (255, 0, 0)
+    result = outputs_of("segmentation", {"segmentation": picture}, classes=[{"name": "a", "colour": "red"}])
+    assert [(f.name, f.kind) for f in result.files] == [("segmentation.png", "image"), ("mask_0.png", "mask")]
+    assert result.data["classes"][0]["pixels"] == 16
+    result = outputs_of("depth", {"depth": picture})
+    assert [(f.name, f.kind) for f in result.files] == [("depth.png", "depth16"), ("depth_preview.png", "preview")]
+    result = outputs_of("detection", {"detection": picture}, classes=[{"name": "a", "colour": "red"}])
+    assert result.data["classes"][0]["boxes"] == [[2, 2, 6, 6]]
+
+
+def test_an_unknown_output_kind_lists_the_registered_ones():
+    from model.postprocess import postprocessor
+
+    with pytest.raises(ValueError, match="unknown output kind 'hologram'; registered: depth, detection, images, poses, segmentation"):
+        postprocessor("hologram")
