@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     )
     storage_url: Optional[str] = Field(
         None,
-        description="s3://bucket/prefix: inputs and outputs in S3-compatible object storage (endpoint and credentials from AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION); unset = the folder RESULTS_DIR",
+        description="s3://bucket/prefix: inputs and outputs in S3-compatible object storage (endpoint and credentials from AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION); file:///path: that folder; unset = the folder RESULTS_DIR",
     )
     storage_public_endpoint: Optional[str] = Field(
         None, description="Endpoint that presigned output URLs name, when clients reach the object storage at another address than the service does (e.g. http://localhost:9000)"
@@ -230,11 +230,11 @@ class Settings(BaseSettings):
 
     @field_validator("storage_url")
     @classmethod
-    def _s3_url(cls, value):
+    def _registered_storage(cls, value):
         if value is not None:
-            from .storage import parse_url  # ValueError naming STORAGE_URL
+            from .storage import check_storage_url  # ValueError naming STORAGE_URL and the registered schemes
 
-            parse_url(value)
+            check_storage_url(value)
         return value
 
     @field_validator("tenant_weights")

@@ -228,3 +228,54 @@ def test_an_unknown_output_kind_lists_the_registered_ones():
 
     with pytest.raises(ValueError, match="unknown output kind 'hologram'; registered: depth, detection, images, poses, segmentation"):
         postprocessor("hologram")
+
+
+# ---- storage backends ------------------------------------------------------------------------------------
+def test_a_toy_storage_backend_is_one_registration(tmp_path):
+    from core.storage import LocalStore, open_store, register_store_backend, store_schemes, unregister_store_backend
+
+    opened = []
+
+    def open_mem(url: str, settings):
+        opened.append(url)
+        return LocalStore(tmp_path / url.split("://", 1)[1])
+
+    register_store_backend("mem", open_mem)
+    try:
+        assert "mem" in store_schemes()
+        store = open_store(Settings(storage_url="mem://box"))
+        store.save("job1", "a.png", b"x")
+        assert opened == ["mem://box"] and (tmp_path / "box" / "job1" / "a.png").read_bytes() == b"x"
+    finally:
+        unregister_store_backend("mem")
+
+
+def test_an_unknown_storage_scheme_lists_the_registered_ones():
+    from core.storage import check_storage_url
+
+    with pytest.raises(ValueError, match=r"unknown storage scheme 'gs'; registered: file://, s3://"):
+        check_storage_url("gs://bucket/prefix")
+    with pytest.raises(SettingsError, match="unknown storage scheme 'gs'"):
+        Settings.from_env({"STORAGE_URL": "gs://bucket/prefix"})
+
+
+def test_local_folders_by_path_or_file_url(tmp_path):
+    from core.storage import LocalStore, open_store
+
+    assert open_store(Settings(results_dir=str(tmp_path))).root == tmp_path
+    store = open_store(Settings(storage_url=f"file://{tmp_path}/out"))
+    assert isinstance(store, LocalStore) and store.root == tmp_path / "out"
+    with pytest.raises(SettingsError, match="file:///path/to/folder"):
+        Settings.from_env({"STORAGE_URL": "file://"})
+
+
+def test_boto3_loads_only_where_s3_is_opened():
+    code = """
+import sys
+from core.settings import Settings
+from core.storage import open_store
+open_store(Settings(results_dir="var/x"))
+Settings(storage_url="s3://some-bucket/prefix")  # validated without the backend
+assert "boto3" not in sys.modules and "core.s3_store" not in sys.modules, "boto3 was imported"
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
