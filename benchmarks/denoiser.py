@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import resource
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from model.attention import select_backend
+from model.attention import select_backend, use_backend
 
 if TYPE_CHECKING:  # imported where used: the GPU check's env and attention parts run without diffusers
     from model.nextdit import NextDiT
@@ -143,15 +142,12 @@ def peak_memory_gib(device: torch.device) -> float:
 
 @contextlib.contextmanager
 def attention(backend: str):
-    old = os.environ.get("ONEDIFFUSION_ATTENTION")
-    os.environ["ONEDIFFUSION_ATTENTION"] = backend
+    """`backend` pinned for the block (the first rule of `model.attention.backend_for`), then unpinned."""
+    use_backend(backend)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("ONEDIFFUSION_ATTENTION")
-        else:
-            os.environ["ONEDIFFUSION_ATTENTION"] = old
+        use_backend(None)
 
 
 def main(argv=None) -> list[dict]:
@@ -161,7 +157,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--attention", help="force a backend of the optimised path: triton-fast, triton, flex, math")
+    parser.add_argument("--attention", help="force a registered backend of the optimised path (triton-fast, triton, flex, math, ...)")
     parser.add_argument("--eager-attention", help="backend of the eager baseline (default: math on the CPU; on CUDA the "
                         "optimised path's backend, uncompiled: the chunked math path is far too slow at released size)")
     parser.add_argument("--workloads", type=int, default=len(WORKLOADS), help="run only the first N workloads")

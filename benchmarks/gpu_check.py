@@ -79,11 +79,11 @@ def _dtype(device):
 
 
 def _backends(device) -> list[str]:
-    """The attention backends worth measuring on `device`: on the CPU (Triton's interpreter) not the fast
-    tanh, which is a PTX instruction."""
+    """The registered attention backends worth measuring on `device` (`model/attention_registry.py`): on the
+    CPU, math and the exp2 Triton kernel in Triton's interpreter (the fast tanh is a PTX instruction)."""
     from model.attention import candidates
 
-    return [name for name in candidates(device) if device.type == "cuda" or name != "triton-fast"]
+    return candidates(device)
 
 
 def _layouts(batch: int, length: int, heads: int, kv_heads: int, dim: int, device, dtype):

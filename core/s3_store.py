@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import lru_cache
 from typing import Optional
 
 import boto3
@@ -146,3 +147,14 @@ class S3Store(BlobStore):
             self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}{PROBE}", Body=b"ok")
         except (BotoCoreError, ClientError) as exc:
             raise self._unavailable("write", exc) from exc
+
+
+def open_s3_store(url: str, settings) -> S3Store:
+    """The store of `STORAGE_URL=s3://...` (the `s3` backend registered in `storage.py`): one per
+    configuration and process."""
+    return _s3_store(url, settings.storage_public_endpoint, float(settings.storage_timeout_s))
+
+
+@lru_cache(maxsize=4)
+def _s3_store(url: str, public_endpoint: Optional[str], timeout_s: float) -> S3Store:
+    return S3Store.from_url(url, public_endpoint=public_endpoint, timeout_s=timeout_s)

@@ -12,6 +12,8 @@ from typing import Literal, Optional
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.attention_registry import backend_names, check_setting  # no torch: the gateway validates with it
+
 
 class SettingsError(ValueError):
     """A setting's environment variable holds a bad value; the message names the variable, e.g.
@@ -70,7 +72,7 @@ class Settings(BaseSettings):
     )
     storage_url: Optional[str] = Field(
         None,
-        description="s3://bucket/prefix: inputs and outputs in S3-compatible object storage (endpoint and credentials from AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION); unset = the folder RESULTS_DIR",
+        description="s3://bucket/prefix: inputs and outputs in S3-compatible object storage (endpoint and credentials from AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION); file:///path: that folder; unset = the folder RESULTS_DIR",
     )
     storage_public_endpoint: Optional[str] = Field(
         None, description="Endpoint that presigned output URLs name, when clients reach the object storage at another address than the service does (e.g. http://localhost:9000)"
@@ -96,8 +98,10 @@ class Settings(BaseSettings):
     device: Optional[str] = Field(None, description="Torch device of the worker; default cuda when present, else cpu")
     compile: bool = Field(True, description="torch.compile the denoiser on CUDA (checked against eager at start; see fast path)")
     compile_on_cpu: bool = Field(False, description="Also compile on the CPU (slow to start; for proofs of the GPU path)")
-    onediffusion_attention: Literal["auto", "math", "triton", "triton-fast", "flex"] = Field(
-        "auto", description="Attention backend; auto = the fastest that passes the start-up check (math on the CPU)"
+    onediffusion_attention: str = Field(
+        "auto",
+        description="Attention backend: auto = the fastest that passes the start-up check (math on the CPU), or one "
+        f"of the registered backends ({', '.join(backend_names())}), still checked at start",
     )
     fast_path_tolerance: float = Field(
         3e-2, gt=0, le=1, description="Largest relative error of the compiled/fused model against eager math at start"
@@ -219,13 +223,18 @@ class Settings(BaseSettings):
             return value.strip().lower()
         raise ValueError(f"PRECISION must be 'bf16' or 'fp8', got {value!r}")
 
+    @field_validator("onediffusion_attention")
+    @classmethod
+    def _registered_attention(cls, value: str) -> str:
+        return check_setting(value)  # ValueError listing the registered backends
+
     @field_validator("storage_url")
     @classmethod
-    def _s3_url(cls, value):
+    def _registered_storage(cls, value):
         if value is not None:
-            from .storage import parse_url  # ValueError naming STORAGE_URL
+            from .storage import check_storage_url  # ValueError naming STORAGE_URL and the registered schemes
 
-            parse_url(value)
+            check_storage_url(value)
         return value
 
     @field_validator("tenant_weights")

@@ -1,10 +1,17 @@
-"""Where job inputs and outputs live: one small interface (`BlobStore`), two backends.
+"""Where job inputs and outputs live: one small interface (`BlobStore`), backends chosen by URL scheme.
 
-- `LocalStore`, the default: a folder (RESULTS_DIR) that every API process and worker shares, one
-  subfolder per job, swept by the workers after RESULTS_TTL_S.
-- `S3Store`, chosen by `STORAGE_URL=s3://bucket/prefix`: S3-compatible object storage (AWS, MinIO, Ceph,
-  R2, ...), reached with the standard AWS environment variables. Clients fetch outputs from presigned
-  URLs of the bucket, so output bytes never pass through the API; a bucket lifecycle rule expires them.
+- `LocalStore` (`file`), the default: a folder (RESULTS_DIR, or `STORAGE_URL=file:///path`) that every API
+  process and worker shares, one subfolder per job, swept by the workers after RESULTS_TTL_S.
+- `S3Store` (`s3`, in `s3_store.py`), chosen by `STORAGE_URL=s3://bucket/prefix`: S3-compatible object
+  storage (AWS, MinIO, Ceph, R2, ...), reached with the standard AWS environment variables. Clients fetch
+  outputs from presigned URLs of the bucket, so output bytes never pass through the API; a bucket
+  lifecycle rule expires them.
+
+Why a registry of schemes (`register_store_backend`): `open_store` and the settings' check of STORAGE_URL
+look the scheme up instead of testing for each backend, so a new backend is a module with its store and
+one registration here, and an unknown scheme fails with the list of registered ones. A backend registers
+its opener as "module:function", imported only when a URL of its scheme is opened: boto3 loads only in
+processes that use S3.
 
 A store that cannot be reached or refuses an operation raises `StorageUnavailable`, whose message names
 the setting to check: the API answers it with 503, the worker retries and then fails the job with it.
@@ -13,6 +20,7 @@ the setting to check: the API answers it with 503, the worker retries and then f
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import os
 import re
@@ -20,9 +28,9 @@ import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional, Union
 
 from PIL import Image
 
@@ -210,19 +218,88 @@ class LocalStore(BlobStore):
 ResultStore = LocalStore  # the name the local store had before it had a sibling
 
 
+# ---- backends by URL scheme --------------------------------------------------------------------------
+Opener = Callable[[str, Any], BlobStore]  # (STORAGE_URL, settings) -> the store
+URL_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+LOCAL = "file"  # the scheme of a plain folder path (RESULTS_DIR)
+
+
+@dataclass
+class StoreBackend:
+    scheme: str
+    opener: Union[Opener, str]  # the function, or "module:function" imported when a URL of the scheme is opened
+    check_url: Optional[Callable[[str], Any]] = None  # raises ValueError naming STORAGE_URL on a bad URL (no import)
+
+    def open(self, url: str, settings) -> BlobStore:
+        if isinstance(self.opener, str):
+            module, _, attr = self.opener.partition(":")
+            self.opener = getattr(importlib.import_module(module), attr)
+        return self.opener(url, settings)
+
+
+_STORE_BACKENDS: dict[str, StoreBackend] = {}
+
+
+def register_store_backend(scheme: str, opener: Union[Opener, str], check_url: Optional[Callable[[str], Any]] = None) -> None:
+    """Open URLs `scheme://...` with `opener` (a function, or "module:function" to import it only when such a
+    URL is opened); `check_url` validates a URL of the scheme without importing the backend."""
+    _STORE_BACKENDS[scheme.lower()] = StoreBackend(scheme.lower(), opener, check_url)
+
+
+def unregister_store_backend(scheme: str) -> None:
+    _STORE_BACKENDS.pop(scheme.lower(), None)
+
+
+def store_schemes() -> tuple[str, ...]:
+    return tuple(_STORE_BACKENDS)
+
+
+def url_scheme(url: str) -> str:
+    """The scheme of a storage URL, lower case; a path without one is a local folder (`file`)."""
+    match = URL_SCHEME.match(url.strip())
+    return match["scheme"].lower() if match else LOCAL
+
+
+def store_backend(url: str) -> StoreBackend:
+    """The backend registered for the URL's scheme; ValueError naming STORAGE_URL and the registered schemes."""
+    scheme = url_scheme(url)
+    backend = _STORE_BACKENDS.get(scheme)
+    if backend is None:
+        raise ValueError(f"STORAGE_URL={url!r}: unknown storage scheme {scheme!r}; registered: "
+                         f"{', '.join(f'{name}://' for name in _STORE_BACKENDS)}")
+    return backend
+
+
+def check_storage_url(url: str) -> str:
+    """STORAGE_URL when its scheme is registered and its backend accepts it (nothing is imported or reached)."""
+    backend = store_backend(url)
+    if backend.check_url is not None:
+        backend.check_url(url.strip())
+    return url
+
+
 def open_store(settings) -> BlobStore:
-    """The store the settings name (every process builds its store here, so a backend is chosen once):
-    S3 when STORAGE_URL is set, else the folder RESULTS_DIR. One store per configuration and process."""
-    if settings.storage_url:
-        return _s3_store(settings.storage_url, settings.storage_public_endpoint, float(settings.storage_timeout_s))
-    return LocalStore(settings.results_dir)
+    """The store the settings name (every process builds its store here, so a backend is chosen once): the
+    backend of STORAGE_URL's scheme, else the folder RESULTS_DIR."""
+    url = settings.storage_url or str(settings.results_dir)
+    return store_backend(url).open(url, settings)
 
 
-@lru_cache(maxsize=4)
-def _s3_store(url: str, public_endpoint: Optional[str], timeout_s: float) -> BlobStore:
-    from .s3_store import S3Store  # boto3 loads only where S3 is used
+def local_path(url: str) -> str:
+    """The folder of `file:///path/to/folder` (or of a plain path: RESULTS_DIR)."""
+    if not url.lower().startswith("file://"):
+        return url
+    if not url[len("file://"):]:
+        raise ValueError(f"STORAGE_URL={url!r}: expected file:///path/to/folder")
+    return url[len("file://"):]
 
-    return S3Store.from_url(url, public_endpoint=public_endpoint, timeout_s=timeout_s)
+
+def _open_local(url: str, settings) -> BlobStore:
+    return LocalStore(local_path(url))
+
+
+register_store_backend(LOCAL, _open_local, check_url=local_path)
+register_store_backend("s3", "core.s3_store:open_s3_store", check_url=parse_url)  # boto3 loads only here
 
 
 def wait_until_writable(store: BlobStore, log) -> None:

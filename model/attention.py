@@ -7,9 +7,9 @@ the cap is part of the model's semantics in every dtype. PyTorch's SDPA has no s
 - `triton` / `triton-fast`: our fused kernel (`triton_attention.py`), exp2 or hardware tanh.
 - `flex`: FlexAttention with the cap as a score modifier, compiled once per process.
 
-`ONEDIFFUSION_ATTENTION` forces one; `auto` (the default) takes `math` off CUDA and, on CUDA, the first
-of triton-fast, triton, flex that passes a check against `math` on this machine (`select_backend`).
-A worker does better than that at start (`worker/fast_path.py`): it checks each candidate through the
+The backends, their constraints and the candidates of a device are registered in `attention_registry.py`;
+this module holds the functions, the check of a backend against `math`, and the one selection policy
+(`backend_for`). A worker chooses at start (`worker/fast_path.py`): it checks each candidate through the
 compiled model at its warm shapes, keeps the fastest that passes, and pins it with `use_backend`.
 Key/value heads are shared by groups of consecutive query heads (`repeat_interleave` order).
 """
@@ -24,12 +24,18 @@ from typing import Optional
 
 import torch
 
+from .attention_registry import AUTO, FALLBACK, backend_names, candidates, check_setting, get_attention_backend
+
+__all__ = [
+    "SOFTCAP", "attention_flex", "attention_math", "backend_for", "candidates", "check_backend", "run_backend",
+    "select_backend", "softcap_attention", "use_backend",
+]
+
 SOFTCAP = 30.0
-GPU_CANDIDATES = ("triton-fast", "triton", "flex")
-BACKENDS = ("math", *GPU_CANDIDATES)
+SETTING = "ONEDIFFUSION_ATTENTION"
 log = logging.getLogger(__name__)
-_selected: dict[str, str] = {}  # device:dtype -> backend chosen by select_backend
-_pinned: Optional[str] = None  # set by use_backend: wins over the environment and select_backend
+_selected: dict[str, str] = {}  # device:dtype -> backend measured by select_backend
+_pinned: Optional[str] = None  # set by use_backend: the first rule of backend_for
 
 
 def _expand_kv(k: torch.Tensor, heads: int) -> torch.Tensor:
@@ -78,15 +84,8 @@ def attention_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap: float
 
 
 def run_backend(name: str, q, k, v, cap: float = SOFTCAP) -> torch.Tensor:
-    if name == "math":
-        return attention_math(q, k, v, cap)
-    if name == "flex":
-        return attention_flex(q, k, v, cap)
-    if name in ("triton", "triton-fast"):
-        from .triton_attention import softcap_attention_op
-
-        return softcap_attention_op(q, k, v, cap, name == "triton-fast")
-    raise ValueError(f"unknown attention backend {name!r}; use auto, math, flex, triton or triton-fast")
+    """Attention through the registered backend `name` (ValueError listing the registered ones if none)."""
+    return get_attention_backend(name)(q, k, v, cap)
 
 
 def check_backend(name: str, device: torch.device, dtype: torch.dtype, tol: float = 2e-2) -> Optional[str]:
@@ -107,53 +106,72 @@ def check_backend(name: str, device: torch.device, dtype: torch.dtype, tol: floa
 
 
 def select_backend(device: torch.device, dtype: torch.dtype) -> str:
-    """The attention backend for `auto` on this device, chosen once per process and logged."""
+    """The measured rule of `backend_for` (benchmarks call it too): the first registered candidate of this
+    device (leaving out those that run here only in Triton's interpreter) that passes `check_backend`, else
+    the fallback. Measured once per process, device and dtype, and logged."""
     key = f"{device}:{dtype}"
     if key not in _selected:
-        choice = "math"
-        if device.type == "cuda":
-            for name in GPU_CANDIDATES:
-                problem = check_backend(name, device, dtype)
-                if problem is None:
-                    choice = name
-                    break
-                log.warning("attention backend %s not used: %s", name, problem)
+        choice = FALLBACK
+        for name in candidates(device, dtype, interpreted=False):
+            if name == FALLBACK:
+                break
+            problem = check_backend(name, device, dtype)
+            if problem is None:
+                choice = name
+                break
+            log.warning("attention backend %s not used: %s", name, problem)
         _selected[key] = choice
         log.info("attention backend: %s", choice, extra={"device": str(device)})
     return _selected[key]
 
 
 def use_backend(name: Optional[str]) -> None:
-    """Pin the backend of every attention call in this process (None: back to the environment / auto).
-    torch.compile guards on it, so a compiled model recompiles for another pinned backend."""
-    if name is not None and name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; use one of {', '.join(BACKENDS)}")
+    """Pin the backend of every attention call in this process (None: unpin). The backend's function is
+    imported here, outside any compiled graph. torch.compile guards on the pin, so a compiled model
+    recompiles for another pinned backend."""
     global _pinned
+    if name is not None:
+        get_attention_backend(name).function()
     _pinned = name
 
 
-def candidates(device: torch.device) -> list[str]:
-    """Backends that can run on `device`: on CUDA the fused kernels and flex; on the CPU the math path,
-    plus the exp2 Triton kernel when Triton's interpreter is on (TRITON_INTERPRET=1: tests, CPU proofs;
-    triton-fast's `tanh.approx` is a PTX instruction the interpreter cannot run)."""
-    if device.type == "cuda":
-        return [*GPU_CANDIDATES, "math"]
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    return ["math", "triton"] if interpreted else ["math"]
-
-
 def backend_for(device: torch.device, dtype: torch.dtype) -> str:
+    """The selection policy, the only one: which registered backend an attention call runs.
+
+    1. explicit: the backend pinned in this process (`use_backend`: the worker pins what its start-up check
+       measured and verified, which is the setting when that passes; tests and benchmarks pin too), else
+       the setting ONEDIFFUSION_ATTENTION when it is not `auto`;
+    2. measured: on CUDA, the first candidate that passes the check against `math` (`select_backend`);
+    3. fallback: `math` (off CUDA, or no candidate passed). Off CUDA only a worker's start-up check measures
+       (the CPU's other candidates run in Triton's interpreter, for proofs).
+
+    It runs inside compiled graphs: pin (or measure with `select_backend`) before compiling, so that nothing
+    is imported or checked in the graph."""
     if _pinned is not None:
         return _pinned
-    forced = os.environ.get("ONEDIFFUSION_ATTENTION", "auto")
-    if forced != "auto":
-        return forced
+    forced = os.environ.get(SETTING, AUTO)
+    if forced != AUTO:
+        return check_setting(forced)
     if device.type != "cuda":
-        return "math"
+        return FALLBACK
     return _selected.get(f"{device}:{dtype}") or select_backend(device, dtype)
 
 
 def softcap_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap: float = SOFTCAP) -> torch.Tensor:
-    """Soft-capped attention over q (B, H, L, D) and k, v (B, Hkv, L, D). Call `select_backend` before
-    compiling a model so the choice (and its check) happens outside the compiled graph."""
+    """Soft-capped attention over q (B, H, L, D) and k, v (B, Hkv, L, D). Call `select_backend` (or pin one
+    with `use_backend`) before compiling a model so the choice (and its check) happens outside the graph."""
     return run_backend(backend_for(q.device, q.dtype), q, k, v, cap)
+
+
+def _load_the_set_backend() -> None:
+    """Import the function of the backend ONEDIFFUSION_ATTENTION names, now rather than inside the first
+    compiled graph that calls it (an import there breaks the graph); one that cannot load fails when used."""
+    name = os.environ.get(SETTING, AUTO)
+    if name != AUTO and name in backend_names():
+        try:
+            get_attention_backend(name).function()
+        except ImportError:
+            pass
+
+
+_load_the_set_backend()

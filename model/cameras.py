@@ -58,6 +58,13 @@ def c2w_from_spherical(azimuth_deg: float, elevation_deg: float, distance: float
     return c2w
 
 
+def camera_matrix(spec: dict) -> torch.Tensor:
+    """The OpenGL c2w (float64) of a camera as a plan gives it: its `c2w`, else azimuth, elevation, distance."""
+    if spec.get("c2w") is not None:
+        return torch.tensor(spec["c2w"], dtype=torch.float64)
+    return c2w_from_spherical(spec["azimuth"], spec["elevation"], spec["distance"])
+
+
 def default_intrinsics(n: int, focal: float = DEFAULT_FOCAL, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """(n, 3, 3) normalised intrinsics with focal ``focal`` and the principal point at the image centre."""
     K = torch.tensor([[focal, 0.0, 0.5], [0.0, focal, 0.5], [0.0, 0.0, 1.0]], dtype=dtype)

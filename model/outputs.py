@@ -4,7 +4,8 @@ The model answers depth, segmentation and detection tasks with pictures: a grey 
 (bright = near), class regions painted in named colours on (near-)black, and rectangles drawn in
 the class colour. This module reads those pictures back into values a program can use.
 
-numpy and Pillow only (no torch): lightweight processes import it.
+numpy and Pillow only (no torch): lightweight processes import it. The post-processors that turn a plan's
+pictures into stored files and JSON with these readers, one per output kind, are in `postprocess.py`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """From frame plans to results: encode conditions, sample a batch, decode, post-process.
 
     plans -> condition latents (VAE) / ray maps (cameras) + noise + text -> FlowSampler -> latents
-          -> VAE decode of generated image frames / camera recovery of camera frames -> TaskResult
+          -> VAE decode of generated image frames -> the post-processor of the plan's output kind
+             (`postprocess.py`: images, depth, masks, boxes, camera poses) -> TaskResult
 
 `image_tensor` (from `preprocess`) is the input preparation: image bytes and a size -> the (3, H, W)
 tensor in [-1, 1] that the VAE encodes, as the reference makes it.
@@ -12,17 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from . import outputs
-from .cameras import (
-    c2w_from_spherical, camera_frames, default_intrinsics, frame_to_rays, recover_cameras, relative_c2ws,
-)
+from .cameras import camera_frames, camera_matrix, default_intrinsics
 from .loading import Components, load_components
+from .postprocess import OutputFile, Outputs, TaskResult, postprocessor  # noqa: F401  (re-exported)
 from .preprocess import image_tensor
 from .sampler import FlowSampler, SampleRequest, SampleResult, SteppedBatch
 from .tasks import FramePlan
@@ -33,32 +32,8 @@ LATENT_CHANNELS = 16
 VAE_CHUNK = 8
 
 
-@dataclass
-class OutputFile:
-    name: str
-    data: bytes
-    kind: str  # image | depth16 | preview | mask
-    width: int
-    height: int
-    media_type: str = "image/png"
-
-
-@dataclass
-class TaskResult:
-    files: list[OutputFile] = field(default_factory=list)
-    data: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    timings: dict = field(default_factory=dict)
-
-
 class Canceled(Exception):
     """The job was canceled while it ran."""
-
-
-def _camera_matrix(spec: dict) -> torch.Tensor:
-    if spec.get("c2w") is not None:
-        return torch.tensor(spec["c2w"], dtype=torch.float64)
-    return c2w_from_spherical(spec["azimuth"], spec["elevation"], spec["distance"])
 
 
 class OneDiffusion:
@@ -129,7 +104,7 @@ class OneDiffusion:
             image_latents = self.encode_images(pixels, generator)
         ray_frames = None
         if plan.cameras:
-            c2ws = torch.stack([_camera_matrix(spec) for spec in plan.cameras])
+            c2ws = torch.stack([camera_matrix(spec) for spec in plan.cameras])
             intrinsics = default_intrinsics(len(plan.cameras), plan.focal_length)
             ray_frames = camera_frames(c2ws, h, intrinsics).float().to(self.device)
         frames = []
@@ -264,63 +239,12 @@ class OneDiffusion:
 
     # ---- outputs ---------------------------------------------------------------------------------------
     def finish(self, plan: FramePlan, latents: torch.Tensor, result: TaskResult) -> None:
-        """Decode the generated image frames and recover cameras; fill `result`."""
+        """Decode the generated image frames; the post-processor of the plan's output kind fills `result`."""
+        make_outputs = postprocessor(plan.postprocess)  # an unknown kind fails before decoding
         targets = [k for k, f in enumerate(plan.frames) if f.generate and f.kind == "image"]
         pictures = self.decode_latents(latents[targets]) if targets else []
         named = {plan.frames[k].name: pic for k, pic in zip(targets, pictures)}
-
-        def add(name: str, data: bytes, kind: str, shape) -> None:
-            result.files.append(OutputFile(name, data, kind, width=shape[1], height=shape[0]))
-
-        if plan.postprocess == "depth":
-            depth16, preview = outputs.depth_outputs(named["depth"])
-            add("depth.png", outputs.encode_png16(depth16), "depth16", depth16.shape)
-            add("depth_preview.png", outputs.image_png(preview), "preview", preview.shape)
-            result.data["depth"] = {"format": "16-bit PNG, 65535 = nearest", "file": "depth.png"}
-            return
-        for name, picture in named.items():
-            add(f"{name}.png", outputs.image_png(picture), "image", picture.shape)
-        if plan.postprocess == "segmentation":
-            picture = named["segmentation"]
-            masks = outputs.class_masks(picture, [c["colour"] for c in plan.classes])
-            classes = []
-            for k, cls in enumerate(plan.classes):
-                mask = masks[cls["colour"]]
-                fname = f"mask_{k}.png"
-                add(fname, outputs.mask_png(mask), "mask", mask.shape)
-                classes.append({**cls, "mask": fname, "pixels": int(mask.sum())})
-            result.data["classes"] = classes
-        elif plan.postprocess == "detection":
-            picture = named["detection"]
-            boxes = outputs.class_boxes(picture, [c["colour"] for c in plan.classes])
-            result.data["classes"] = [{**cls, "boxes": boxes[cls["colour"]]} for cls in plan.classes]
-        elif plan.postprocess == "poses":
-            cams = [k for k, f in enumerate(plan.frames) if f.kind == "camera"]
-            rays = frame_to_rays(latents[cams].float().cpu())
-            # ray maps are expressed in the first given camera's frame; with none given, in view 0's
-            c2ws, intrinsics = recover_cameras(rays, relative=not plan.cameras)
-            if plan.cameras:  # given cameras are reported exactly as given (relative to the first)
-                given = relative_c2ws(torch.stack([_camera_matrix(spec) for spec in plan.cameras])).float()
-                for v, k in enumerate(cams):
-                    if not plan.frames[k].generate:
-                        c2ws[v] = given[plan.frames[k].camera]
-                        intrinsics[v] = default_intrinsics(1, plan.focal_length, torch.float32)[0]
-            result.data["cameras"] = [
-                {
-                    "view": v,
-                    "c2w": c2ws[v].tolist(),
-                    "intrinsics": {
-                        "fx": float(intrinsics[v, 0, 0]), "fy": float(intrinsics[v, 1, 1]),
-                        "cx": float(intrinsics[v, 0, 2]), "cy": float(intrinsics[v, 1, 2]),
-                    },
-                    "predicted": plan.frames[k].generate,
-                }
-                for v, k in enumerate(cams)
-            ]
-            result.data["convention"] = (
-                "OpenGL camera-to-world (x right, y up, looking along -z), relative to the first given camera "
-                "(view 0 for camera-pose-estimation; view 0 when no camera is given)"
-            )
+        make_outputs(Outputs(plan, named, latents, result))
 
 
 def token_shape(plan: FramePlan) -> tuple:

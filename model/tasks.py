@@ -115,7 +115,7 @@ class FramePlan:
     images: list[bytes] = field(default_factory=list)  # condition image files as given (any size); preprocess.image_tensor sizes them
     cameras: list[dict] = field(default_factory=list)  # CameraPose fields of each given camera, in frame order
     focal_length: float = DEFAULT_FOCAL_LENGTH
-    postprocess: str = "images"  # images | depth | segmentation | detection
+    postprocess: str = "images"  # output kind: images, depth, segmentation, detection, poses (postprocess.py)
     classes: list[dict] = field(default_factory=list)  # {"name", "colour"} per class for segmentation / detection
     warnings: list[str] = field(default_factory=list)
 

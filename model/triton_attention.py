@@ -124,3 +124,12 @@ def softcap_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap:
 @softcap_attention_op.register_fake
 def _(q, k, v, cap, fast_tanh):
     return output_like(q)
+
+
+# The two registered backends (`attention_registry.py`): the same op, exp2 tanh or the hardware one.
+def attention_triton_exp2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap: float = 30.0) -> torch.Tensor:
+    return softcap_attention_op(q, k, v, cap, False)
+
+
+def attention_triton_fast(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap: float = 30.0) -> torch.Tensor:
+    return softcap_attention_op(q, k, v, cap, True)

@@ -4,8 +4,8 @@ A compiled model on a broken attention kernel fails every job (our first H100 ru
 stride mismatch), so at start the worker runs each candidate (attention backend x compile) at its warm
 shapes against eager math on the same inputs, and keeps the fastest candidate that runs and agrees:
 
-1. compiled, for each attention backend that can run on the device (fastest passing one wins: a fixed
-   order would pick triton-fast on an H100 where flex is faster);
+1. compiled, for each registered attention backend that can run on the device (`model/attention_registry.py`;
+   the fastest passing one wins: a fixed order would pick triton-fast on an H100 where flex is faster);
 2. if none passes compiled: eager, for each backend;
 3. else eager math, which is the reference.
 
@@ -111,8 +111,8 @@ def try_candidate(
     """Run `runner` (the compiled or eager model) with the attempt's backend at every shape; record its
     time or why it failed."""
     device = next(transformer.parameters()).device
-    use_backend(attempt.attention)
     try:
+        use_backend(attempt.attention)  # imports the backend's function: a missing package fails the attempt
         total = 0.0
         with torch.no_grad():
             for args, ref in zip(inputs, references):
@@ -137,7 +137,7 @@ def choose_fast_path(
     """The fastest (attention backend, compile) that runs and matches eager math at `shapes`, and the
     module to run (compiled or not). The backend is pinned (`use_backend`) for the process."""
     device = next(transformer.parameters()).device
-    order = candidates(device)
+    order = candidates(device)  # the registered backends that can run on this device, `math` last
     if forced != "auto":
         order = [forced, *(name for name in order if name != forced)]
     fast_path = FastPath("math", False, f"{forced} {'compiled' if compile else 'eager'}")
