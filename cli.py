@@ -331,7 +331,7 @@ def main(argv=None) -> None:
     demo.add_argument("dir")
     demo.set_defaults(func=cmd_make_demo)
     settings_cmd = sub.add_parser("settings", help="the settings as this process sees them (environment and .env)")
-    settings_cmd.add_argument("--table", action="store_true", help="the README's table of every setting, its default and meaning")
+    settings_cmd.add_argument("--table", action="store_true", help="the table of every setting, its default and meaning (as in docs/operations.md)")
     settings_cmd.set_defaults(func=cmd_settings)
     keys = sub.add_parser("keys", help="API keys: create, list, revoke")
     keys.add_argument("action", choices=["create", "list", "revoke"])

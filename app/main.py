@@ -44,7 +44,7 @@ A web playground for every task is at `/playground/`.
 
 The request examples are sized to finish in seconds on the CPU demo checkpoint (256x256, 8 steps). For
 real results, run the released weights on a GPU with the model's defaults (1024x1024 text-to-image,
-50 steps and more): the README's GPU section has the figures."""
+50 steps and more): docs/gpu.md and benchmarks/RESULTS.md have the figures."""
 
 PLAYGROUND_DIR = Path(__file__).parent / "static" / "playground"
 

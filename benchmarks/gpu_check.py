@@ -1,4 +1,4 @@
-"""The GPU check: one command for a lent H100/H200, ready before any GPU is at hand.
+"""The GPU check: one command on a GPU machine (an H100/H200 or any CUDA card); see docs/gpu.md.
 
     python -m benchmarks.gpu_check                       # on the GPU (make gpu-check); about 6 minutes at most
     python -m benchmarks.gpu_check --tiny --device cpu   # the same code at toy size (the suite runs this)
@@ -23,9 +23,10 @@ transformers (the GPU image has them) plus diffusers (the model is a diffusers M
 importlib_metadata) for the compile, denoiser, pipeline and fp8 parts, pydantic for the pipeline part
 (task requests), and torchao for the fp8 part; a
 missing package is named (at the start and in the part's result) and only the parts that need it are
-skipped. Carry the wheels as the device tool's README says (`pip download --no-deps diffusers
-importlib_metadata pydantic pydantic_core annotated_types typing_inspection torchao ...` here, for Python 3.12
-x86_64, then `pip install --no-index --no-deps --target /tmp/site .whl/*.whl` and PYTHONPATH=/tmp/site there).
+skipped. Install what is missing (`make gpu-check` installs the project with the `fp8` extra first); on a
+machine without a package index, `pip download` the wheels (diffusers, importlib_metadata, pydantic,
+pydantic_core, annotated_types, typing_inspection, torchao, ...) for its Python and platform elsewhere and
+`pip install --no-index` them there.
 """
 
 from __future__ import annotations

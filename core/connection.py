@@ -54,7 +54,7 @@ def wait_replicated(redis: Redis, settings: Settings, what: str = "submission") 
     another connection than the one that queued the job; so a PUBLISH (replicated, never stored nor
     written to the append-only file) goes first on the same connection: the replicas that acknowledged
     it also hold every write that came before it, the job's included. A shortfall is logged and
-    counted; the job stays queued either way (see the README, "What is guaranteed")."""
+    counted; the job stays queued either way (see docs/operations.md, "What is guaranteed")."""
     wanted = settings.wait_replicas
     if wanted <= 0:
         return None

@@ -3,7 +3,7 @@
 Reached with boto3 and the standard AWS environment variables: AWS_ENDPOINT_URL_S3 (MinIO, Ceph, R2, ...),
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or any source boto3 knows: a profile, a web identity, an
 instance role), AWS_DEFAULT_REGION. Layout: `<prefix>/<job id>/<name>` for outputs, `<prefix>/_inputs/<sha256>`
-for inputs. Outputs are fetched from presigned GET URLs; expiry is the bucket's lifecycle rule (see README).
+for inputs. Outputs are fetched from presigned GET URLs; expiry is the bucket's lifecycle rule (see docs/operations.md).
 """
 
 from __future__ import annotations

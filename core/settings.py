@@ -1,7 +1,8 @@
 """Every setting of the service, read from the environment in one place.
 
-Each field's environment variable is its name in upper case (`redis_url` <- `REDIS_URL`); the README's
-settings table is generated from this class (`onediffusion settings --table`).
+Each field's environment variable is its name in upper case (`redis_url` <- `REDIS_URL`); the settings
+table of docs/operations.md is generated from this class (`onediffusion settings --table`; tests/test_docs.py
+fails when the two differ).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class Settings(BaseSettings):
     maintenance_interval_s: int = Field(5, ge=1, description="How often workers look for abandoned jobs")
     watchdog_stall_s: float = Field(
         0, ge=0,
-        description="A worker whose running batch makes no step for this long gives its jobs back to the queue and exits (to be restarted); 0 = derived from the measured step time (see the README's worker health)",
+        description="A worker whose running batch makes no step for this long gives its jobs back to the queue and exits (to be restarted); 0 = derived from the measured step time (see docs/operations.md, worker health)",
     )
     worker_probe_port: int = Field(
         0, ge=0, le=65535, description="Port of the worker's /livez and /readyz probes (on HOST); 0 = none"

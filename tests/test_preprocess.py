@@ -122,7 +122,7 @@ def test_explicit_size_uses_the_same_crop_for_every_image():
 
 def test_exif_orientation_is_applied_and_listed_as_a_difference():
     """An orientation-6 JPEG stored 640x384 is shown (and read by us) as a 384x640 portrait; the reference
-    reads the stored pixels (landscape). The README lists this among the knowingly different items."""
+    reads the stored pixels (landscape). docs/fidelity.md lists this among the knowingly different items."""
     import io as _io
     from pathlib import Path
 
@@ -139,6 +139,6 @@ def test_exif_orientation_is_applied_and_listed_as_a_difference():
     plan = TASKS["depth-estimation"].model_validate({"image": data}).plan()
     assert (plan.width, plan.height) == (384, 640)  # upright: a portrait bucket
     assert _Image.open(_io.BytesIO(buffer.getvalue())).convert("RGB").size == (640, 384)  # the reference's reading
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    different = readme.split("**Knowingly different:**", 1)[1].split("## ", 1)[0]
+    fidelity = (Path(__file__).resolve().parents[1] / "docs" / "fidelity.md").read_text()
+    different = fidelity.split("**Knowingly different:**", 1)[1].split("## ", 1)[0]
     assert "EXIF orientation" in different and "384x640" in different

@@ -153,7 +153,7 @@ def test_client_benchmark_runs(capsys):
 
 
 def test_documented_lifecycle_rule_is_accepted_by_s3(s3_server, s3_bucket):
-    """deploy/s3-lifecycle.json, as the README tells to apply it (put-bucket-lifecycle-configuration)."""
+    """deploy/s3-lifecycle.json, as docs/operations.md tells to apply it (put-bucket-lifecycle-configuration)."""
     import json
     from pathlib import Path
 
