@@ -3,10 +3,10 @@
     python -m benchmarks.denoiser                      # on the GPU, bf16, released size
     python -m benchmarks.denoiser --tiny --device cpu  # the same code at toy size (what the suite runs)
 
-In one run it measures the card's matrix-product peak, then for each workload of SPEC section 5 (text-to-
+In one run it measures the card's matrix-product peak, then for each reference workload (text-to-
 image 1024; a two-frame task at 512; multiview with 8 frames at 512; text-to-image 1024 with 4 prompts)
 times our optimised path (per-frame adaLN, soft-capped attention through the fused Triton kernel or
-FlexAttention, whichever passes its check on the card, torch.compile on CUDA) and a plain eager pass of the same model, and prints ms per forward, TFLOP/s by the SPEC's FLOP
+FlexAttention, whichever passes its check on the card, torch.compile on CUDA) and a plain eager pass of the same model, and prints ms per forward, TFLOP/s by the reference FLOP
 formula, utilisation of the measured peak and peak memory. It also reports the optimised output's
 relative error against a float32 pass on the same weights.
 """
@@ -56,7 +56,7 @@ WORKLOADS = [
 
 
 def block_params(model: NextDiT) -> int:
-    """P of the SPEC formula: q, k, v, o, FFN and adaLN weights of one block."""
+    """P of the FLOP formula: q, k, v, o, FFN and adaLN weights of one block."""
     block = model.layers[0]
     attn = block.attention
     parts = [attn.wq, attn.wk, attn.wv, attn.wo, block.feed_forward.w1, block.feed_forward.w2, block.feed_forward.w3,
@@ -65,7 +65,7 @@ def block_params(model: NextDiT) -> int:
 
 
 def forward_flops(model: NextDiT, workload: Workload) -> float:
-    """SPEC section 5: 16 * (L * (2P + 4*L*D + 4*300*D) + text) per sample, text = K/V projection of the
+    """The reference FLOP formula (benchmarks/RESULTS.md): 16 * (L * (2P + 4*L*D + 4*300*D) + text) per sample, text = K/V projection of the
     300 text tokens; times 2 rows per prompt (guidance)."""
     cfg = model.config
     d, depth = cfg.hidden_size, cfg.depth

@@ -4,7 +4,7 @@
     python -m benchmarks.fp8 --tiny --device cpu      # toy size; FP8 emulated (numerics only, times meaningless)
 
 It prints, and returns from `measure()` (for `benchmarks/gpu_check.py`):
-- ms per guided step (one denoiser forward at batch 2 per prompt) of each SPEC section 5 workload, bf16
+- ms per guided step (one denoiser forward at batch 2 per prompt) of each reference workload (benchmarks/denoiser.py), bf16
   beside fp8 (both through torch.compile on CUDA);
 - the relative error of fp8's velocity against bf16's at every step of a 50-step text-to-image 1024 run
   (both evaluated on the bf16 trajectory), with `model/precision.py`'s KEEP_BF16 list and, for
@@ -170,7 +170,7 @@ def measure(
     inductor_tuning: bool = False,
     ablate: bool = True,
 ) -> dict:
-    """All figures as a dict; `workloads` picks SPEC section 5 workloads by index (default all four).
+    """All figures as a dict; `workloads` picks reference workloads by index (default all four).
     `inductor_tuning` applies torchao's recommended inductor settings (coordinate-descent tuning) to
     both precisions, process-wide; the worker does not."""
     if inductor_tuning:
@@ -294,7 +294,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--workloads", help="indexes of SPEC section 5 workloads to time, e.g. '0,1' (default all)")
+    parser.add_argument("--workloads", help="indexes of the reference workloads to time, e.g. '0,1' (default all)")
     parser.add_argument("--no-all-linears", action="store_true", help="skip the every-linear-in-FP8 comparison")
     parser.add_argument("--no-ablation", action="store_true", help="skip converting each KEEP_BF16 layer kind in turn")
     parser.add_argument("--inductor-tuning", action="store_true",

@@ -4,7 +4,7 @@ cancel takes to free the worker, and job lookups while many event streams are op
 probe's cases: decode memory by format (webp_decode), another tenant's reads while one floods slow image
 URLs (slow_urls), idle and slow connections (connections), webhooks under many names for one address
 (webhook_names), and the small 4xx/5xx findings (lows). Run it on a commit before the fixes for the
-"before" figures; the issue's own are quoted in each case's `before_probe`.
+"before" figures; the figures first reported are quoted in each case's `before_probe`.
 
 Starts its own Redis and service processes (tests/service/harness.py) on the demo checkpoint:
 

@@ -1,7 +1,7 @@
 """The webhook delivery log: every delivery of a job's or batch's webhook with its attempts, so an owner
 can see what was sent and how the receiver answered, and send one again (GET .../deliveries, POST
 .../deliveries/{id}/redeliver). Written when a delivery is queued and after each attempt; kept as long as
-results (RESULTS_TTL_S)."""
+job records (JOB_TTL_S)."""
 
 from __future__ import annotations
 

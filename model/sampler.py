@@ -6,7 +6,7 @@ the denoiser per step serves them all, each row at its own step (`SteppedBatch`:
 leave between steps). A request's result never depends on its companions: every row of the batch is
 computed independently and text is padded with masked tokens.
 
-Semantics follow the reference sampler (SPEC section 2):
+Semantics follow the reference sampler:
 - sigmas `linspace(1, 1/N, N)` shifted by `mu = calculate_shift(L)` with
   `L = noise_scale * frames_to_denoise * (H/16) * (W/16)`, through diffusers'
   `FlowMatchEulerDiscreteScheduler.set_timesteps`;

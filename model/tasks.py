@@ -1,4 +1,4 @@
-"""Task requests and the frame plans they build (SPEC section 3). Torch-free.
+"""Task requests and the frame plans they build (the frame layouts of docs/tasks.md). Torch-free.
 
 Every task of OneDiffusion is a sequence of frames, each either generated (denoise mask 1) or given as a
 condition (mask 0), plus a prompt that starts with the task's token. A request model here validates the

@@ -1,4 +1,4 @@
-"""The denoiser benchmark runs (toy size, CPU) and counts FLOPs as SPEC section 5 does."""
+"""The denoiser benchmark runs (toy size, CPU) and counts FLOPs by the published formula (benchmarks/RESULTS.md, reference anchors)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_flop_formula_matches_the_spec_anchors():
         model = NextDiT(**denoiser.RELEASED)
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(2.8e9, rel=0.01)
     assert denoiser.block_params(model) == pytest.approx(170.6e6, rel=1e-3)
-    anchors = [53.6, 24.8, 123.7, 214.6]  # TFLOP per guided forward, SPEC section 5
+    anchors = [53.6, 24.8, 123.7, 214.6]  # TFLOP per guided forward: the reference anchors of benchmarks/RESULTS.md
     for workload, tflop in zip(denoiser.WORKLOADS, anchors):
         assert denoiser.forward_flops(model, workload) / 1e12 == pytest.approx(tflop, abs=0.1)
 

@@ -1,4 +1,4 @@
-"""Issue 12's checks that need no service: the SSRF guard's tunnelled addresses, the schema's bounds,
+"""The hardening checks that need no service: the SSRF guard's tunnelled addresses, the schema's bounds,
 and the warning about a Redis that keeps nothing on disk (against a real redis-server)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Each task builds the frame layout, mask and prompt of SPEC section 3; bad input fails early."""
+"""Each task builds the frame layout, mask and prompt of docs/tasks.md; bad input fails early."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What an outside probe got through (issue 12), each against real processes: 5xx from input, unbounded or
+"""What an outside probe got through , each against real processes: 5xx from input, unbounded or
 loosely typed fields, cost before checks, racy bounds, idempotency, readiness and tenant names."""
 
 from __future__ import annotations
