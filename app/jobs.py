@@ -53,6 +53,7 @@ class JobService(JobStore):
         super().__init__(redis, settings)
         self.quotas = Quotas(redis, self.keys, settings, self.queue)
         self.store = store if store is not None else open_store(settings)
+        self._files = self.store  # one store for inputs, outputs and webhook bodies
 
     # ---- submission ------------------------------------------------------------------------------------
     def _prepare(self, request: TaskRequest) -> tuple[TaskRequest, QueuedPlan]:
@@ -355,7 +356,11 @@ class JobService(JobStore):
                            "redeliver once it has ended")
         if not self.webhook_of(owner, owner_id):
             raise ApiError(409, "conflict", f"this {owner} has no webhook to deliver to")
-        self.enqueue_webhook(owner, owner_id, json.loads(record["body"]), delivery_id)
+        body = self.delivery_body(owner_id, delivery_id, record)
+        if body is None:
+            raise ApiError(409, "conflict", f"delivery {delivery_id} cannot be sent again: the body it sent expired with "
+                           f"this {owner}'s files (RESULTS_TTL_S)")
+        self.enqueue_webhook(owner, owner_id, json.loads(body), delivery_id)
         log.info("webhook redelivery queued", extra={"delivery_id": delivery_id, "owner": owner, "owner_id": owner_id})
         return deliveries.view(self.deliveries.get(owner, owner_id, delivery_id))
 

@@ -1,7 +1,7 @@
 """The webhook delivery log: every delivery of a job's or batch's webhook with its attempts, so an owner
 can see what was sent and how the receiver answered, and send one again (GET .../deliveries, POST
 .../deliveries/{id}/redeliver). Written when a delivery is queued and after each attempt; kept as long as
-job records (JOB_TTL_S)."""
+job records (JOB_TTL_S). The body sent is kept in the blob store beside the job's outputs (`body_name`)."""
 
 from __future__ import annotations
 
@@ -26,14 +26,24 @@ class DeliveryLog:
     def _owner_key(self, owner: str, owner_id: str) -> str:
         return f"{self.prefix}:deliveries:{owner}:{owner_id}"
 
-    def queued(self, owner: str, owner_id: str, delivery_id: str, event: str, body: str) -> None:
-        """A delivery was queued (again, for a redelivery: its attempts go on counting)."""
+    def claim(self, delivery_id: str) -> bool:
+        """Whether this is the first time the delivery is queued (its record did not exist): a job run twice
+        (its worker killed) queues each event once."""
+        key = self._record_key(delivery_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hsetnx(key, "id", delivery_id)
+            pipe.expire(key, self.ttl_s)
+            return bool(pipe.execute()[0])
+
+    def queued(self, owner: str, owner_id: str, delivery_id: str, event: str, body: Optional[str] = None) -> None:
+        """A delivery was queued (again, for a redelivery: its attempts go on counting). The body is kept
+        here only when the blob store could not take it (`body_name`)."""
         now = time.time()
         key = self._record_key(delivery_id)
         with self.redis.pipeline() as pipe:
             pipe.hsetnx(key, "created_at", now)
             pipe.hset(key, mapping={"id": delivery_id, "owner": owner, "owner_id": owner_id, "event": event,
-                                    "status": "pending", "body": body})
+                                    "status": "pending", **({"body": body} if body is not None else {})})
             pipe.hsetnx(key, "attempts", 0)
             pipe.expire(key, self.ttl_s)
             pipe.zadd(self._owner_key(owner, owner_id), {delivery_id: now}, nx=True)
@@ -70,6 +80,12 @@ class DeliveryLog:
                 pipe.hgetall(self._record_key(delivery_id))
             found = pipe.execute()
         return [view({k.decode(): v.decode() for k, v in raw.items()}) for raw in found if raw]
+
+
+def body_name(delivery_id: str) -> str:
+    """The file, in the job's (or batch's) folder of the blob store, of the body a delivery sent: kept beside
+    the outputs, for a redelivery, so that the Redis records of a job do not grow with its input echo."""
+    return f"webhook-{delivery_id}.json"
 
 
 def view(record: dict) -> dict:

@@ -25,7 +25,7 @@ from rq.results import Result
 from rq.utils import utcformat
 
 from .connection import Keys, keys_for, queues
-from .deliveries import DeliveryLog
+from .deliveries import DeliveryLog, body_name
 from .usage import Usage
 from .metrics import Metrics
 from .plan import is_queued_plan
@@ -458,10 +458,11 @@ class JobStore:
             if body.get("event", "").endswith(".progress"):  # progress calls are many per job, each its own
                 event_job = f"{event_job}:{((body.get('job') or {}).get('progress') or {}).get('step', '')}"
             delivery_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{owner}:{owner_id}:{body.get('event')}:{event_job}").hex
-            if not self.redis.set(f"{self.keys.prefix}:delivery-queued:{delivery_id}", 1, nx=True, ex=self.settings.job_ttl_s):
+            if not self.deliveries.claim(delivery_id):
                 return delivery_id  # this event was queued already
         text = json.dumps(body, separators=(",", ":"), sort_keys=True)
-        self.deliveries.queued(owner, owner_id, delivery_id, str(body.get("event", "")), text)
+        kept = self._keep_delivery_body(owner_id, delivery_id, text)
+        self.deliveries.queued(owner, owner_id, delivery_id, str(body.get("event", "")), None if kept else text)
         intervals = [self.settings.webhook_backoff_s * 2**i for i in range(self.settings.webhook_retries)]
         if owner == "batch" and str(body.get("event", "")).startswith("batch.item."):
             pending = self.keys.batch_webhooks_pending(owner_id)
@@ -482,6 +483,22 @@ class JobStore:
             description=f"webhook {body.get('event')} for {owner} {owner_id}",
         )
         return delivery_id
+
+    def _keep_delivery_body(self, owner_id: str, delivery_id: str, text: str) -> bool:
+        """The body in the blob store, for a redelivery; False (kept in Redis instead) when the store refuses."""
+        try:
+            self.files.save(owner_id, body_name(delivery_id), text.encode())
+            return True
+        except Exception as exc:  # the delivery goes out all the same
+            log.warning("webhook body kept in Redis: the blob store refused it (%s)", exc, extra={"delivery_id": delivery_id})
+            return False
+
+    def delivery_body(self, owner_id: str, delivery_id: str, record: dict) -> Optional[str]:
+        """The body a delivery sent; None when it is gone (expired with the job's files)."""
+        if record.get("body"):
+            return record["body"]
+        data = self.files.read(owner_id, body_name(delivery_id))
+        return data.decode() if data is not None else None
 
     def item_deliveries_pending(self, batch_id: str) -> int:
         """How many of the batch's item deliveries are not done yet."""

@@ -36,6 +36,17 @@ class Canceled(Exception):
     """The job was canceled while it ran."""
 
 
+CUT_EXCERPT_CHARS = 40
+
+
+def cut_warning(label: str, max_tokens: int, dropped: str) -> str:
+    """Where a prompt was cut, in a few words: the dropped text is not repeated whole (it would make every
+    record and webhook of the job grow with it)."""
+    excerpt = dropped if len(dropped) <= CUT_EXCERPT_CHARS else dropped[:CUT_EXCERPT_CHARS].rstrip() + "..."
+    return (f"{label} was cut to {max_tokens} tokens; its last {len(dropped)} characters were not used, "
+            f"from {excerpt!r}")
+
+
 class OneDiffusion:
     """The model in memory: one per worker process."""
 
@@ -134,11 +145,8 @@ class OneDiffusion:
         guided = plan.guidance_scale > 1.0
         prompts = [plan.prompt] + ([plan.negative_prompt] if guided else [])
         encoded = self.text.encode(prompts)
-        warnings = [
-            f"{label} was cut to {self.text.max_length} tokens; dropped: {e.truncated!r}"
-            for label, e in zip(("prompt", "negative_prompt"), encoded)
-            if e.truncated
-        ]
+        warnings = [cut_warning(label, self.text.max_length, e.truncated)
+                    for label, e in zip(("prompt", "negative_prompt"), encoded) if e.truncated]
         noise, cond_latents = self.seeded_inputs(plan)
         request = SampleRequest(
             noise=noise,

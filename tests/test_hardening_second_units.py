@@ -173,14 +173,14 @@ def test_json_error_messages_do_not_crash_on_huge_numbers_in_forms():
 
 
 # ---- 20: a job that runs twice sends its webhook once, under one delivery id --------------------------------
-def test_a_jobs_event_is_queued_once_under_one_delivery_id(redis_url):
+def test_a_jobs_event_is_queued_once_under_one_delivery_id(redis_url, tmp_path):
     from redis import Redis
 
     from core.connection import queues
     from core.job_store import JobStore
     from core.settings import Settings
 
-    settings = Settings(redis_url=redis_url, queue_prefix=f"odonce{time.time_ns()}")
+    settings = Settings(redis_url=redis_url, queue_prefix=f"odonce{time.time_ns()}", results_dir=str(tmp_path))
     store = JobStore(Redis.from_url(redis_url), settings)
     body = {"event": "job.succeeded", "job": {"id": "j1", "status": "succeeded"}}
     store.enqueue_webhook("job", "j1", body)

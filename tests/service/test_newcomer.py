@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import socket
@@ -249,6 +250,10 @@ def test_webhook_deliveries_listed_and_redelivered(make_service, receiver):
     wait_until(lambda: receiver.calls, 30, what="the redelivery")
     call = receiver.calls[0]
     assert call["headers"]["onediffusion-delivery"] == first["id"] and call["json"]["job"]["id"] == job["id"]
+    # the body it first sent, kept beside the job's outputs (Redis keeps no copy of it)
+    stored = service.tmp / "results" / job["id"] / f"webhook-{first['id']}.json"
+    assert call["json"] == json.loads(stored.read_text())
+    assert not service.redis().hexists(f"{service.prefix}:delivery:{first['id']}", "body")
     done = wait_until(lambda: (lambda d: d if d[0]["status"] == "delivered" else None)(
         service.client.get(deliveries).json()["data"]), 30, what="the delivered status")
     assert done[0]["attempts"] == 2 and done[0]["last_status_code"] == 200

@@ -52,10 +52,13 @@ def test_outputs_live_in_the_bucket_and_are_fetched_from_it(make_service, s3_ser
     png = service.client.get(output["url"].replace("image.jpeg", "image.png"))
     assert image_at(png.headers["location"]).format == "PNG"
     assert service.client.get(output["url"].replace("image.jpeg", "nothing.png")).status_code == 404
-    assert s3_server.keys(s3_bucket, f"od/{job['id']}/") == [
-        f"od/{job['id']}/{name}" for name in ("image.jpeg", "image.png", "image.webp")]
-    # webhook bodies carry the presigned URL too
+    # webhook bodies carry the presigned URL too, and are kept beside the outputs (for a redelivery)
     wait_until(lambda: "job.succeeded" in receiver.events(), 30, what="the webhook")
+    kept = s3_server.keys(s3_bucket, f"od/{job['id']}/")
+    assert [k for k in kept if "/webhook-" not in k] == [
+        f"od/{job['id']}/{name}" for name in ("image.jpeg", "image.png", "image.webp")]
+    (body,) = [k for k in kept if "/webhook-" in k]
+    assert body == f"od/{job['id']}/webhook-{receiver.calls[0]['headers']['onediffusion-delivery']}.json"
     (hooked,) = receiver.calls[0]["json"]["job"]["outputs"]
     assert hooked["signed_url"].startswith(s3_server.endpoint) and image_at(hooked["signed_url"]).format == "JPEG"
 
