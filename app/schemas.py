@@ -59,11 +59,10 @@ class WebhookSpec(BaseModel):
 
 
 PRIORITY_DESCRIPTION = (
-    f"Orders this tenant's own queued jobs: 0 to {MAX_PRIORITY}, higher first (equal priorities in arrival "
-    "order). It never lets a job pass another tenant's turn: tenants take turns by their weights "
-    "(TENANT_WEIGHTS) whatever their jobs' priorities. Omitted: the API key's priority (0 for a key made "
-    "without one, and without keys under AUTH_DISABLED). A key made with `--priority N` allows at most N "
-    "(more is a 422 saying the key's maximum); other keys allow up to " + str(MAX_PRIORITY)
+    f"Orders this tenant's own queued jobs: 0 to {MAX_PRIORITY}, higher first (then arrival). It never lets a job "
+    "pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's "
+    "priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N "
+    f"(more is a 422 naming the key's maximum); other keys up to {MAX_PRIORITY}"
 )
 
 
