@@ -6,7 +6,7 @@
     onediffusion webhooks                the webhook deliverer
     onediffusion run TASK --image a.png  one task from files on disk, without the service
     onediffusion make-demo-checkpoint DIR
-    onediffusion keys create --tenant T [--priority N]  an API key (shown once); keys list; keys revoke KEY_ID
+    onediffusion keys create --tenant T  an API key (shown once; --priority N); keys list; keys revoke KEY_ID
     onediffusion settings [--table]      the settings in effect (or the table of all of them)
 """
 

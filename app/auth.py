@@ -5,8 +5,10 @@ priority and the SHA-256 of the secret (the secret is 256 random bits, so a plai
 key itself is shown once, when it is created.
 
 A key's priority is both the default and the ceiling of its requests' `priority` (which orders a tenant's
-own queued jobs; see `resolve_priority`): a key without one defaults to 0 and may ask for any priority. Every `/v1` route needs `Authorization: Bearer <key>` unless AUTH_DISABLED is set,
-in which case every caller is the tenant `public`.
+own queued jobs; see `resolve_priority`): a key without one defaults to 0 and may ask for any priority.
+
+Every `/v1` route needs `Authorization: Bearer <key>` unless AUTH_DISABLED is set, in which case every
+caller is the tenant `public` (as a key without a priority).
 """
 
 from __future__ import annotations
