@@ -6,7 +6,7 @@
     onediffusion webhooks                the webhook deliverer
     onediffusion run TASK --image a.png  one task from files on disk, without the service
     onediffusion make-demo-checkpoint DIR
-    onediffusion keys create --tenant T  an API key (shown once); keys list; keys revoke KEY_ID
+    onediffusion keys create --tenant T  an API key (shown once; --priority N); keys list; keys revoke KEY_ID
     onediffusion settings [--table]      the settings in effect (or the table of all of them)
 """
 
@@ -111,18 +111,20 @@ def cmd_keys(args) -> None:
         if not args.tenant:
             raise SystemExit("error: keys create needs --tenant NAME")
         try:
-            key, record = store.create(args.tenant, args.name or "")
+            key, record = store.create(args.tenant, args.name or "", args.priority)
         except ValueError as exc:
             raise SystemExit(f"error: {exc}")
-        print(f"key id {record.key_id} for tenant {record.tenant!r}; the key (shown only now, store it safely):")
+        priority = "" if record.priority is None else f" (priority {record.priority}: its default and most)"
+        print(f"key id {record.key_id} for tenant {record.tenant!r}{priority}; the key (shown only now, store it safely):")
         print(key)
     elif args.action == "list":
         records = store.list()
-        print(f"{'key id':14} {'tenant':20} {'name':20} {'created (UTC)':20} revoked")
+        print(f"{'key id':14} {'tenant':20} {'name':20} {'created (UTC)':20} {'priority':8} revoked")
         for r in records:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created_at))
             revoked = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.revoked_at)) if r.revoked_at else "-"
-            print(f"{r.key_id:14} {r.tenant:20} {r.name:20} {created:20} {revoked}")
+            priority = "-" if r.priority is None else str(r.priority)
+            print(f"{r.key_id:14} {r.tenant:20} {r.name:20} {created:20} {priority:8} {revoked}")
     else:
         if not args.key_id:
             raise SystemExit("error: keys revoke needs a KEY_ID (see `onediffusion keys list`)")
@@ -338,6 +340,9 @@ def main(argv=None) -> None:
     keys.add_argument("key_id", nargs="?", help="for revoke")
     keys.add_argument("--tenant", help="for create: the tenant the key acts for")
     keys.add_argument("--name", help="for create: a label")
+    keys.add_argument("--priority", type=int, metavar="N",
+                      help="for create: 0 to 9, the default priority of the key's jobs and the most its requests may "
+                      "ask for (it orders the tenant's own queued jobs); without it, 0 and requests may ask up to 9")
     keys.set_defaults(func=cmd_keys)
     from model.tasks import TASKS
 

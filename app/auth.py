@@ -1,9 +1,14 @@
 """API keys bound to tenants, stored only as hashes.
 
-A key looks like `od_<key id>_<secret>`. Redis keeps, per key id, the tenant, a name and the SHA-256
-of the secret (the secret is 256 random bits, so a plain hash is enough); the key itself is shown once,
-when it is created. Every `/v1` route needs `Authorization: Bearer <key>` unless AUTH_DISABLED is set,
-in which case every caller is the tenant `public`.
+A key looks like `od_<key id>_<secret>`. Redis keeps, per key id, the tenant, a name, an optional
+priority and the SHA-256 of the secret (the secret is 256 random bits, so a plain hash is enough); the
+key itself is shown once, when it is created.
+
+A key's priority is both the default and the ceiling of its requests' `priority` (which orders a tenant's
+own queued jobs; see `resolve_priority`): a key without one defaults to 0 and may ask for any priority.
+
+Every `/v1` route needs `Authorization: Bearer <key>` unless AUTH_DISABLED is set, in which case every
+caller is the tenant `public` (as a key without a priority).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Optional
 from redis import Redis
 
 from core.connection import Keys
+from core.queueing import MAX_PRIORITY
 
 PUBLIC_TENANT = "public"
 KEY_PREFIX = "od_"
@@ -33,6 +39,27 @@ class ApiKey:
     name: str
     created_at: float
     revoked_at: Optional[float] = None
+    priority: Optional[int] = None  # the default and the most its requests may ask for; None: 0, up to MAX_PRIORITY
+
+
+def check_priority(priority: Optional[int]) -> Optional[int]:
+    """A key's priority as given (None: none); ValueError outside 0..MAX_PRIORITY."""
+    if priority is None:
+        return None
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"a key's priority is an integer from 0 to {MAX_PRIORITY}")
+    return priority
+
+
+def resolve_priority(requested: Optional[int], key_priority: Optional[int]) -> int:
+    """The priority a request runs at: what it asked for, else its key's (0 for a key without one).
+    ValueError when it asks for more than its key's priority (the key's ceiling)."""
+    if requested is None:
+        return key_priority or 0
+    ceiling = MAX_PRIORITY if key_priority is None else key_priority
+    if requested > ceiling:
+        raise ValueError(f"{requested} is more than this API key allows: its maximum priority is {ceiling}")
+    return requested
 
 
 def _digest(secret: str) -> str:
@@ -44,21 +71,26 @@ class KeyStore:
         self.redis = redis
         self.hash_key = f"{keys.prefix}:apikeys"
 
-    def create(self, tenant: str, name: str = "") -> tuple[str, ApiKey]:
-        """A new key for `tenant`: returns (the full key, shown only now; its record)."""
+    def create(self, tenant: str, name: str = "", priority: Optional[int] = None) -> tuple[str, ApiKey]:
+        """A new key for `tenant` (`priority`: its requests' default and most, see `resolve_priority`):
+        returns (the full key, shown only now; its record)."""
         if not TENANT_NAME.fullmatch(tenant or ""):
             raise ValueError("a tenant name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         if tenant.lower() == PUBLIC_TENANT:
             raise ValueError(f"{PUBLIC_TENANT!r} is reserved (every caller is that tenant when AUTH_DISABLED is set)")
+        priority = check_priority(priority)
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         record = {"tenant": tenant, "name": name, "created_at": time.time(), "revoked_at": None, "sha256": _digest(secret)}
+        if priority is not None:
+            record["priority"] = priority
         self.redis.hset(self.hash_key, key_id, json.dumps(record))
         return f"{KEY_PREFIX}{key_id}_{secret}", self._record(key_id, record)
 
     @staticmethod
     def _record(key_id: str, data: dict) -> ApiKey:
-        return ApiKey(key_id, data["tenant"], data.get("name", ""), data["created_at"], data.get("revoked_at"))
+        return ApiKey(key_id, data["tenant"], data.get("name", ""), data["created_at"], data.get("revoked_at"),
+                      data.get("priority"))
 
     def list(self) -> list[ApiKey]:
         items = self.redis.hgetall(self.hash_key)

@@ -16,7 +16,7 @@ from core.job_store import JobNotFound
 from core.storage import StorageUnavailable
 from core.redis_errors import classify
 from model.decode_budget import DecodeBusy
-from model.tasks import TaskInputError
+from model.tasks import TASKS, TaskInputError
 
 from .exceptions import ApiError, CannotCancel
 
@@ -34,8 +34,11 @@ def validation_fields(errors: list[dict]) -> list[dict]:
     fields = []
     for err in errors:
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
-        # drop pydantic's union-branch names (e.g. "TextToImageItem") from batch item locations
+        # drop pydantic's union-branch names from batch item locations (e.g. "TextToImageItem", or the task the
+        # item's `task` picked): `items.0.prompt`
         loc = [p for p in loc if not (p[:1].isupper() and p.endswith("Item"))]
+        if len(loc) > 2 and loc[0] == "items" and loc[2] in TASKS:
+            del loc[2]
         field = ".".join(loc) or "body"
         message = err.get("msg", "invalid")
         if message.startswith("Value error, "):

@@ -135,7 +135,7 @@ class JobService(JobStore):
         return JobView(
             id=job.id, task=meta.get("task", ""), status="queued", queue_position=position,
             created_at=meta.get("created_at") or iso_time(job.created_at), warnings=list(meta.get("warnings", [])),
-            attempts=int(meta.get("attempts", 0)), batch_id=meta.get("batch_id"),
+            attempts=int(meta.get("attempts", 0)), batch_id=meta.get("batch_id"), priority=int(meta.get("priority") or 0),
             urls={"self": self.url(f"/v1/jobs/{job.id}"), "cancel": self.url(f"/v1/jobs/{job.id}/cancel"),
                   "events": self.url(f"/v1/jobs/{job.id}/events")},
             input=self._input_echo(job, meta),
@@ -151,8 +151,10 @@ class JobService(JobStore):
         output_format: str = "png",
         idempotency_key: Optional[str] = None,
         admitted: bool = False,
+        priority: int = 0,
     ) -> JobView:
-        return self.submit_once(task, request, tenant, key_id, webhook, output_format, idempotency_key, admitted)[0]
+        return self.submit_once(task, request, tenant, key_id, webhook, output_format, idempotency_key, admitted,
+                                priority=priority)[0]
 
     def submit_once(
         self,
@@ -165,12 +167,14 @@ class JobService(JobStore):
         idempotency_key: Optional[str] = None,
         admitted: bool = False,
         maybe_replay: bool = True,
+        priority: int = 0,
     ) -> tuple[JobView, bool]:
         """(the job, whether it is a replay of an earlier submission with the same Idempotency-Key).
         `admitted`: the caller ran `precheck` (the rate is counted once); `maybe_replay`: False when that
-        precheck found no replay (the key is read only in the admission step then)."""
+        precheck found no replay (the key is read only in the admission step then). `priority` (0 to
+        MAX_PRIORITY, checked against the key by the caller) orders the job among its tenant's queued jobs."""
         idem = self._idempotent("job", tenant, idempotency_key)
-        fp = fingerprint(task, request, webhook, output_format) if idem else ""
+        fp = fingerprint(task, request, webhook, output_format, *([priority] if priority else [])) if idem else ""
         replayed = self._replayed_id(idem, fp, "job") if maybe_replay else None
         if replayed:
             return self.view(replayed, tenant=tenant), True
@@ -180,7 +184,7 @@ class JobService(JobStore):
             self.quotas.check_rate(key_id)
         job_id = new_id()
         meta = {"tenant": tenant, "key_id": key_id, "webhook": webhook.model_dump() if webhook else None,
-                "output_format": output_format}
+                "output_format": output_format, "priority": priority}
         data = self._job_data(task, request, plan, meta, job_id)
         writes = self._writes()
         if idem:
@@ -198,19 +202,26 @@ class JobService(JobStore):
 
     def submit_batch(
         self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str,
-        idempotency_key: Optional[str] = None, admitted: bool = False,
+        idempotency_key: Optional[str] = None, admitted: bool = False, priorities: Optional[list[int]] = None,
     ) -> BatchView:
-        return self.submit_batch_once(items, webhook, tenant, key_id, idempotency_key, admitted)[0]
+        return self.submit_batch_once(items, webhook, tenant, key_id, idempotency_key, admitted,
+                                      priorities=priorities)[0]
 
     def submit_batch_once(
         self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str,
         idempotency_key: Optional[str] = None, admitted: bool = False, maybe_replay: bool = True,
-        request_fingerprint: Optional[str] = None,
+        request_fingerprint: Optional[str] = None, priorities: Optional[list[int]] = None,
     ) -> tuple[BatchView, bool]:
         """`request_fingerprint`: what identifies the request for its Idempotency-Key when the items carry
-        values the server drew (num_outputs' seeds), so that an identical retry is a replay, not a 409."""
+        values the server drew (num_outputs' seeds), so that an identical retry is a replay, not a 409.
+        `priorities`: each item's priority (as for `submit_once`; all 0 when None)."""
+        priorities = list(priorities) if priorities is not None else [0] * len(items)
+        if len(priorities) != len(items):
+            raise ValueError("one priority per item")
         idem = self._idempotent("batch", tenant, idempotency_key)
-        fp = (request_fingerprint or fingerprint([[task, request, fmt] for task, request, fmt in items], webhook)) if idem else ""
+        fp = (request_fingerprint or fingerprint(
+            [[task, request, fmt, *([p] if p else [])] for (task, request, fmt), p in zip(items, priorities)], webhook,
+        )) if idem else ""
         replayed = self._replayed_id(idem, fp, "batch") if maybe_replay else None
         if replayed:
             return self.batch_view(replayed, tenant=tenant), True
@@ -226,8 +237,9 @@ class JobService(JobStore):
         batch_id = new_id()
         job_ids = [new_id() for _ in prepared]
         datas = [
-            self._job_data(task, request, plan, {"tenant": tenant, "key_id": key_id, "batch_id": batch_id, "output_format": fmt}, job_id)
-            for (task, request, plan, fmt), job_id in zip(prepared, job_ids)
+            self._job_data(task, request, plan, {"tenant": tenant, "key_id": key_id, "batch_id": batch_id,
+                                                 "output_format": fmt, "priority": priority}, job_id)
+            for (task, request, plan, fmt), job_id, priority in zip(prepared, job_ids, priorities)
         ]
         record = {
             "id": batch_id,

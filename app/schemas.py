@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from core.queueing import MAX_PRIORITY
 from core.views import BatchView, JobView
 from model.tasks import TASKS, TaskRequest
 
@@ -57,6 +58,25 @@ class WebhookSpec(BaseModel):
         return value
 
 
+PRIORITY_DESCRIPTION = (
+    f"Orders this tenant's own queued jobs: 0 to {MAX_PRIORITY}, higher first (then arrival). It never lets a job "
+    "pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's "
+    "priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N "
+    f"(more is a 422 naming the key's maximum); other keys up to {MAX_PRIORITY}"
+)
+
+
+def _priority_field():
+    return Field(None, ge=0, le=MAX_PRIORITY, description=PRIORITY_DESCRIPTION, examples=[5])
+
+
+def _priority_not_bool(value):
+    """JSON true/false are not priorities (pydantic would read true as 1)."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be an integer from 0 to {MAX_PRIORITY}, not true or false")
+    return value
+
+
 class ServiceOptions(BaseModel):
     """Options of the service (not the model) that every task request may carry."""
 
@@ -67,6 +87,9 @@ class ServiceOptions(BaseModel):
         "(202, Location: the batch), alike but for the seed: seed, seed+1, ... (one random seed when omitted); "
         "jobs of one shape run as one sampler batch",
     )
+    priority: Optional[int] = _priority_field()
+
+    _priority_not_bool = field_validator("priority", mode="before")(_priority_not_bool)
 
 
 def task_request_model(task_cls: type[TaskRequest]) -> type[BaseModel]:
@@ -95,6 +118,8 @@ def _batch_item_model(name: str, cls: type[TaskRequest]) -> type[BaseModel]:
         __doc__=cls.__doc__,
         task=(Literal[name], Field(description="Which task this item runs")),
         output_format=(OutputFormat, "png"),
+        priority=(Optional[int], _priority_field()),
+        __validators__={"_priority_not_bool": field_validator("priority", mode="before")(_priority_not_bool)},
     )
 
 

@@ -8,7 +8,9 @@ from typing import Optional
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .auth import PUBLIC_TENANT
+from model.tasks import TaskInputError
+
+from .auth import PUBLIC_TENANT, resolve_priority
 from .exceptions import ApiError
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `onediffusion keys create --tenant NAME`")
@@ -18,6 +20,15 @@ bearer = HTTPBearer(auto_error=False, description="An API key made with `onediff
 class Caller:
     tenant: str
     key_id: str
+    priority: Optional[int] = None  # the key's: its requests' default and ceiling (None: 0, up to MAX_PRIORITY)
+
+    def job_priority(self, requested: Optional[int], field: str = "priority") -> int:
+        """The priority a request of this caller runs at (app/auth.py `resolve_priority`); asking for more
+        than the key allows is a 422 naming `field`."""
+        try:
+            return resolve_priority(requested, self.priority)
+        except ValueError as exc:
+            raise TaskInputError(field, str(exc)) from None
 
 
 def _unauthorized(message: str, error: Optional[str] = None) -> ApiError:
@@ -34,7 +45,7 @@ def optional_caller(request: Request, credentials: Optional[HTTPAuthorizationCre
     key = request.app.state.keystore.authenticate(credentials.credentials)
     if key is None:
         raise _unauthorized("the API key is not valid (wrong or revoked)", "invalid_token")
-    return Caller(key.tenant, key.key_id)
+    return Caller(key.tenant, key.key_id, key.priority)
 
 
 def require_caller(caller: Optional[Caller] = Depends(optional_caller)) -> Caller:

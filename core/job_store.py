@@ -255,6 +255,7 @@ class JobStore:
             warnings=list(meta.get("warnings", [])),
             attempts=int(meta.get("attempts", 0)),
             batch_id=meta.get("batch_id"),
+            priority=int(meta.get("priority") or 0),
             urls={
                 "self": self.url(f"/v1/jobs/{job.id}"),
                 "cancel": self.url(f"/v1/jobs/{job.id}/cancel"),

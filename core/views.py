@@ -7,6 +7,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
 
+from .queueing import MAX_PRIORITY
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -45,6 +47,10 @@ class JobView(BaseModel):
     eta_s: Optional[float] = Field(
         None, description="Estimated seconds until the job ends, from measured step times (queued: assuming the jobs "
         "ahead are like it); null until a step time of its shape has been measured"
+    )
+    priority: int = Field(
+        0, description=f"Its place among its tenant's own queued jobs: 0 to {MAX_PRIORITY}, higher first (the "
+        "request's `priority`, else its API key's); it never passes another tenant's turn"
     )
     created_at: Optional[str] = None
     started_at: Optional[str] = None

@@ -48,11 +48,13 @@ async def submit_batch(request: Request, caller: Caller = Depends(require_caller
         raise ApiError(422, "invalid_request", f"items: at most {settings.max_batch_items} items per batch; split it",
                        fields=[{"field": "items", "message": f"at most {settings.max_batch_items} items per batch"}])
     body = await run_in_threadpool(BatchRequest.model_validate, data)
+    priorities = [caller.job_priority(item.priority, f"items.{i}.priority") for i, item in enumerate(body.items)]
     body = await request.app.state.image_fetcher.fetch_all(  # images given by URL, checked first, off the request threads
         body, caller.tenant, lambda checked: _check_items(checked, settings.task_limits()))
     items = [(item.task, task_part(item, item.task), item.output_format) for item in body.items]
     view, replayed = await run_in_threadpool(
-        service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True, maybe_replay
+        service.submit_batch_once, items, body.webhook, caller.tenant, caller.key_id, idem, True, maybe_replay,
+        priorities=priorities,
     )
     headers = {"Location": view.urls["self"], **({"Idempotent-Replayed": "true"} if replayed else {})}
     return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)

@@ -92,18 +92,21 @@ def _queue(service, settings, task: str, model, body, admission: Admission) -> t
     (seed, seed+1, ...). One trip to the thread pool for all of it."""
     if isinstance(body, bytes):
         body = _validated(model, body)
-    part = task_part(body, task)
     caller, idem = admission.caller, admission.idempotency_key
+    priority = caller.job_priority(body.priority)
+    part = task_part(body, task)
     if body.num_outputs <= 1:
         return service.submit_once(task, part, caller.tenant, caller.key_id, body.webhook, body.output_format,
-                                   idem, True, admission.maybe_replay)
+                                   idem, True, admission.maybe_replay, priority)
     first = body.seed if body.seed is not None else secrets.randbelow(2**31)
     items = [(task, part.model_copy(update={"seed": (first + i) % 2**63}), body.output_format)
              for i in range(body.num_outputs)]
-    # the request as the client sent it (no drawn seed): an identical retry under the same key is a replay
-    sent = fingerprint("num_outputs", task, body.model_dump(mode="json", exclude={"task"}))
+    # the request as the client sent it (no drawn seed; the priority it runs at): an identical retry under the
+    # same key is a replay
+    sent = fingerprint("num_outputs", task, body.model_dump(mode="json", exclude={"task", "priority"}),
+                       *([priority] if priority else []))
     return service.submit_batch_once(items, body.webhook, caller.tenant, caller.key_id, idem, True,
-                                     admission.maybe_replay, sent)
+                                     admission.maybe_replay, sent, [priority] * len(items))
 
 
 def _endpoint(task: str):
@@ -121,6 +124,7 @@ def _endpoint(task: str):
         else:
             body = await parse_request(request, model)  # multipart (or a 415)
         if not isinstance(body, bytes):
+            admission.caller.job_priority(body.priority)  # a priority the key refuses fetches nothing
             limits = settings.task_limits()
             body = await request.app.state.image_fetcher.fetch_all(  # images by URL, checked first, off the request threads
                 body, admission.caller.tenant, lambda checked: task_part(checked, task).plan(limits))

@@ -31,7 +31,14 @@ export interface Output {
 }
 export interface Job {
   id: string; task: string; status: "queued" | "running" | "succeeded" | "failed" | "canceled";
-  progress: Progress | null; queue_position: number | null; created_at: string | null; started_at: string | null;
+  progress: Progress | null;
+  /** Jobs served before this one in the fair order between tenants (0 = next); null unless queued. */
+  queue_position: number | null;
+  /** Estimated seconds until the job ends, from measured step times; null until one has been measured. */
+  eta_s: number | null;
+  /** 0 to 9: its place among its tenant's own queued jobs, higher first (never ahead of another tenant's turn). */
+  priority: number;
+  created_at: string | null; started_at: string | null;
   finished_at: string | null; outputs: Output[]; data: Record<string, unknown>; warnings: string[];
   error: { type: string; message: string } | null; attempts: number; batch_id: string | null;
   urls: Record<string, string>; input: Record<string, unknown>; timings: Record<string, number>;
@@ -42,7 +49,11 @@ export interface Batch {
 }
 export interface Page<T> { data: T[]; next_cursor: string | null }
 export interface Webhook { url: string; secret?: string; events?: ("started" | "progress" | "completed")[] }
-export type TaskFields = Record<string, unknown> & { webhook?: Webhook; num_outputs?: number; output_format?: "png" | "webp" | "jpeg" };
+export type TaskFields = Record<string, unknown> & {
+  webhook?: Webhook; num_outputs?: number; output_format?: "png" | "webp" | "jpeg";
+  /** 0 to 9: orders your own queued jobs, higher first; omitted: the API key's priority. */
+  priority?: number;
+};
 export interface RunOptions { onProgress?: (progress: Progress) => void; timeoutS?: number; idempotencyKey?: string }
 
 export declare class ApiError extends Error {

@@ -187,6 +187,18 @@ def test_submit_events_and_cancel(client):
         client.text_to_image("x", width=64, height=64, num_inference_steps=1).cancel()
 
 
+def test_job_priority_queue_position_and_eta(client):
+    job = client.text_to_image("prio", width=64, height=64, num_inference_steps=1, priority=3, wait=False)
+    assert job.priority == 3 and job.raw["priority"] == 3
+    assert job.queue_position == job.raw["queue_position"] and job.eta_s == job.raw["eta_s"]
+    assert job.status != "queued" or job.queue_position is not None
+    job.wait(timeout=120)
+    assert job.status == "succeeded" and job.priority == 3 and job.queue_position is None
+    with pytest.raises(od.InvalidRequest) as caught:
+        client.text_to_image("x", width=64, height=64, num_inference_steps=1, priority=10)
+    assert [f.field for f in caught.value.fields] == ["priority"]
+
+
 def test_api_errors_are_typed(client):
     with pytest.raises(od.InvalidRequest) as caught:
         client.text_to_image("x", width=100, height=64, num_inference_steps=1)

@@ -26,7 +26,9 @@ await assert.rejects(client.textToImage({ prompt: "x", width: 100, height: 64, n
 });
 
 // a canceled job rejects with JobFailed
-const long = await client.submit("text-to-image", { prompt: "long", width: 128, height: 128, num_inference_steps: 200 });
+const long = await client.submit("text-to-image", { prompt: "long", width: 128, height: 128, num_inference_steps: 200, priority: 2 });
+assert.equal(long.priority, 2);
+assert.ok("queue_position" in long && "eta_s" in long);
 const canceled = await client.cancel(long.id);
 assert.equal(canceled.status, "canceled");
 assert.equal((await client.wait(long.id)).status, "canceled");

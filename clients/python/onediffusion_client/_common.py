@@ -135,7 +135,9 @@ class JobFields:
         self.task = body.get("task", "")
         self.status = body["status"]
         self.progress: Optional[t.Progress] = t.Progress.from_json(body.get("progress"))
-        self.queue_position: Optional[int] = body.get("queue_position")
+        self.queue_position: Optional[int] = body.get("queue_position")  # jobs served before it (0: next); while queued
+        self.eta_s: Optional[float] = body.get("eta_s")  # estimated seconds to its end; None until a step time is measured
+        self.priority: int = body.get("priority") or 0  # its place among its tenant's own queued jobs (higher first)
         self.created_at: Optional[str] = body.get("created_at")
         self.started_at: Optional[str] = body.get("started_at")
         self.finished_at: Optional[str] = body.get("finished_at")

@@ -30,7 +30,7 @@ SPECIAL_TYPES = {
 }
 FALLBACK_DOCS = {"webhook": "Webhook(url, secret): called (signed) when the job ends"}
 SCALARS = {"string": "str", "integer": "int", "number": "float", "boolean": "bool"}
-LAST = ("webhook", "output_format")  # service options go after the task's own fields
+LAST = ("webhook", "output_format", "priority")  # service options go after the task's own fields
 
 
 def task_schemas(openapi: dict) -> dict[str, tuple[str, dict]]:

@@ -36,6 +36,7 @@ class TaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -57,13 +58,14 @@ class TaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'text-to-image', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'text-to-image', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def depth_to_image(
@@ -83,6 +85,7 @@ class TaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -105,13 +108,14 @@ class TaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'depth-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'depth-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def canny_to_image(
@@ -131,6 +135,7 @@ class TaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -153,13 +158,14 @@ class TaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'canny-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'canny-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def hed_to_image(
@@ -179,6 +185,7 @@ class TaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -201,13 +208,14 @@ class TaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'hed-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'hed-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def pose_to_image(
@@ -227,6 +235,7 @@ class TaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -249,13 +258,14 @@ class TaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'pose-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'pose-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def semantic_map_to_image(
@@ -276,6 +286,7 @@ class TaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -299,13 +310,14 @@ class TaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'semantic-map-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'semantic-map-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def boxes_to_image(
@@ -326,6 +338,7 @@ class TaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -349,13 +362,14 @@ class TaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'boxes-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'boxes-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def depth_estimation(
@@ -375,6 +389,7 @@ class TaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -397,13 +412,14 @@ class TaskMethods:
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'depth-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'depth-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def edge_estimation(
@@ -424,6 +440,7 @@ class TaskMethods:
         edge_type: Literal['canny', 'hed'] = 'canny',
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -447,13 +464,14 @@ class TaskMethods:
             edge_type: Canny edges or soft HED edges
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'edge-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, edge_type=edge_type, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'edge-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, edge_type=edge_type, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def pose_estimation(
@@ -473,6 +491,7 @@ class TaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -495,13 +514,14 @@ class TaskMethods:
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'pose-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'pose-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def segmentation(
@@ -522,6 +542,7 @@ class TaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -545,13 +566,14 @@ class TaskMethods:
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'segmentation', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'segmentation', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def detection(
@@ -572,6 +594,7 @@ class TaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -595,13 +618,14 @@ class TaskMethods:
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'detection', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'detection', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def deblurring(
@@ -621,6 +645,7 @@ class TaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -643,13 +668,14 @@ class TaskMethods:
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'deblurring', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'deblurring', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def inpainting(
@@ -670,6 +696,7 @@ class TaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -693,13 +720,14 @@ class TaskMethods:
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'inpainting', dict(image=image, mask=mask, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'inpainting', dict(image=image, mask=mask, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def image_editing(
@@ -719,6 +747,7 @@ class TaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -741,13 +770,14 @@ class TaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'image-editing', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'image-editing', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def id_customization(
@@ -768,6 +798,7 @@ class TaskMethods:
         reference_captions: Optional[Sequence[str]] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -791,13 +822,14 @@ class TaskMethods:
             reference_captions: A caption per reference photo (30 to 75 words work best) (at most 3 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'id-customization', dict(images=images, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, reference_captions=reference_captions, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'id-customization', dict(images=images, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, reference_captions=reference_captions, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def subject_driven(
@@ -819,6 +851,7 @@ class TaskMethods:
         source_caption: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -843,13 +876,14 @@ class TaskMethods:
             source_caption: Caption of the source photo
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'subject-driven', dict(image=image, item=item, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, source_caption=source_caption, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'subject-driven', dict(image=image, item=item, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, source_caption=source_caption, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def image_to_multiview(
@@ -871,6 +905,7 @@ class TaskMethods:
         cameras: Sequence[Union[Camera, dict]] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -895,13 +930,14 @@ class TaskMethods:
             cameras: One camera per view, input view first (at least 2 items, at most 8 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'image-to-multiview', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, prompt=prompt, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'image-to-multiview', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, prompt=prompt, cameras=cameras, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def text_to_multiview(
@@ -922,6 +958,7 @@ class TaskMethods:
         cameras: Sequence[Union[Camera, dict]] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -945,13 +982,14 @@ class TaskMethods:
             cameras: Cameras (at least 1 items, at most 8 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'text-to-multiview', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'text-to-multiview', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, cameras=cameras, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def camera_pose_estimation(
@@ -972,6 +1010,7 @@ class TaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -995,13 +1034,14 @@ class TaskMethods:
             prompt: Prompt
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'camera-pose-estimation', dict(images=images, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'camera-pose-estimation', dict(images=images, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     def generate(
@@ -1022,6 +1062,7 @@ class TaskMethods:
         focal_length: float = 1.3887,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1045,13 +1086,14 @@ class TaskMethods:
             focal_length: Focal Length (> 0.1, <= 10.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return self._task(
-            'generate', dict(prompt=prompt, frames=frames, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'generate', dict(prompt=prompt, frames=frames, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
 
@@ -1074,6 +1116,7 @@ class AsyncTaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1095,13 +1138,14 @@ class AsyncTaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'text-to-image', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'text-to-image', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def depth_to_image(
@@ -1121,6 +1165,7 @@ class AsyncTaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1143,13 +1188,14 @@ class AsyncTaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'depth-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'depth-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def canny_to_image(
@@ -1169,6 +1215,7 @@ class AsyncTaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1191,13 +1238,14 @@ class AsyncTaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'canny-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'canny-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def hed_to_image(
@@ -1217,6 +1265,7 @@ class AsyncTaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1239,13 +1288,14 @@ class AsyncTaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'hed-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'hed-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def pose_to_image(
@@ -1265,6 +1315,7 @@ class AsyncTaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1287,13 +1338,14 @@ class AsyncTaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'pose-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'pose-to-image', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def semantic_map_to_image(
@@ -1314,6 +1366,7 @@ class AsyncTaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1337,13 +1390,14 @@ class AsyncTaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'semantic-map-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'semantic-map-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def boxes_to_image(
@@ -1364,6 +1418,7 @@ class AsyncTaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1387,13 +1442,14 @@ class AsyncTaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'boxes-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'boxes-to-image', dict(image=image, prompt=prompt, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def depth_estimation(
@@ -1413,6 +1469,7 @@ class AsyncTaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1435,13 +1492,14 @@ class AsyncTaskMethods:
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'depth-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'depth-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def edge_estimation(
@@ -1462,6 +1520,7 @@ class AsyncTaskMethods:
         edge_type: Literal['canny', 'hed'] = 'canny',
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1485,13 +1544,14 @@ class AsyncTaskMethods:
             edge_type: Canny edges or soft HED edges
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'edge-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, edge_type=edge_type, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'edge-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, edge_type=edge_type, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def pose_estimation(
@@ -1511,6 +1571,7 @@ class AsyncTaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1533,13 +1594,14 @@ class AsyncTaskMethods:
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'pose-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'pose-estimation', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def segmentation(
@@ -1560,6 +1622,7 @@ class AsyncTaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1583,13 +1646,14 @@ class AsyncTaskMethods:
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'segmentation', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'segmentation', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def detection(
@@ -1610,6 +1674,7 @@ class AsyncTaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1633,13 +1698,14 @@ class AsyncTaskMethods:
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'detection', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'detection', dict(image=image, classes=classes, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def deblurring(
@@ -1659,6 +1725,7 @@ class AsyncTaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1681,13 +1748,14 @@ class AsyncTaskMethods:
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'deblurring', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'deblurring', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def inpainting(
@@ -1708,6 +1776,7 @@ class AsyncTaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1731,13 +1800,14 @@ class AsyncTaskMethods:
             prompt: Optional caption of the image
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'inpainting', dict(image=image, mask=mask, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'inpainting', dict(image=image, mask=mask, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def image_editing(
@@ -1757,6 +1827,7 @@ class AsyncTaskMethods:
         scale_watershed: float = 1.0,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1779,13 +1850,14 @@ class AsyncTaskMethods:
             scale_watershed: Timestep (0-1000) below which the scaling is linear, above it NTK; 1.0 is the reference's default, its demo suggests 100 to 400 with scale_factor (>= 0.0, <= 1000.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'image-editing', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'image-editing', dict(image=image, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def id_customization(
@@ -1806,6 +1878,7 @@ class AsyncTaskMethods:
         reference_captions: Optional[Sequence[str]] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1829,13 +1902,14 @@ class AsyncTaskMethods:
             reference_captions: A caption per reference photo (30 to 75 words work best) (at most 3 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'id-customization', dict(images=images, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, reference_captions=reference_captions, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'id-customization', dict(images=images, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, reference_captions=reference_captions, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def subject_driven(
@@ -1857,6 +1931,7 @@ class AsyncTaskMethods:
         source_caption: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1881,13 +1956,14 @@ class AsyncTaskMethods:
             source_caption: Caption of the source photo
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'subject-driven', dict(image=image, item=item, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, source_caption=source_caption, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'subject-driven', dict(image=image, item=item, prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, source_caption=source_caption, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def image_to_multiview(
@@ -1909,6 +1985,7 @@ class AsyncTaskMethods:
         cameras: Sequence[Union[Camera, dict]] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1933,13 +2010,14 @@ class AsyncTaskMethods:
             cameras: One camera per view, input view first (at least 2 items, at most 8 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'image-to-multiview', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, prompt=prompt, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'image-to-multiview', dict(image=image, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, prompt=prompt, cameras=cameras, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def text_to_multiview(
@@ -1960,6 +2038,7 @@ class AsyncTaskMethods:
         cameras: Sequence[Union[Camera, dict]] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -1983,13 +2062,14 @@ class AsyncTaskMethods:
             cameras: Cameras (at least 1 items, at most 8 items)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'text-to-multiview', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, cameras=cameras, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'text-to-multiview', dict(prompt=prompt, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, cameras=cameras, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def camera_pose_estimation(
@@ -2010,6 +2090,7 @@ class AsyncTaskMethods:
         prompt: Optional[str] = None,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -2033,13 +2114,14 @@ class AsyncTaskMethods:
             prompt: Prompt
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'camera-pose-estimation', dict(images=images, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, prompt=prompt, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'camera-pose-estimation', dict(images=images, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, prompt=prompt, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
 
     async def generate(
@@ -2060,6 +2142,7 @@ class AsyncTaskMethods:
         focal_length: float = 1.3887,
         webhook: Union[Webhook, dict, None] = None,
         output_format: Literal['png', 'webp', 'jpeg'] = 'png',
+        priority: Optional[int] = None,
         wait: bool = True,
         timeout: Optional[float] = None,
         on_progress: Optional[ProgressCallback] = None,
@@ -2083,11 +2166,12 @@ class AsyncTaskMethods:
             focal_length: Focal Length (> 0.1, <= 10.0)
             webhook: Webhook(url, secret): called (signed) when the job ends
             output_format: Format of the output URLs (files can be fetched in any)
+            priority: Orders this tenant's own queued jobs: 0 to 9, higher first (then arrival). It never lets a job pass another tenant's turn: tenants take turns by their weights (TENANT_WEIGHTS). Omitted: the API key's priority (0 for a key made without one, or without keys). A key made with `--priority N` allows at most N (more is a 422 naming the key's maximum); other keys up to 9 (>= 0, <= 9)
             wait: run to the end (True) or return the queued job at once (False).
             timeout: seconds to wait for the end (None: no limit).
             on_progress: called with each Progress while waiting.
             idempotency_key: makes retries of this submission return the first job (one is made up when omitted).
         """
         return await self._task(
-            'generate', dict(prompt=prompt, frames=frames, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, webhook=webhook, output_format=output_format), wait, timeout, on_progress, idempotency_key
+            'generate', dict(prompt=prompt, frames=frames, num_outputs=num_outputs, negative_prompt=negative_prompt, width=width, height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed, noise_scale=noise_scale, scale_factor=scale_factor, scale_watershed=scale_watershed, focal_length=focal_length, webhook=webhook, output_format=output_format, priority=priority), wait, timeout, on_progress, idempotency_key
         )
