@@ -3,13 +3,16 @@ submissions a queue bound lets through, how late a webhook arrives behind a stal
 cancel takes to free the worker, and job lookups while many event streams are open; and the second
 probe's cases: decode memory by format (webp_decode), another tenant's reads while one floods slow image
 URLs (slow_urls), idle and slow connections (connections), webhooks under many names for one address
-(webhook_names), and the small 4xx/5xx findings (lows). Run it on a commit before the fixes for the
-"before" figures; the figures first reported are quoted in each case's `before_probe`.
+(webhook_names), the small 4xx/5xx findings (lows), deliveries after deliverers are killed mid-delivery
+(deliverer_kills), and a Redis at its memory limit or set to evict keys (redis_full). Run it on a commit
+before the fixes for the "before" figures; the figures first reported are quoted in each case's
+`before_probe`.
 
 Starts its own Redis and service processes (tests/service/harness.py) on the demo checkpoint:
 
     python -m benchmarks.hardening_probe [--only decode,queue,cost,cancel,webhooks,streams,streams_unlimited,
-                                                 webp_decode,slow_urls,connections,webhook_names,lows] [--streams 200]
+                                                 webp_decode,slow_urls,connections,webhook_names,lows,
+                                                 deliverer_kills,redis_full] [--streams 200]
 """
 
 from __future__ import annotations
@@ -371,9 +374,309 @@ def probe_lows(tmp: Path, redis: str, checkpoint: Path) -> dict:
         service.stop()
 
 
+
+# ---- 6: killed deliverers ---------------------------------------------------------------------------------------
+class HeldUntilReleased:
+    """A webhook receiver that holds every call open (never answers) until `release()`, then answers 200 to
+    each new call and notes, per job, when its completion webhook first arrived."""
+
+    def __init__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.connections, self.held_calls, self.held, self.released = 0, 0, [], False
+        self.arrived: dict[str, float] = {}  # job id -> when its webhook first arrived
+        self.duplicates, self.last_call = 0, 0.0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+                if not self.released:
+                    self.held_calls += 1
+                    self.held.append(conn)
+                    continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn) -> None:
+        try:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            while len(body) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                body += chunk
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            job_id = json.loads(body)["job"]["id"]
+            with self.lock:
+                self.last_call = time.monotonic()
+                if job_id in self.arrived:
+                    self.duplicates += 1
+                else:
+                    self.arrived[job_id] = time.monotonic()
+        except (OSError, ValueError, KeyError):
+            pass
+        finally:
+            conn.close()
+
+    def release(self) -> None:
+        """Answer from now on; the calls held so far (of killed deliverers) are cut."""
+        with self.lock:
+            self.released = True
+            held, self.held = self.held, []
+        for conn in held:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.release()
+
+
+def probe_deliverer_kills(tmp: Path, redis: str, checkpoint: Path, jobs: int = 12) -> dict:
+    """`jobs` jobs with webhooks to a receiver that holds every call; the deliverer SIGKILLed three times,
+    each time with calls in flight (and, the third time, its scheduler's lock left behind, as when a
+    deliverer dies between taking the lock and forking the scheduler), restarted each time; the receiver
+    answers from the last restart on. HEARTBEAT_TTL_S=4, WEBHOOK_TIMEOUT_S=3, WEBHOOK_BACKOFF_S=0.5,
+    MAINTENANCE_INTERVAL_S=1 (the harness's)."""
+    from rq.scheduler import RQScheduler
+
+    from core.connection import keys_for
+    from tests.service.test_hardening_second import _alive, _children
+
+    ttl_s, timeout_s = 4, 3
+    service = Service(tmp / "kills", redis, checkpoint, workers=1, heartbeat_ttl_s=ttl_s, webhook_timeout_s=timeout_s)
+    hook = HeldUntilReleased()
+    try:
+        small = {"prompt": "x", "width": 64, "height": 64, "num_inference_steps": 1}
+        ids = [service.submit("text-to-image", {**small, "seed": i, "webhook": {"url": hook.url}}).json()["id"]
+               for i in range(jobs)]
+        for job_id in ids:
+            service.wait_job(job_id)
+        killed_children: list[int] = []
+        orphans_after_3s, seen = 0, 0
+        for round_ in range(3):
+            deliverer = service.processes["webhooks"]
+            wait_until(lambda pid=deliverer.pid: len(_children(pid)) >= 2, 30, what="the scheduler and helper processes")
+            wait_until(lambda seen=seen: hook.connections > seen, 60, interval=0.05, what="a call of this deliverer in flight")
+            time.sleep(0.5)  # the other free slots take their calls too
+            children = _children(deliverer.pid)
+            service.kill("webhooks")
+            killed_children += children
+            time.sleep(3)
+            orphans_after_3s += sum(_alive(pid) for pid in children)
+            if round_ == 2:
+                service.redis().set(RQScheduler.get_locking_key(keys_for(service.prefix).webhook_queue),
+                                    "a-killed-scheduler", ex=ttl_s)
+                hook.release()
+            seen = hook.connections
+            service.start("webhooks", "webhooks")
+        restarted = time.monotonic()
+        try:
+            wait_until(lambda: len(hook.arrived) >= jobs, 120, interval=0.1, what="every delivery")
+        except TimeoutError:
+            pass
+        late = sorted(hook.arrived[j] - restarted for j in ids if j in hook.arrived)
+        # the same deliveries sent again: watch until the receiver has heard nothing for 10 s (90 s at most)
+        quiet_by = time.monotonic() + 90
+        while time.monotonic() < quiet_by and time.monotonic() - hook.last_call < 10:
+            time.sleep(0.5)
+        return {"before_probe": "17 deliveries waited, the last 15 min 20 s late; 1 orphan of a killed deliverer",
+                "deliveries": jobs, "calls_held_while_killing": hook.held_calls,
+                "after_last_restart_max_s": round(late[-1], 1) if late else None,
+                "after_last_restart_p50_s": round(statistics.median(late), 1) if late else None,
+                "deliveries_lost": jobs - len(late), "delivered_again_after_a_200": hook.duplicates,
+                "last_repeat_after_last_restart_s": round(hook.last_call - restarted, 1) if hook.duplicates else None,
+                "orphans_alive_3s_after_a_kill": orphans_after_3s,
+                "orphans_alive_at_end": sum(_alive(pid) for pid in killed_children),
+                "bound_s": f"{ttl_s + timeout_s + 5 + 5} (HEARTBEAT_TTL_S {ttl_s} + WEBHOOK_TIMEOUT_S {timeout_s} "
+                           "+ 5 backoff + 5 slack, as the suite asserts)"}
+    finally:
+        hook.close()
+        service.stop()
+
+
+# ---- 7: Redis at its memory limit -------------------------------------------------------------------------------
+def _refused_start(url: str, tmp: Path, checkpoint: Path, roles=("serve", "worker")) -> dict:
+    """Start each role against `url`; its exit code (-9: still running after 120 s, killed) and the line that
+    says why."""
+    import os
+    import subprocess
+
+    from tests.service.harness import CLI
+
+    env = {**{k: v for k, v in os.environ.items() if k != "ONEDIFFUSION_MODEL"}, "REDIS_URL": url,
+           "DEMO_CHECKPOINT_DIR": str(checkpoint), "PORT": str(free_port()), "RESULTS_DIR": str(tmp / "results"),
+           "ONEDIFFUSION_ATTENTION": "math"}
+    tmp.mkdir(parents=True, exist_ok=True)
+    started = {role: subprocess.Popen(CLI + [role], env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True) for role in roles}
+    found = {}
+    for role, process in started.items():
+        try:
+            out, _ = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, _ = process.communicate()
+        line = next((l for l in out.splitlines() if "maxmemory-policy" in l), out.strip()[-200:])
+        try:
+            line = json.loads(line)["msg"]  # a JSON log line
+        except (ValueError, KeyError, TypeError):
+            pass
+        found[role] = {"exit_code": process.returncode, "message": line.strip()[:180]}
+    return found
+
+
+def probe_redis_full(tmp: Path, redis: str, checkpoint: Path, headroom_kb: int = 256, per_tenant: int = 150) -> dict:
+    """A Redis of its own whose maxmemory (noeviction) is what it uses plus `headroom_kb`, one worker; two
+    tenants (keys on) submit at once until each has been refused 5 times (`per_tenant` at most); then, with
+    maxmemory at 1 byte, a second API started on the full store reads a job that finished before; then room
+    comes back and every accepted job is read by its tenant. Last, an API and a worker started against a Redis with
+    maxmemory-policy allkeys-lru."""
+    import re
+
+    from redis import Redis
+    from redis.exceptions import OutOfMemoryError
+
+    server, evicting = RedisServer(tmp / "redis-full"), RedisServer(tmp / "redis-evicting")
+    server.start()
+    service = None
+    try:
+        store = Redis.from_url(server.url)
+        service = Service(tmp / "full", server.url, checkpoint, workers=1, auth_disabled="false",
+                          rate_limit_per_minute=0, max_active_jobs_per_tenant=0)
+        keys = {t: new_key(service, t) for t in ("acme", "globex")}
+        small = {"prompt": "full store", "width": 64, "height": 64, "num_inference_steps": 1}
+        finished = service.client.post("/v1/text-to-image", json=small, timeout=90,
+                                       headers={**bearer(keys["acme"]), "Prefer": "wait=60"}).json()
+        limit = int(store.info("memory")["used_memory"]) + headroom_kb * 1024
+        store.config_set("maxmemory", limit)  # the default policy: noeviction
+        answers: dict[str, list[httpx.Response]] = {t: [] for t in keys}
+
+        def flood(tenant: str) -> None:
+            with httpx.Client(base_url=service.url, timeout=60) as client:
+                for i in range(per_tenant):
+                    answers[tenant].append(client.post("/v1/text-to-image", json={**small, "seed": i},
+                                                       headers=bearer(keys[tenant])))
+                    if sum(a.status_code == 503 for a in answers[tenant]) >= 5:
+                        return
+
+        flooding = [threading.Thread(target=flood, args=(t,)) for t in keys]
+        for thread in flooding:
+            thread.start()
+        for thread in flooding:
+            thread.join()
+        # finished jobs give room back as the worker records them: from here the store is kept full (every
+        # write that needs memory refused) while a second API starts and the worker's jobs end
+        store.config_set("maxmemory", 1)
+        try:
+            store.set("probe:room", b"x" * 4096)
+            full_at_fresh_start = False
+        except OutOfMemoryError:
+            full_at_fresh_start = True
+        fresh_port = free_port()
+        service.start("api2", "serve", port=fresh_port)
+        fresh = f"http://127.0.0.1:{fresh_port}"
+
+        def fresh_up():
+            try:
+                return httpx.get(f"{fresh}/healthz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(fresh_up, 60, what="the API started while the store is full")
+        fresh_get = httpx.get(f"{fresh}/v1/jobs/{finished['id']}", headers=bearer(keys["acme"]), timeout=30)
+        fresh_post = httpx.post(f"{fresh}/v1/text-to-image", json=small, headers=bearer(keys["globex"]), timeout=30)
+        time.sleep(5)  # the worker's jobs that end now wait for room
+        store.config_set("maxmemory", 0)  # room again
+
+        ids = {t: [a.json()["id"] for a in answers[t] if a.status_code == 202] for t in keys}
+        ended: dict[str, dict] = {}
+
+        def end_of(job_id: str, key: str):
+            job = service.client.get(f"/v1/jobs/{job_id}", headers=bearer(key)).json()
+            return job if job["status"] in ("succeeded", "failed", "canceled") else None
+
+        for tenant, job_ids in ids.items():
+            for job_id in job_ids:
+                ended[job_id] = wait_until(lambda job_id=job_id, key=keys[tenant]: end_of(job_id, key), 300, 0.2,
+                                           f"job {job_id}")
+        hex_ids = re.compile(r"[0-9a-f]{32}")
+        others = {t: {i for u in keys if u != t for i in ids[u]} for t in keys}
+        leaks = 0
+        for tenant in keys:
+            for answer in answers[tenant]:
+                leaks += bool(others[tenant] & set(hex_ids.findall(answer.text)))
+            for job_id in ids[tenant]:
+                leaks += bool(others[tenant] & set(hex_ids.findall(json.dumps(ended[job_id]))))
+        every = [a for t in keys for a in answers[t]]
+        full = [a for a in every if a.status_code == 503 and a.json()["error"]["type"] == "store_full"]
+        statuses = [job["status"] for job in ended.values()]
+        worker_log = (service.tmp / "worker1.log").read_text(errors="replace")
+        fresh_post_error = (fresh_post.json().get("error") or {}).get("type", "")
+        figures = {
+            "before_probe": "2 of 300 jobs failed as model_error naming another tenant's job id; every Redis error a 503 "
+                            "'unreachable'; GET of a finished job on a fresh API: 503; allkeys-lru dropped 488 finished jobs",
+            "maxmemory_kb_while_submitting": limit // 1024,
+            "codes": {"202": sum(a.status_code == 202 for a in every), "503_store_full": len(full),
+                      "other": len(every) - len(full) - sum(a.status_code == 202 for a in every)},
+            "retry_after": sorted({a.headers.get("retry-after") for a in full}),
+            "store_full_message": full[0].json()["error"]["message"] if full else None,
+            "accepted_jobs": {s: statuses.count(s) for s in sorted(set(statuses))},
+            "failed_model_error": sum((job.get("error") or {}).get("type") == "model_error" for job in ended.values()),
+            "bodies_naming_another_tenants_job": leaks,
+            "full_when_fresh_api_started": full_at_fresh_start,
+            "fresh_api_get_finished_job": fresh_get.status_code,
+            "worker_waits_to_record_a_job": worker_log.count("while finishing job"),
+            "fresh_api_post_while_full": f"{fresh_post.status_code} {fresh_post_error}".strip(),
+        }
+        service.stop()
+        service = None
+        evicting.start()
+        Redis.from_url(evicting.url).config_set("maxmemory-policy", "allkeys-lru")
+        figures["start_on_allkeys_lru"] = _refused_start(evicting.url, tmp / "evicting", checkpoint)
+        return figures
+    finally:
+        if service is not None:
+            service.stop()
+        server.stop()
+        evicting.stop()
+
+
+CASES = ("decode", "queue", "cost", "cancel", "webhooks", "streams", "streams_unlimited", "webp_decode", "slow_urls",
+         "connections", "webhook_names", "lows", "deliverer_kills", "redis_full")
+
+
+def case_list(text: str) -> list[str]:
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in CASES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown case(s) {', '.join(unknown)}; the cases: {', '.join(CASES)}")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="decode,queue,cost,cancel,webhooks,streams")
+    parser.add_argument("--only", type=case_list, default="decode,queue,cost,cancel,webhooks,streams",
+                        help=f"comma-separated cases, of: {','.join(CASES)}")
     parser.add_argument("--streams", type=int, default=200)
     args = parser.parse_args()
     from model.demo_checkpoint import make_demo_checkpoint
@@ -385,7 +688,7 @@ def main() -> None:
         redis.start()
         try:
             results = {}
-            for name in args.only.split(","):
+            for name in args.only:
                 started = time.monotonic()
                 if name in ("streams", "streams_unlimited"):
                     results[name] = probe_streams(tmp, redis.url, checkpoint, args.streams, name == "streams_unlimited")
