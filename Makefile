@@ -19,7 +19,7 @@ STAMP_GPU := $(BIN)/.installed-gpu
 gpu-check: $(STAMP_GPU)
 	$(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
-.PHONY: install install-dev run test test-model test-service fuzz bench client-codegen clean
+.PHONY: install install-dev run test test-fast test-model test-service fuzz bench client-codegen clean
 
 $(STAMP_SERVE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ run: install
 TEST_WORKERS ?= 2
 test: install-dev
 	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
+# The unit tier: no process stacks, nothing slow (markers in pyproject.toml); under a minute on 2 cores.
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -n 2 -m "not stack and not slow and not browser and not gpu"
 
 test-model: install-dev
 	$(BIN)/python -m pytest -q tests --ignore=tests/service

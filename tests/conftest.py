@@ -108,6 +108,29 @@ def receiver():
     hook.down()
 
 
+STACK_FOLDERS = ("service", "client", "chaos")  # tests that start real processes: the `stack` tier
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tiers by place: tests under tests/service, tests/client and tests/chaos start real processes
+    (`stack`); the playground's are `browser` too. `make test-fast` runs the rest, less what is `slow`."""
+    root = Path(__file__).resolve().parent
+    for item in items:
+        parts = Path(str(item.fspath)).resolve().relative_to(root).parts
+        if parts and parts[0] in STACK_FOLDERS:
+            item.add_marker(pytest.mark.stack)
+        if "playground" in item.nodeid and parts and parts[0] == "client":
+            item.add_marker(pytest.mark.browser)
+        if item.get_closest_marker("gpu") and not _cuda():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

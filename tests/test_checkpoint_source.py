@@ -19,6 +19,8 @@ from model.checkpoint_source import (
 )
 from tests.service.harness import free_port, wait_until
 
+pytestmark = pytest.mark.slow  # an S3 server process and checkpoint fetches
+
 boto3 = pytest.importorskip("boto3")
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "onediffusion-models"

@@ -75,6 +75,7 @@ def test_broken_pipe_is_quiet(tmp_path):
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
 
 
+@pytest.mark.slow
 def test_run_shows_a_progress_bar_and_says_where_files_go(tmp_path, demo_checkpoint):
     out = tmp_path / "out"
     result = cli("run", "text-to-image", "--prompt", "a red cube", "--width", "64", "--height", "64", "--steps", "3",

@@ -15,6 +15,8 @@ from model.tasks import TASKS
 from tests.conftest import b64_image
 from tests.test_sampler import cases, requests_of, sampler  # noqa: F401  (fixtures)
 
+pytestmark = pytest.mark.slow  # runs the demo model through whole trajectories, alone and batched
+
 IMG = b64_image(96, 64)
 
 

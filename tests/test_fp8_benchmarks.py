@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from benchmarks import fp8, fp8_quality
+
+pytestmark = pytest.mark.slow  # runs the FP8 benchmark end to end
 
 
 def test_fp8_benchmark_runs_on_cpu(capsys):

@@ -65,6 +65,7 @@ def test_the_packages_are_found():
 
 
 @pytest.mark.parametrize("module", CHECKED)
+@pytest.mark.slow
 def test_module_imports_only_what_its_side_may(module, imports):
     forbidden = FORBIDDEN[module.split(".")[0]]
     offending = [name for name in imports[module] if name.split(".")[0] in forbidden]

@@ -115,6 +115,7 @@ def test_long_prompt_warns(demo_model):
     assert len(warning) < 160 and "characters were not used, from 'cat cat" in warning
 
 
+@pytest.mark.slow
 def test_demo_two_frame_task_at_512(demo_model):
     """The demo checkpoint is small enough for a 512x512 two-frame task with 4 steps on the CPU."""
     plan = TASKS["depth-estimation"].model_validate({"image": b64_image(512, 512), "num_inference_steps": 4}).plan()

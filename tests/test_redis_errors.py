@@ -102,6 +102,7 @@ def test_sentinel_settings_are_checked_and_name_the_variable():
             Settings.from_env({"REDIS_SENTINELS": bad})
 
 
+@pytest.mark.slow
 def test_the_replica_barrier_waits_for_a_replica_and_counts_a_shortfall(own_redis, tmp_path):
     plain = Settings.from_env({"REDIS_URL": own_redis.url, "QUEUE_PREFIX": "odbarrier"})
     assert wait_replicated(connect(plain), plain) is None  # nothing asked: no round trip at all
