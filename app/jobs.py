@@ -21,7 +21,7 @@ from rq.job import Callback, Job
 
 from core.connection import wait_replicated
 from core import deliveries
-from core.job_store import JOB_FUNC, ON_FAILURE, JobNotFound, JobStore, iso_time, new_id, now_iso
+from core.job_store import JOB_FUNC, ON_FAILURE, JobNotFound, JobStore, drop_lapsed_executions, iso_time, new_id, now_iso
 from core.plan import QueuedPlan
 from core.provenance import input_echo
 from core.usage import Usage
@@ -320,6 +320,7 @@ class JobService(JobStore):
         job.meta["cancel_reason"] = reason
         job.save_meta()
         try:
+            drop_lapsed_executions(job)
             job.cancel()
         except InvalidJobOperation:
             pass
@@ -336,6 +337,7 @@ class JobService(JobStore):
         view = self.view(job_id, job, tenant=tenant)  # ownership
         if view.status not in TERMINAL:
             raise ApiError(409, "conflict", f"the job is {view.status}; cancel it first (POST {view.urls['cancel']})")
+        drop_lapsed_executions(job)
         job.delete(delete_dependents=False)
         listing.remove(self.redis, self.keys.prefix, "jobs", (job.meta or {}).get("tenant", ""), job_id)
         self.forget(job_id)

@@ -20,6 +20,7 @@ from typing import Iterable, Optional
 from redis import Redis
 from rq import Retry, get_current_job
 from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
 from rq.job import Job, JobStatus as RQStatus
 from rq.results import Result
 from rq.utils import utcformat
@@ -69,6 +70,26 @@ STATUS = {
 
 DEFAULT_WEBHOOK_EVENTS = ("completed",)
 RUNNING_EVENTS = {"started", "progress"}
+
+
+def drop_lapsed_executions(job: Job) -> None:
+    """Forget the job's executions whose record has lapsed (a killed worker's attempt).
+
+    RQ keeps an execution's id in its job's list a minute longer than the execution's own record, and
+    deleting the job looks every listed execution up: within that minute after a worker was killed, the
+    deletion raises. A delivery (deleted when done) that worked is then counted as failed and sent again;
+    DELETE /v1/jobs/{id} would fail. One round trip when nothing has lapsed."""
+    registry = job.execution_registry
+    ids = [i.decode() if isinstance(i, bytes) else i for i in job.connection.zrange(registry.key, 0, -1)]
+    if not ids:
+        return
+    with job.connection.pipeline(transaction=False) as pipe:
+        for execution_id in ids:
+            pipe.exists(Execution(execution_id, job.id, job.connection).key)
+        alive = pipe.execute()
+    lapsed = [execution_id for execution_id, exists in zip(ids, alive) if not exists]
+    if lapsed:
+        job.connection.zrem(registry.key, *lapsed)
 
 
 def wants(webhook: Optional[dict], event: str) -> bool:

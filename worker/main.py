@@ -20,6 +20,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker
 
 from core.connection import connect, queues
+from core.job_store import drop_lapsed_executions
 from core.logs import setup_logging
 from core.redis_policy import EvictingRedis, check_eviction
 from core.settings import Settings, get_settings
@@ -159,6 +160,14 @@ class DeliveryWorker(QuietMaintenance, PromptMaintenance, SimpleWorker):
             return super().execute_job(job, queue)
         finally:
             wake_scheduler(self.connection, queue)
+
+    def handle_job_success(self, job, queue, started_job_registry):
+        drop_lapsed_executions(job)  # a delivery is deleted when done; see drop_lapsed_executions
+        super().handle_job_success(job, queue, started_job_registry)
+
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string=""):
+        drop_lapsed_executions(job)
+        super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string)
 
     def run_maintenance_tasks(self) -> None:
         """Maintenance retries the deliveries of killed deliverers (scheduled with backoff): the scheduler,

@@ -21,6 +21,7 @@ from rq.queue import Queue
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
+from core.job_store import drop_lapsed_executions
 from core.redis_errors import is_transient
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ def end_job(worker: SimpleWorker, job: Job, queue: Queue, execution: Execution, 
             worker.cleanup_execution(job, pipeline=pipe)
             pipe.execute()
         if job.get_status() != JobStatus.CANCELED:
+            drop_lapsed_executions(job)
             job.cancel()
         return "canceled"
     if error is not None:

@@ -1,6 +1,7 @@
-"""A killed deliverer's scheduler lock holds a restarted one's retries back for HEARTBEAT_TTL_S, not a minute:
-the lock lapses that fast, a worker without the lock claims it every maintenance interval while it waits,
-and a waiting deliverer wakes when a started delivery's deadline passes (a killed deliverer's, to retry)."""
+"""A killed deliverer holds a restarted one's deliveries back for HEARTBEAT_TTL_S, not a minute, and sends
+nothing twice: the scheduler's lock lapses that fast, a worker without the lock claims it every maintenance
+interval while it waits, a waiting deliverer wakes when a started delivery's deadline passes (a killed
+deliverer's, to retry), and a delivery retried after a kill ends once."""
 
 from __future__ import annotations
 
@@ -74,3 +75,29 @@ def test_a_waiting_deliverer_wakes_when_a_started_delivery_lapses(queue):
         assert worker.dequeue_timeout == 1  # lapsed: recover it at once
     finally:
         worker.stop_scheduler()
+
+
+def count_run() -> int:
+    """A job that counts its runs (in Redis, beside itself)."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    return job.connection.incr(f"runs:{job.id}")
+
+
+def test_a_job_run_again_within_a_minute_of_a_killed_attempt_ends_once(queue):
+    """A killed attempt's execution record lapses a minute before RQ forgets its id; the next run of the
+    job (a delivery, deleted when done) must still end as done, not be counted failed and run again."""
+    from rq import Retry
+    from rq.executions import Execution, ExecutionRegistry
+
+    job = queue.enqueue(count_run, retry=Retry(max=2), result_ttl=0)
+    killed = Execution("killedattempt", job.id, queue.connection)
+    ExecutionRegistry(job_id=job.id, connection=queue.connection).add(killed, ttl=8, pipeline=queue.connection)
+    assert not queue.connection.exists(killed.key)  # its record lapsed; its id is listed for a minute more
+    worker = _deliverer(queue)
+    worker.work(burst=True)
+    assert int(queue.connection.get(f"runs:{job.id}")) == 1
+    assert not queue.connection.exists(job.key)  # done and deleted (result_ttl=0), not failed and retried
+    assert queue.failed_job_registry.count == 0 and queue.scheduled_job_registry.count == 0
+    queue.connection.delete(f"runs:{job.id}")
