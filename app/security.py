@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from model.tasks import TaskInputError
 
 from .auth import PUBLIC_TENANT, resolve_priority
 from .exceptions import ApiError
+from .state import KeyRing, ServerSettings
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `onediffusion keys create --tenant NAME`")
 
@@ -36,13 +37,14 @@ def _unauthorized(message: str, error: Optional[str] = None) -> ApiError:
     return ApiError(401, "unauthorized", message, {"WWW-Authenticate": challenge})
 
 
-def optional_caller(request: Request, credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Optional[Caller]:
+def optional_caller(settings: ServerSettings, keystore: KeyRing,
+                    credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Optional[Caller]:
     """The caller, or None when no key was sent (a wrong or revoked key is still a 401)."""
-    if request.app.state.settings.auth_disabled:
+    if settings.auth_disabled:
         return Caller(PUBLIC_TENANT, "anonymous")
     if credentials is None:
         return None
-    key = request.app.state.keystore.authenticate(credentials.credentials)
+    key = keystore.authenticate(credentials.credentials)
     if key is None:
         raise _unauthorized("the API key is not valid (wrong or revoked)", "invalid_token")
     return Caller(key.tenant, key.key_id, key.priority)

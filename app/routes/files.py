@@ -15,6 +15,7 @@ from core.storage import BlobStore, LossyConversion, convert, converted_name, so
 from ..exceptions import ApiError
 from ..schemas import ErrorBody
 from ..security import Caller, optional_caller
+from ..state import Jobs, ServerSettings, Store
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 NOT_FOUND = "no such file (outputs expire with their job)"
@@ -46,6 +47,9 @@ MEDIA_TYPES = ("image/png", "image/webp", "image/jpeg", "image/*")
 )
 def get_file(
     request: Request,
+    service: Jobs,
+    store: Store,
+    settings: ServerSettings,
     job_id: str = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$"),
     name: str = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
     format: Optional[Literal["png", "webp", "jpeg"]] = Query(
@@ -55,7 +59,6 @@ def get_file(
     sig: Optional[str] = Query(None, max_length=128, description="Signature of a signed URL"),
     caller: Optional[Caller] = Depends(optional_caller),
 ):
-    service = request.app.state.jobs
     if not service.signer.valid(job_id, name, expires, sig):
         if caller is None:
             raise ApiError(401, "unauthorized", "send an API key, or use the output's signed_url (it may have expired)",
@@ -64,14 +67,13 @@ def get_file(
             service.view(job_id, tenant=caller.tenant)
         except JobNotFound:
             raise ApiError(404, "not_found", NOT_FOUND) from None
-    store = request.app.state.store
     if store.redirects:
-        return _redirect(store, job_id, name, format, request.app.state.settings.signed_url_ttl_s)
+        return _redirect(store, job_id, name, format, settings.signed_url_ttl_s)
     path = store.path(job_id, name)
     fmt = format or "png"
     if path is None:  # `image.jpeg`: the stored `image.png` in another format
         stored, by_suffix = source_of(name)
-        path = request.app.state.store.path(job_id, stored) if stored != name else None
+        path = store.path(job_id, stored) if stored != name else None
         fmt = format or by_suffix
     if path is None:
         raise ApiError(404, "not_found", NOT_FOUND)
