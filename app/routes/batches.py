@@ -13,6 +13,7 @@ from model.tasks import TaskInputError
 
 from ..body import idempotency_key, read_json_object
 from ..exceptions import ApiError
+from ..ids import ID_PATTERN, BatchId, DeliveryId
 from ..schemas import BatchList, BatchRequest, DeliveryList, DeliveryView, ErrorBody, task_part
 from ..security import Caller, require_caller
 from ..state import Fetcher, Jobs, ServerSettings
@@ -71,12 +72,9 @@ def _check_items(body: BatchRequest, limits) -> None:
 
 @router.get("/{batch_id}", response_model=BatchView, summary="Batch status with its jobs")
 def get_batch(
-    jobs: Jobs, batch_id: str = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$"), caller: Caller = Depends(require_caller)
+    jobs: Jobs, batch_id: str = Path(pattern=ID_PATTERN), caller: Caller = Depends(require_caller)
 ) -> BatchView:
     return jobs.batch_view(batch_id, tenant=caller.tenant)
-
-
-BatchId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The id returned when the batch was submitted")
 
 
 @router.get("", response_model=BatchList, summary="Your batches, newest first")
@@ -90,13 +88,10 @@ def list_batches(
     return BatchList(data=data, next_cursor=next_cursor)
 
 
-DeliveryId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The delivery's id (from the deliveries list)")
-
-
 @router.get("/{batch_id}/deliveries", response_model=DeliveryList, summary="The batch's webhook deliveries",
             description="Every webhook call queued for the batch (items and batch.completed), newest first.",
             responses={404: {"model": ErrorBody, "description": "No such batch (or not yours)"}})
-def batch_deliveries(jobs: Jobs, batch_id: str = BatchId, caller: Caller = Depends(require_caller)) -> DeliveryList:
+def batch_deliveries(jobs: Jobs, batch_id: BatchId, caller: Caller = Depends(require_caller)) -> DeliveryList:
     return DeliveryList(data=jobs.list_deliveries("batch", batch_id, caller.tenant))
 
 
@@ -105,7 +100,7 @@ def batch_deliveries(jobs: Jobs, batch_id: str = BatchId, caller: Caller = Depen
              description="As for a job: the first body and id again; 409 while it is still being delivered.",
              responses={404: {"model": ErrorBody, "description": "No such batch or delivery"},
                         409: {"model": ErrorBody, "description": "Still being delivered, or no webhook"}})
-def redeliver_batch(jobs: Jobs, batch_id: str = BatchId, delivery_id: str = DeliveryId,
+def redeliver_batch(jobs: Jobs, batch_id: BatchId, delivery_id: DeliveryId,
                     caller: Caller = Depends(require_caller)) -> JSONResponse:
     return JSONResponse(jobs.redeliver("batch", batch_id, delivery_id, caller.tenant), status_code=202)
 
@@ -113,5 +108,5 @@ def redeliver_batch(jobs: Jobs, batch_id: str = BatchId, delivery_id: str = Deli
 @router.post("/{batch_id}/cancel", response_model=BatchView, summary="Cancel a batch",
              description="Cancels every job of the batch that has not ended; ended jobs keep their results.",
              responses={404: {"model": ErrorBody, "description": "No such batch (or not yours)"}})
-def cancel_batch(jobs: Jobs, batch_id: str = BatchId, caller: Caller = Depends(require_caller)) -> BatchView:
+def cancel_batch(jobs: Jobs, batch_id: BatchId, caller: Caller = Depends(require_caller)) -> BatchView:
     return jobs.cancel_batch(batch_id, tenant=caller.tenant)

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from core.job_store import JobNotFound
-from core.storage import BlobStore, LossyConversion, convert, converted_name, source_of
+from core.storage import SAFE_NAME, BlobStore, LossyConversion, convert, converted_name, source_of
 
 from ..exceptions import ApiError
+from ..ids import ID_PATTERN
 from ..schemas import ErrorBody
 from ..security import Caller, optional_caller
 from ..state import Jobs, ServerSettings, Store
@@ -50,8 +51,8 @@ def get_file(
     service: Jobs,
     store: Store,
     settings: ServerSettings,
-    job_id: str = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$"),
-    name: str = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
+    job_id: str = Path(pattern=ID_PATTERN),
+    name: str = Path(pattern=SAFE_NAME.pattern),  # a name the store takes
     format: Optional[Literal["png", "webp", "jpeg"]] = Query(
         None, description="Re-encode the stored PNG (default: the format the name's suffix says, else png)"
     ),

@@ -9,13 +9,14 @@ import anyio
 
 from typing import Optional
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from core.views import TERMINAL, JobStatus, JobView
 
+from ..ids import DeliveryId, JobId
 from ..schemas import DeliveryList, DeliveryView, ErrorBody, JobList
 from ..security import Caller, require_caller
 from ..state import Jobs, Slots, Store, Watcher
@@ -28,7 +29,6 @@ router = APIRouter(
                503: {"model": ErrorBody, "description": "The job store is unreachable"}},
 )
 KEEP_ALIVE_S = 15
-JobId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The id returned when the job was submitted")
 
 
 Cursor = Query(None, max_length=200, description="`next_cursor` of the previous page")
@@ -47,14 +47,14 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobView, summary="Job status, progress, outputs and error")
-def get_job(jobs: Jobs, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> JobView:
+def get_job(jobs: Jobs, job_id: JobId, caller: Caller = Depends(require_caller)) -> JobView:
     return jobs.view(job_id, tenant=caller.tenant)
 
 
 @router.post("/{job_id}/cancel", response_model=JobView, summary="Cancel a job",
              responses={409: {"model": ErrorBody, "description": "The job already ended"}},
              description="A queued job is dropped; a running job stops at its next step. 409 if it already ended.")
-def cancel_job(jobs: Jobs, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> JobView:
+def cancel_job(jobs: Jobs, job_id: JobId, caller: Caller = Depends(require_caller)) -> JobView:
     return jobs.cancel(job_id, tenant=caller.tenant)
 
 
@@ -63,19 +63,16 @@ def cancel_job(jobs: Jobs, job_id: str = JobId, caller: Caller = Depends(require
     description="Removes the job's record and its output files. 409 while it is queued or running (cancel it first).",
     responses={409: {"model": ErrorBody, "description": "The job has not ended"}},
 )
-def delete_job(jobs: Jobs, store: Store, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> Response:
+def delete_job(jobs: Jobs, store: Store, job_id: JobId, caller: Caller = Depends(require_caller)) -> Response:
     jobs.delete(job_id, tenant=caller.tenant)
     store.delete(job_id)
     return Response(status_code=204)
 
 
-DeliveryId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The delivery's id (from the deliveries list)")
-
-
 @router.get("/{job_id}/deliveries", response_model=DeliveryList, summary="The job's webhook deliveries",
             description="Every webhook call queued for the job, newest first: event, status, attempts and the "
                         "receiver's last answer.")
-def job_deliveries(jobs: Jobs, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> DeliveryList:
+def job_deliveries(jobs: Jobs, job_id: JobId, caller: Caller = Depends(require_caller)) -> DeliveryList:
     return DeliveryList(data=jobs.list_deliveries("job", job_id, caller.tenant))
 
 
@@ -85,7 +82,7 @@ def job_deliveries(jobs: Jobs, job_id: str = JobId, caller: Caller = Depends(req
                          "its signed URLs may have expired: fetch the job for fresh ones). 409 while it is still "
                          "being delivered.",
              responses={409: {"model": ErrorBody, "description": "Still being delivered, or no webhook"}})
-def redeliver_job(jobs: Jobs, job_id: str = JobId, delivery_id: str = DeliveryId,
+def redeliver_job(jobs: Jobs, job_id: JobId, delivery_id: DeliveryId,
                   caller: Caller = Depends(require_caller)) -> JSONResponse:
     view = jobs.redeliver("job", job_id, delivery_id, caller.tenant)
     return JSONResponse(view, status_code=202)
@@ -117,7 +114,7 @@ def event_rank(event_id: Optional[str]) -> tuple[int, int]:
     responses={200: {"content": {"text/event-stream": {}}, "description": "event: queued | started | progress | finished, data: JSON"},
                429: {"model": ErrorBody, "description": "Too many event streams open for this key or tenant"}},
 )
-async def job_events(request: Request, service: Jobs, slots: Slots, watcher: Watcher, job_id: str = JobId,
+async def job_events(request: Request, service: Jobs, slots: Slots, watcher: Watcher, job_id: JobId,
                      caller: Caller = Depends(require_caller)):
     first = await run_in_threadpool(service.view, job_id, None, caller.tenant)  # 404 before the stream starts
     slot = await run_in_threadpool(slots.take, caller.key_id, caller.tenant)  # 429 past the bounds
