@@ -152,8 +152,8 @@ import resource, signal, sys
 sys.path.insert(0, {str(__import__('pathlib').Path(__file__).resolve().parents[1])!r})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-from core.storage import ResultStore
-store = ResultStore({str(tmp_path)!r})
+from core.storage import LocalStore
+store = LocalStore({str(tmp_path)!r})
 for call in (lambda: store.save("job1", "out.png", b"x" * 100000), lambda: store.save_input(b"y" * 100000)):
     try:
         call()
