@@ -14,8 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_response
-from .exceptions import ApiError
+from .errors import ApiError, error_response
 
 # Most JSON values (numbers, strings, lists, objects) one body may hold: a full batch of 64 multiview
 # items with camera matrices is about 30 000. Counted on the raw bytes before parsing, so a body of a

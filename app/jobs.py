@@ -32,7 +32,7 @@ from core.webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
 from model.tasks import TaskInputError, TaskRequest
 
 from . import listing
-from .exceptions import ApiError, CannotCancel
+from .errors import ApiError, CannotCancel
 from .quotas import Quotas
 from .schemas import WebhookSpec
 

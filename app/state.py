@@ -13,7 +13,7 @@ from core.connection import connect
 from core.settings import Settings
 from core.storage import BlobStore, StorageGate, open_store
 
-from .auth import KeyStore
+from .api_keys import KeyStore
 from .image_urls import ImageFetcher
 from .jobs import JobService
 from .streams import JobWatcher, StreamSlots

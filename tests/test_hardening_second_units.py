@@ -13,7 +13,7 @@ import time
 import pytest
 
 from app.body import load_json
-from app.exceptions import ApiError
+from app.errors import ApiError
 from core.webhook_guard import UnsafeWebhook, resolve_checked
 from model.decode_budget import DecodeBudget, DecodeBusy
 
@@ -136,7 +136,7 @@ def test_schema_says_class_names_refuse_angle_and_square_brackets():
 def test_tenant_names_with_newlines_are_refused(redis_url, tenant):
     from redis import Redis
 
-    from app.auth import KeyStore
+    from app.api_keys import KeyStore
     from core.connection import keys_for
 
     store = KeyStore(Redis.from_url(redis_url), keys_for("odtenants"))

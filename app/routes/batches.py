@@ -12,10 +12,10 @@ from core.views import BatchView
 from model.tasks import TaskInputError
 
 from ..body import idempotency_key, read_json_object
-from ..exceptions import ApiError
+from ..callers import Caller, require_caller
+from ..errors import ApiError
 from ..ids import ID_PATTERN, BatchId, DeliveryId
 from ..schemas import BatchList, BatchRequest, DeliveryList, DeliveryView, ErrorBody, task_part
-from ..security import Caller, require_caller
 from ..state import Fetcher, Jobs, ServerSettings
 
 router = APIRouter(

@@ -12,10 +12,10 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from core.job_store import JobNotFound
 from core.storage import SAFE_NAME, BlobStore, LossyConversion, convert, converted_name, source_of
 
-from ..exceptions import ApiError
+from ..callers import Caller, optional_caller
+from ..errors import ApiError
 from ..ids import ID_PATTERN
 from ..schemas import ErrorBody
-from ..security import Caller, optional_caller
 from ..state import Jobs, ServerSettings, Store
 
 router = APIRouter(prefix="/v1/files", tags=["files"])

@@ -16,9 +16,9 @@ from starlette.background import BackgroundTask
 
 from core.views import TERMINAL, JobStatus, JobView
 
+from ..callers import Caller, require_caller
 from ..ids import DeliveryId, JobId
 from ..schemas import DeliveryList, DeliveryView, ErrorBody, JobList
-from ..security import Caller, require_caller
 from ..state import Jobs, Slots, Store, Watcher
 from ..streams import SLOT_REFRESH_S
 

@@ -17,10 +17,10 @@ from core.views import TERMINAL, BatchView, JobView
 from model.tasks import TASKS
 
 from ..body import idempotency_key, load_json, parse_request, read_body
-from ..exceptions import ApiError
+from ..callers import Caller, bearer, optional_caller, require_caller
+from ..errors import ApiError
 from ..jobs import fingerprint
 from ..schemas import REQUEST_MODELS, ErrorBody, task_part
-from ..security import Caller, bearer, optional_caller, require_caller
 from ..state import Fetcher, Jobs, KeyRing, ServerSettings
 
 router = APIRouter(prefix="/v1", tags=["tasks"])

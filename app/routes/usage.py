@@ -11,9 +11,9 @@ from pydantic import BaseModel, Field
 
 from core.usage import USAGE_DAYS
 
-from ..exceptions import ApiError
+from ..callers import Caller, require_caller
+from ..errors import ApiError
 from ..schemas import ErrorBody
-from ..security import Caller, require_caller
 from ..state import Jobs
 
 router = APIRouter(prefix="/v1", tags=["usage"])

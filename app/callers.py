@@ -1,4 +1,5 @@
-"""Who is calling: the tenant behind the API key of a request (FastAPI dependencies)."""
+"""Who is calling: the tenant behind the API key a request presents, as FastAPI dependencies (the HTTP
+side of `app/api_keys.py`, which keeps the keys and runs without a web framework, in the CLI too)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from model.tasks import TaskInputError
 
-from .auth import PUBLIC_TENANT, resolve_priority
-from .exceptions import ApiError
+from .api_keys import PUBLIC_TENANT, resolve_priority
+from .errors import ApiError
 from .state import KeyRing, ServerSettings
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `onediffusion keys create --tenant NAME`")
@@ -24,7 +25,7 @@ class Caller:
     priority: Optional[int] = None  # the key's: its requests' default and ceiling (None: 0, up to MAX_PRIORITY)
 
     def job_priority(self, requested: Optional[int], field: str = "priority") -> int:
-        """The priority a request of this caller runs at (app/auth.py `resolve_priority`); asking for more
+        """The priority a request of this caller runs at (app/api_keys.py `resolve_priority`); asking for more
         than the key allows is a 422 naming `field`."""
         try:
             return resolve_priority(requested, self.priority)
