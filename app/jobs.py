@@ -250,7 +250,6 @@ class JobService(JobStore):
         return BatchView(id=batch_id, status="running", created_at=record["created_at"], counts=counts, jobs=views,
                          urls={"self": self.url(f"/v1/batches/{batch_id}")}), False
 
-    # ---- reading ---------------------------------------------------------------------------------------------
     # ---- listing -----------------------------------------------------------------------------------------------
     def list_jobs(self, tenant: str, limit: int, cursor: Optional[str], status: Optional[str] = None,
                   task: Optional[str] = None) -> tuple[list[JobView], Optional[str]]:
