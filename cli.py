@@ -101,7 +101,7 @@ def cmd_make_demo(args) -> None:
 
 
 def cmd_keys(args) -> None:
-    from app.auth import KeyStore
+    from app.api_keys import KeyStore
     from core.connection import connect, keys_for
     from core.settings import get_settings
 

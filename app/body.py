@@ -14,8 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_response
-from .exceptions import ApiError
+from .errors import ApiError, error_response
 
 # Most JSON values (numbers, strings, lists, objects) one body may hold: a full batch of 64 multiview
 # items with camera matrices is about 30 000. Counted on the raw bytes before parsing, so a body of a
@@ -144,14 +143,14 @@ def _check_complete_multipart(content_type: str, body: bytes) -> None:
                                                  "(--BOUNDARY--); it was cut short: send it whole")
 
 
-async def _form_to_dict(request, model: type[BaseModel]) -> dict:
+async def _form_to_dict(request, model: type[BaseModel], max_part_size: int) -> dict:
     """Multipart form -> the model's JSON shape: files become base64, JSON-looking text is parsed, repeated
     keys of list fields become lists, and placeholders of optional fields (`null`, empty) are left out.
     A part sent as `application/json` (the document's `encoding` for lists and objects, which Swagger UI
     and generated clients follow by sending it as a file part) is that JSON text."""
     _check_complete_multipart(request.headers.get("content-type", ""), await read_body(request))
     try:  # parses the body read above
-        form = await request.form(max_files=64, max_fields=256, max_part_size=request.app.state.settings.max_body_bytes)
+        form = await request.form(max_files=64, max_fields=256, max_part_size=max_part_size)
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", GONE) from None
     data: dict[str, Any] = {}
@@ -209,10 +208,11 @@ async def read_json_object(request) -> dict:
     return data
 
 
-async def parse_request(request, model: type[BaseModel]) -> BaseModel:
+async def parse_request(request, model: type[BaseModel], max_part_size: int) -> BaseModel:
+    """The body as `model`: JSON, or multipart/form-data (a part at most `max_part_size` bytes)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        data = await _form_to_dict(request, model)
+        data = await _form_to_dict(request, model, max_part_size)
     elif content_type in ("application/json", ""):
         data = await read_json_object(request)
     else:

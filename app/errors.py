@@ -1,4 +1,6 @@
-"""One error shape for every failure: `{"error": {"type", "message", "fields"?}}`, never a traceback."""
+"""Errors: one shape for every failure, `{"error": {"type", "message", "fields"?}}`, never a traceback. The
+exceptions the gateway's service layer raises (`ApiError`, `CannotCancel`), and the handlers that turn
+them, core.job_store.JobNotFound, invalid requests, Redis and storage failures into that answer."""
 
 from __future__ import annotations
 
@@ -18,9 +20,19 @@ from core.redis_errors import classify
 from model.decode_budget import DecodeBusy
 from model.tasks import TASKS, TaskInputError
 
-from .exceptions import ApiError, CannotCancel
-
 log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An answer other than success: the status, the error's type and message, headers, and the fields at fault."""
+
+    def __init__(self, status: int, type_: str, message: str, headers: Optional[dict] = None, fields: Optional[list] = None):
+        super().__init__(message)
+        self.status, self.type, self.message, self.headers, self.fields = status, type_, message, headers, fields
+
+
+class CannotCancel(RuntimeError):
+    """A cancel of a job that has already ended (409)."""
 
 
 def error_response(status: int, type_: str, message: str, headers: Optional[dict] = None, fields: Optional[list] = None):

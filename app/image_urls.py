@@ -31,7 +31,7 @@ from core.settings import Settings
 from core.webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
 from model.tasks import TaskInputError
 
-from .exceptions import ApiError
+from .errors import ApiError
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # its request lines would log the URLs, which may carry tokens

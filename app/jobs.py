@@ -26,13 +26,13 @@ from core.plan import QueuedPlan
 from core.provenance import input_echo
 from core.usage import Usage
 from core.settings import Settings
-from core.storage import ResultStore, open_store
+from core.storage import BlobStore, open_store
 from core.views import TERMINAL, BatchView, JobView
 from core.webhook_guard import UnsafeWebhook, parse_allowlist, resolve_checked
 from model.tasks import TaskInputError, TaskRequest
 
 from . import listing
-from .exceptions import ApiError, CannotCancel
+from .errors import ApiError, CannotCancel
 from .quotas import Quotas
 from .schemas import WebhookSpec
 
@@ -49,7 +49,7 @@ def fingerprint(*parts) -> str:
 
 
 class JobService(JobStore):
-    def __init__(self, redis: Redis, settings: Settings, store: Optional[ResultStore] = None):
+    def __init__(self, redis: Redis, settings: Settings, store: Optional[BlobStore] = None):
         super().__init__(redis, settings)
         self.quotas = Quotas(redis, self.keys, settings, self.queue)
         self.store = store if store is not None else open_store(settings)
@@ -141,21 +141,6 @@ class JobService(JobStore):
             input=self._input_echo(job, meta),
         )
 
-    def submit(
-        self,
-        task: str,
-        request: TaskRequest,
-        tenant: str,
-        key_id: str,
-        webhook: Optional[WebhookSpec] = None,
-        output_format: str = "png",
-        idempotency_key: Optional[str] = None,
-        admitted: bool = False,
-        priority: int = 0,
-    ) -> JobView:
-        return self.submit_once(task, request, tenant, key_id, webhook, output_format, idempotency_key, admitted,
-                                priority=priority)[0]
-
     def submit_once(
         self,
         task: str,
@@ -199,13 +184,6 @@ class JobService(JobStore):
         wait_replicated(self.redis, self.settings)  # a 202 then survives the master's loss
         log.info("job queued", extra={"job_id": job_id, "task": task, "bucket": plan.bucket, "tenant": tenant})
         return self._queued_view(job, self.queue.get_job_position(job.id) or 0), False
-
-    def submit_batch(
-        self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str,
-        idempotency_key: Optional[str] = None, admitted: bool = False, priorities: Optional[list[int]] = None,
-    ) -> BatchView:
-        return self.submit_batch_once(items, webhook, tenant, key_id, idempotency_key, admitted,
-                                      priorities=priorities)[0]
 
     def submit_batch_once(
         self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str,
@@ -272,7 +250,6 @@ class JobService(JobStore):
         return BatchView(id=batch_id, status="running", created_at=record["created_at"], counts=counts, jobs=views,
                          urls={"self": self.url(f"/v1/batches/{batch_id}")}), False
 
-    # ---- reading ---------------------------------------------------------------------------------------------
     # ---- listing -----------------------------------------------------------------------------------------------
     def list_jobs(self, tenant: str, limit: int, cursor: Optional[str], status: Optional[str] = None,
                   task: Optional[str] = None) -> tuple[list[JobView], Optional[str]]:

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional, TypeVar
 
 from redis import Redis
 
-from .exceptions import ApiError
+from .errors import ApiError
 
 T = TypeVar("T")
 SCAN_CHUNK = 100

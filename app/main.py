@@ -15,10 +15,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from core.connection import connect
 from core.logs import setup_logging
 from core.settings import Settings, get_settings
-from core.storage import StorageGate, open_store
 from model.decode_budget import DECODE_BUDGET, map_large_blocks
 
 from . import errors
@@ -26,13 +24,11 @@ from .access_log import AccessLog
 from .body import BodyLimit
 from .docs import mount_docs
 from .form_schema import add_forms
-from .image_urls import ImageFetcher
 from .openapi_doc import operation_id, refine
-from .auth import KeyStore
-from .jobs import JobService
 from .routes import batches, files, health, jobs, tasks, usage
-from .storage_check import storage_writable
 from .schemas import REQUEST_MODELS, BatchRequest
+from .state import open_state
+from .storage_check import storage_writable
 
 DESCRIPTION = """OneDiffusion as a service: one diffusion transformer for text-to-image, condition-to-image,
 estimation (depth, edges, pose, segmentation, detection), restoration, editing, ID customization,
@@ -54,15 +50,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     setup_logging("api")
     app = FastAPI(title="OneDiffusion service", version="0.1.0", description=DESCRIPTION, docs_url=None, redoc_url=None,
                   generate_unique_id_function=operation_id)
-    app.state.settings = settings
     map_large_blocks()  # decoded images go back to the system when freed
     DECODE_BUDGET.configure(settings.decode_budget_mb * 1024 * 1024, settings.decode_wait_s)
-    app.state.redis = connect(settings)
-    app.state.store = open_store(settings)
-    app.state.jobs = JobService(app.state.redis, settings, store=app.state.store)  # stores the inputs it queues
-    app.state.storage_gate = StorageGate(app.state.store)
-    app.state.image_fetcher = ImageFetcher(settings)
-    app.state.keystore = KeyStore(app.state.redis, app.state.jobs.keys)
+    open_state(app, settings)
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(AccessLog)  # outermost: every request gets its line and id, refused ones too

@@ -6,6 +6,8 @@ from __future__ import annotations
 from core.settings import Settings
 from model.tasks import EXAMPLE_IMAGE
 
+from .ids import ID_PATTERN
+
 IMAGE = EXAMPLE_IMAGE
 CLASSES = [{"name": "dragon", "colour": "cyan"}, {"name": "bird"}]
 CAMERAS = [{"azimuth": 0.0, "elevation": 0.0}, {"azimuth": 45.0, "elevation": 0.0}]
@@ -59,7 +61,7 @@ def _error(type_: str, message: str, fields: list | None = None) -> dict:
 
 
 _WIDTH = "Input should be a multiple of 16"
-_ID = "String should match pattern '^[A-Za-z0-9_-]{1,64}$'"
+_ID = f"String should match pattern '{ID_PATTERN}'"
 _LIMIT = "Input should be less than or equal to 100"
 
 

@@ -30,7 +30,7 @@ from core.connection import Keys
 from core.queueing import FQ_ADD_LIB, FairQueue
 from core.settings import Settings
 
-from .exceptions import ApiError
+from .errors import ApiError
 
 RATE_WINDOW_S = 60
 JOB_PREFIX = Job.redis_job_namespace_prefix  # RQ's job records: <prefix><job id>

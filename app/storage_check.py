@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from .state import Gate
 
-def storage_writable(request: Request) -> None:
-    """Router dependency of the submitting routes (POST, not cancel); raises StorageUnavailable (503)."""
+
+def storage_writable(request: Request, gate: Gate) -> None:
+    """Router dependency of the submitting routes (POST, not cancel); raises StorageUnavailable (503).
+    A plain function: FastAPI runs it in the thread pool, where asking the storage may block."""
     if request.method == "POST" and not request.url.path.endswith("/cancel"):
-        request.app.state.storage_gate.ensure()
+        gate.ensure()

@@ -17,7 +17,7 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from core.job_store import JobNotFound
 from core.views import TERMINAL, JobView
 
-from .exceptions import ApiError
+from .errors import ApiError
 
 log = logging.getLogger(__name__)
 

@@ -271,7 +271,7 @@ def main(argv=None) -> list[Row]:
 
     from core.local_redis import find_redis_server
 
-    from app.auth import KeyStore
+    from app.api_keys import KeyStore
     from core.connection import keys_for
 
     drive = drive_hey if args.driver == "hey" else drive_asyncio

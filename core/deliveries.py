@@ -5,7 +5,6 @@ job records (JOB_TTL_S). The body sent is kept in the blob store beside the job'
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Optional
 
@@ -107,9 +106,3 @@ def view(record: dict) -> dict:
         "last_attempt_at": iso(record.get("last_attempt_at", "")),
     }
 
-
-def event_of(body: str) -> str:
-    try:
-        return str(json.loads(body).get("event", ""))
-    except (ValueError, AttributeError):
-        return ""

@@ -3,7 +3,7 @@
 The gateway validates a request and plans it (`TaskRequest.plan`) once; the worker must not do that work
 again, and the queue must not carry the request's images. So what is queued is a `QueuedPlan`: the
 `FramePlan`'s content (frames, size, prompts, seed, steps, guidance, cameras, classes, ...) with every
-condition image replaced by the SHA-256 of its bytes in the result store (`ResultStore.save_input`), plus
+condition image replaced by the SHA-256 of its bytes in the result store (`BlobStore.save_input`), plus
 the input echo the worker writes into its PNG outputs. Its size does not depend on the inputs' size.
 
 `plan_version` names the layout. A worker refuses a plan of a version it does not know with a message

@@ -15,9 +15,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-import time
 from datetime import datetime, timezone
-from typing import Optional
 
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
@@ -64,12 +62,3 @@ def sign(secret: str, timestamp: str, body: bytes | str) -> str:
     digest = hmac.new(secret.encode(), timestamp.encode() + b"." + payload, hashlib.sha256).hexdigest()
     return f"v1={digest}"
 
-
-def verify(secret: str, timestamp: str, body: bytes | str, signature: str, tolerance_s: Optional[float] = 300) -> bool:
-    if tolerance_s is not None:
-        try:
-            if abs(time.time() - int(timestamp)) > tolerance_s:
-                return False
-        except ValueError:
-            return False
-    return hmac.compare_digest(sign(secret, timestamp, body), signature)

@@ -215,9 +215,6 @@ class LocalStore(BlobStore):
         return removed
 
 
-ResultStore = LocalStore  # the name the local store had before it had a sibling
-
-
 # ---- backends by URL scheme --------------------------------------------------------------------------
 Opener = Callable[[str, Any], BlobStore]  # (STORAGE_URL, settings) -> the store
 URL_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")

@@ -44,10 +44,6 @@ class CheckpointFetchError(CheckpointError):
     """A remote checkpoint could not be fetched or did not verify; the message says which and why."""
 
 
-def is_remote(spec: str) -> bool:
-    return spec.startswith((S3_SCHEME, HUB_SCHEME))
-
-
 def resolve_checkpoint(spec: str, cache_dir: str | Path) -> Path:
     """The local folder to load `spec` (ONEDIFFUSION_MODEL) from, fetching it first if it is remote."""
     if spec.startswith(S3_SCHEME):

@@ -845,7 +845,3 @@ TASKS: dict[str, type[TaskRequest]] = {
     )
 }
 
-
-def parse_task(task: str, payload: dict) -> TaskRequest:
-    """The request model of `task` validated from a JSON-like dict (raises KeyError for unknown tasks)."""
-    return TASKS[task].model_validate(payload)

@@ -15,7 +15,7 @@ import pytest
 yaml = pytest.importorskip("yaml")
 
 from core.settings import Settings  # noqa: E402
-from model.checkpoint_source import HubLocation, S3Location, is_remote  # noqa: E402
+from model.checkpoint_source import HUB_SCHEME, S3_SCHEME, HubLocation, S3Location  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -356,7 +356,7 @@ def test_k8s_worker_requests_a_gpu(manifests):
     assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", []))
     assert pod.get("terminationGracePeriodSeconds", 30) >= 60, "a warm shutdown needs time to finish the batch"
     env = container_env(manifests, container)
-    assert is_remote(env["ONEDIFFUSION_MODEL"]), "workers fetch the checkpoint (s3:// or hf://), no model volume"
+    assert env["ONEDIFFUSION_MODEL"].startswith((S3_SCHEME, HUB_SCHEME)), "workers fetch the checkpoint (s3:// or hf://), no model volume"
     if env["ONEDIFFUSION_MODEL"].startswith("hf://"):
         HubLocation.parse(env["ONEDIFFUSION_MODEL"])
     else:

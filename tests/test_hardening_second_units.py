@@ -13,7 +13,7 @@ import time
 import pytest
 
 from app.body import load_json
-from app.exceptions import ApiError
+from app.errors import ApiError
 from core.webhook_guard import UnsafeWebhook, resolve_checked
 from model.decode_budget import DecodeBudget, DecodeBusy
 
@@ -136,7 +136,7 @@ def test_schema_says_class_names_refuse_angle_and_square_brackets():
 def test_tenant_names_with_newlines_are_refused(redis_url, tenant):
     from redis import Redis
 
-    from app.auth import KeyStore
+    from app.api_keys import KeyStore
     from core.connection import keys_for
 
     store = KeyStore(Redis.from_url(redis_url), keys_for("odtenants"))
@@ -152,8 +152,8 @@ import resource, signal, sys
 sys.path.insert(0, {str(__import__('pathlib').Path(__file__).resolve().parents[1])!r})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-from core.storage import ResultStore
-store = ResultStore({str(tmp_path)!r})
+from core.storage import LocalStore
+store = LocalStore({str(tmp_path)!r})
 for call in (lambda: store.save("job1", "out.png", b"x" * 100000), lambda: store.save_input(b"y" * 100000)):
     try:
         call()

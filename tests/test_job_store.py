@@ -37,7 +37,7 @@ def service(redis_url) -> JobService:
 
 
 def submit(service: JobService, **options) -> str:
-    return service.submit("text-to-image", TextToImage(**SMALL), "tenant-a", "key-a", **options).id
+    return service.submit_once("text-to-image", TextToImage(**SMALL), "tenant-a", "key-a", **options)[0].id
 
 
 def succeed(service: JobService, job_id: str, result: dict) -> None:
@@ -87,7 +87,7 @@ def test_failed_jobs(service):
 
 
 def test_batch(service):
-    batch = service.submit_batch([("text-to-image", TextToImage(**SMALL), "png")] * 2, None, "tenant-a", "key-a")
+    batch, _ = service.submit_batch_once([("text-to-image", TextToImage(**SMALL), "png")] * 2, None, "tenant-a", "key-a")
     succeed(service, batch.jobs[0].id, {"outputs": OUTPUTS[:1]})
     rendered = service.batch_view(batch.id)
     assert rendered.counts["succeeded"] == 1 and rendered.counts["queued"] == 1
@@ -153,15 +153,15 @@ def test_job_records_live_for_job_ttl_not_for_the_outputs_ttl(redis_url):
     settings = Settings(redis_url=redis_url, queue_prefix="odstore" + uuid.uuid4().hex[:8], rate_limit_per_minute=0,
                         job_ttl_s=3600, results_ttl_s=7 * 24 * 3600)
     service = JobService(Redis.from_url(redis_url), settings)
-    job_id = service.submit("text-to-image", TextToImage(**SMALL), "tenant-a", "key-a", idempotency_key="k1").id
+    job_id = submit(service, idempotency_key="k1")
     job = service.fetch(job_id)
     assert job.result_ttl == job.failure_ttl == job.ttl == 3600
     service.record_progress([job_id], 1, 2)
     for key in (service.keys.progress(job_id), service.keys.idempotency("tenant-a:k1")):
         assert 3500 < service.redis.ttl(key) <= 3600
 def test_queued_jobs_show_their_fair_position_and_an_eta_once_a_step_time_is_known(service):
-    a = [service.submit("text-to-image", TextToImage(**SMALL), "tenant-a", "key-a").id for _ in range(6)]
-    b = service.submit("text-to-image", TextToImage(**SMALL), "tenant-b", "key-b").id
+    a = [submit(service) for _ in range(6)]
+    b = service.submit_once("text-to-image", TextToImage(**SMALL), "tenant-b", "key-b")[0].id
     assert [service.view(i).queue_position for i in a[:2]] == [0, 2]  # b's first job goes second
     assert service.view(b).queue_position == 1 and service.queue.count == 7
     assert service.view(b).eta_s is None  # no step measured for this shape yet

@@ -18,14 +18,14 @@ from PIL import Image
 from core.plan import PLAN_VERSION, PlanVersionError, QueuedPlan, is_queued_plan
 from core.provenance import input_echo
 from core.settings import Settings
-from core.storage import ResultStore
+from core.storage import LocalStore
 from model.tasks import TASKS
 from tests.conftest import make_image
 from tests.test_pipeline import CASES
 from worker.execution import Executor, WorkItem
 
 
-def queued(task: str, payload: dict, store: ResultStore) -> tuple:
+def queued(task: str, payload: dict, store: LocalStore) -> tuple:
     request = TASKS[task].model_validate({"seed": 11, **payload})
     plan = request.plan()
     return request, plan, QueuedPlan.of(plan, store.save_input, input_echo(request))
@@ -33,7 +33,7 @@ def queued(task: str, payload: dict, store: ResultStore) -> tuple:
 
 @pytest.mark.parametrize("task", sorted(CASES))
 def test_every_task_plan_survives_the_queue(tmp_path, task):
-    store = ResultStore(tmp_path)
+    store = LocalStore(tmp_path)
     _, plan, queued_plan = queued(task, CASES[task][0], store)
     carried = json.loads(json.dumps(queued_plan.payload()))  # what a worker gets back
     assert is_queued_plan(carried) and carried["plan_version"] == PLAN_VERSION
@@ -44,7 +44,7 @@ def test_every_task_plan_survives_the_queue(tmp_path, task):
 
 
 def test_queued_payload_does_not_grow_with_the_input(tmp_path):
-    store = ResultStore(tmp_path)
+    store = LocalStore(tmp_path)
     sizes = {}
     for side in (32, 1024):
         png = make_image(side, side)
@@ -67,7 +67,7 @@ def test_raw_requests_are_not_plans_and_unknown_versions_are_refused():
 @pytest.fixture(scope="module")
 def executor(demo_model, tmp_path_factory):
     settings = Settings(results_dir=str(tmp_path_factory.mktemp("results")))
-    return Executor(demo_model, ResultStore(settings.results_dir), settings)
+    return Executor(demo_model, LocalStore(settings.results_dir), settings)
 
 
 def test_executor_runs_a_queued_plan_without_the_request(executor):
@@ -95,7 +95,7 @@ def test_executor_still_runs_a_raw_request_queued_by_an_earlier_release(executor
 
 
 def test_executor_says_why_a_plan_cannot_run(executor, tmp_path):
-    other = ResultStore(tmp_path)  # the blob is stored elsewhere: this worker's store has not got it
+    other = LocalStore(tmp_path)  # the blob is stored elsewhere: this worker's store has not got it
     _, _, queued_plan = queued("deblurring", {"image": base64.b64encode(make_image(90, 60, seed=5)).decode(),
                                               "width": 64, "height": 64, "num_inference_steps": 2}, other)
     good = WorkItem("job-ok", "text-to-image",

@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from app.auth import KeyStore, resolve_priority
+from app.api_keys import KeyStore, resolve_priority
+from app.callers import Caller
 from app.main import create_app
 from app.schemas import REQUEST_MODELS, BatchRequest
-from app.security import Caller
 from core.queueing import MAX_PRIORITY
 from core.settings import Settings
 from model.tasks import TaskInputError

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from core.settings import Settings
-from core.storage import ResultStore, convert
+from core.storage import LocalStore, convert
 
 
 def test_save_path_and_names(tmp_path):
-    store = ResultStore(tmp_path)
+    store = LocalStore(tmp_path)
     store.save("job1", "image.png", b"data")
     assert store.path("job1", "image.png").read_bytes() == b"data"
     assert store.path("job1", "missing.png") is None
@@ -26,7 +26,7 @@ def test_save_path_and_names(tmp_path):
 
 def test_the_same_input_stored_by_many_threads_at_once(tmp_path):
     """Two requests with the same image reach the gateway together: both store one blob, neither fails."""
-    store = ResultStore(tmp_path)
+    store = LocalStore(tmp_path)
     data = os.urandom(2_000_000)
     for _ in range(5):
         with ThreadPoolExecutor(8) as pool:
@@ -38,7 +38,7 @@ def test_the_same_input_stored_by_many_threads_at_once(tmp_path):
 
 
 def test_sweep_removes_only_expired_folders(tmp_path):
-    store = ResultStore(tmp_path)
+    store = LocalStore(tmp_path)
     store.save("old", "a.png", b"1")
     store.save("new", "a.png", b"2")
     past = time.time() - 7200
@@ -53,7 +53,7 @@ def test_worker_maintenance_sweeps_outputs(tmp_path, redis_url):
 
     from worker.batch_worker import BatchWorker
 
-    store = ResultStore(tmp_path)
+    store = LocalStore(tmp_path)
     store.save("expired", "a.png", b"1")
     os.utime(tmp_path / "expired", (time.time() - 10_000,) * 2)
     settings = Settings(redis_url=redis_url, results_ttl_s=3600, queue_prefix="sweeptest")

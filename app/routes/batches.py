@@ -12,9 +12,11 @@ from core.views import BatchView
 from model.tasks import TaskInputError
 
 from ..body import idempotency_key, read_json_object
-from ..exceptions import ApiError
+from ..callers import Caller, require_caller
+from ..errors import ApiError
+from ..ids import ID_PATTERN, BatchId, DeliveryId
 from ..schemas import BatchList, BatchRequest, DeliveryList, DeliveryView, ErrorBody, task_part
-from ..security import Caller, require_caller
+from ..state import Fetcher, Jobs, ServerSettings
 
 router = APIRouter(
     prefix="/v1/batches", tags=["batches"],
@@ -33,10 +35,10 @@ SUBMIT_ERRORS = {code: {"model": ErrorBody, "description": text} for code, text 
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}}}}},
 )
-async def submit_batch(request: Request, caller: Caller = Depends(require_caller)) -> JSONResponse:
+async def submit_batch(request: Request, service: Jobs, settings: ServerSettings, fetcher: Fetcher,
+                       caller: Caller = Depends(require_caller)) -> JSONResponse:
     """The key is checked before the body is read, and the item count before the items are validated.
     An `Idempotency-Key` header makes a retry return the first batch (header `Idempotent-Replayed: true`)."""
-    service, settings = request.app.state.jobs, request.app.state.settings
     idem = idempotency_key(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", ""):
@@ -49,7 +51,7 @@ async def submit_batch(request: Request, caller: Caller = Depends(require_caller
                        fields=[{"field": "items", "message": f"at most {settings.max_batch_items} items per batch"}])
     body = await run_in_threadpool(BatchRequest.model_validate, data)
     priorities = [caller.job_priority(item.priority, f"items.{i}.priority") for i, item in enumerate(body.items)]
-    body = await request.app.state.image_fetcher.fetch_all(  # images given by URL, checked first, off the request threads
+    body = await fetcher.fetch_all(  # images given by URL, checked first, off the request threads
         body, caller.tenant, lambda checked: _check_items(checked, settings.task_limits()))
     items = [(item.task, task_part(item, item.task), item.output_format) for item in body.items]
     view, replayed = await run_in_threadpool(
@@ -70,33 +72,27 @@ def _check_items(body: BatchRequest, limits) -> None:
 
 @router.get("/{batch_id}", response_model=BatchView, summary="Batch status with its jobs")
 def get_batch(
-    request: Request, batch_id: str = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$"), caller: Caller = Depends(require_caller)
+    jobs: Jobs, batch_id: str = Path(pattern=ID_PATTERN), caller: Caller = Depends(require_caller)
 ) -> BatchView:
-    return request.app.state.jobs.batch_view(batch_id, tenant=caller.tenant)
-
-
-BatchId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The id returned when the batch was submitted")
+    return jobs.batch_view(batch_id, tenant=caller.tenant)
 
 
 @router.get("", response_model=BatchList, summary="Your batches, newest first")
 def list_batches(
-    request: Request, caller: Caller = Depends(require_caller),
+    jobs: Jobs, caller: Caller = Depends(require_caller),
     limit: int = Query(20, ge=1, le=100, description="Most items on the page"),
     cursor: Optional[str] = Query(None, max_length=200, description="`next_cursor` of the previous page"),
     status: Optional[Literal["running", "completed"]] = Query(None, description="Only batches in this status"),
 ) -> BatchList:
-    data, next_cursor = request.app.state.jobs.list_batches(caller.tenant, limit, cursor, status)
+    data, next_cursor = jobs.list_batches(caller.tenant, limit, cursor, status)
     return BatchList(data=data, next_cursor=next_cursor)
-
-
-DeliveryId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The delivery's id (from the deliveries list)")
 
 
 @router.get("/{batch_id}/deliveries", response_model=DeliveryList, summary="The batch's webhook deliveries",
             description="Every webhook call queued for the batch (items and batch.completed), newest first.",
             responses={404: {"model": ErrorBody, "description": "No such batch (or not yours)"}})
-def batch_deliveries(request: Request, batch_id: str = BatchId, caller: Caller = Depends(require_caller)) -> DeliveryList:
-    return DeliveryList(data=request.app.state.jobs.list_deliveries("batch", batch_id, caller.tenant))
+def batch_deliveries(jobs: Jobs, batch_id: BatchId, caller: Caller = Depends(require_caller)) -> DeliveryList:
+    return DeliveryList(data=jobs.list_deliveries("batch", batch_id, caller.tenant))
 
 
 @router.post("/{batch_id}/deliveries/{delivery_id}/redeliver", response_model=DeliveryView, status_code=202,
@@ -104,13 +100,13 @@ def batch_deliveries(request: Request, batch_id: str = BatchId, caller: Caller =
              description="As for a job: the first body and id again; 409 while it is still being delivered.",
              responses={404: {"model": ErrorBody, "description": "No such batch or delivery"},
                         409: {"model": ErrorBody, "description": "Still being delivered, or no webhook"}})
-def redeliver_batch(request: Request, batch_id: str = BatchId, delivery_id: str = DeliveryId,
+def redeliver_batch(jobs: Jobs, batch_id: BatchId, delivery_id: DeliveryId,
                     caller: Caller = Depends(require_caller)) -> JSONResponse:
-    return JSONResponse(request.app.state.jobs.redeliver("batch", batch_id, delivery_id, caller.tenant), status_code=202)
+    return JSONResponse(jobs.redeliver("batch", batch_id, delivery_id, caller.tenant), status_code=202)
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchView, summary="Cancel a batch",
              description="Cancels every job of the batch that has not ended; ended jobs keep their results.",
              responses={404: {"model": ErrorBody, "description": "No such batch (or not yours)"}})
-def cancel_batch(request: Request, batch_id: str = BatchId, caller: Caller = Depends(require_caller)) -> BatchView:
-    return request.app.state.jobs.cancel_batch(batch_id, tenant=caller.tenant)
+def cancel_batch(jobs: Jobs, batch_id: BatchId, caller: Caller = Depends(require_caller)) -> BatchView:
+    return jobs.cancel_batch(batch_id, tenant=caller.tenant)

@@ -10,11 +10,13 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from core.job_store import JobNotFound
-from core.storage import BlobStore, LossyConversion, convert, converted_name, source_of
+from core.storage import SAFE_NAME, BlobStore, LossyConversion, convert, converted_name, source_of
 
-from ..exceptions import ApiError
+from ..callers import Caller, optional_caller
+from ..errors import ApiError
+from ..ids import ID_PATTERN
 from ..schemas import ErrorBody
-from ..security import Caller, optional_caller
+from ..state import Jobs, ServerSettings, Store
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 NOT_FOUND = "no such file (outputs expire with their job)"
@@ -46,8 +48,11 @@ MEDIA_TYPES = ("image/png", "image/webp", "image/jpeg", "image/*")
 )
 def get_file(
     request: Request,
-    job_id: str = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$"),
-    name: str = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
+    service: Jobs,
+    store: Store,
+    settings: ServerSettings,
+    job_id: str = Path(pattern=ID_PATTERN),
+    name: str = Path(pattern=SAFE_NAME.pattern),  # a name the store takes
     format: Optional[Literal["png", "webp", "jpeg"]] = Query(
         None, description="Re-encode the stored PNG (default: the format the name's suffix says, else png)"
     ),
@@ -55,7 +60,6 @@ def get_file(
     sig: Optional[str] = Query(None, max_length=128, description="Signature of a signed URL"),
     caller: Optional[Caller] = Depends(optional_caller),
 ):
-    service = request.app.state.jobs
     if not service.signer.valid(job_id, name, expires, sig):
         if caller is None:
             raise ApiError(401, "unauthorized", "send an API key, or use the output's signed_url (it may have expired)",
@@ -64,14 +68,13 @@ def get_file(
             service.view(job_id, tenant=caller.tenant)
         except JobNotFound:
             raise ApiError(404, "not_found", NOT_FOUND) from None
-    store = request.app.state.store
     if store.redirects:
-        return _redirect(store, job_id, name, format, request.app.state.settings.signed_url_ttl_s)
+        return _redirect(store, job_id, name, format, settings.signed_url_ttl_s)
     path = store.path(job_id, name)
     fmt = format or "png"
     if path is None:  # `image.jpeg`: the stored `image.png` in another format
         stored, by_suffix = source_of(name)
-        path = request.app.state.store.path(job_id, stored) if stored != name else None
+        path = store.path(job_id, stored) if stored != name else None
         fmt = format or by_suffix
     if path is None:
         raise ApiError(404, "not_found", NOT_FOUND)

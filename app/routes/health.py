@@ -6,9 +6,11 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from rq.registry import StartedJobRegistry
+
+from ..state import Jobs, ServerSettings, Store
 
 router = APIRouter(tags=["health"])
 
@@ -22,8 +24,7 @@ def healthz() -> dict:
     "/readyz", summary="Ready when Redis answers and a worker with a loaded model is alive",
     description="Says how many workers are ready; their names (host and process) only on a local demo (AUTH_DISABLED).",
 )
-def readyz(request: Request):
-    service = request.app.state.jobs
+def readyz(service: Jobs, store: Store, settings: ServerSettings):
     try:
         service.redis.ping()
         workers = service.ready_workers()
@@ -31,12 +32,12 @@ def readyz(request: Request):
         return JSONResponse({"status": "unavailable", "reason": "Redis does not answer"}, status_code=503)
     if not workers:
         return JSONResponse({"status": "unavailable", "reason": "no worker with a loaded model"}, status_code=503)
-    full = results_disk_full(request.app.state.store, request.app.state.settings.results_min_free_mb)
+    full = results_disk_full(store, settings.results_min_free_mb)
     if full:
         return JSONResponse({"status": "unavailable", "reason": full}, status_code=503)
     info = service.worker_info(workers)
     answer = {"status": "ready", "worker_count": len(workers), "worker_modes": worker_modes(info)}
-    if request.app.state.settings.auth_disabled:  # host names and PIDs are nobody else's business
+    if settings.auth_disabled:  # host names and PIDs are nobody else's business
         answer["workers"] = workers
         answer["worker_info"] = info
     return answer
@@ -65,8 +66,7 @@ def worker_modes(info: dict[str, dict[str, str]]) -> dict[str, int]:
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-def metrics(request: Request) -> PlainTextResponse:
-    service = request.app.state.jobs
+def metrics(service: Jobs) -> PlainTextResponse:
     ready = service.ready_workers()
     gauges = [
         ("queue_depth", "Jobs waiting in the inference queue", {}, service.queue.count),

@@ -9,16 +9,18 @@ import anyio
 
 from typing import Optional
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from core.views import TERMINAL, JobStatus, JobView
 
+from ..callers import Caller, require_caller
+from ..ids import DeliveryId, JobId
 from ..schemas import DeliveryList, DeliveryView, ErrorBody, JobList
-from ..security import Caller, require_caller
-from ..streams import SLOT_REFRESH_S, JobWatcher, StreamSlots
+from ..state import Jobs, Slots, Store, Watcher
+from ..streams import SLOT_REFRESH_S
 
 router = APIRouter(
     prefix="/v1/jobs", tags=["jobs"],
@@ -27,7 +29,6 @@ router = APIRouter(
                503: {"model": ErrorBody, "description": "The job store is unreachable"}},
 )
 KEEP_ALIVE_S = 15
-JobId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The id returned when the job was submitted")
 
 
 Cursor = Query(None, max_length=200, description="`next_cursor` of the previous page")
@@ -37,24 +38,24 @@ Limit = Query(20, ge=1, le=100, description="Most items on the page")
 @router.get("", response_model=JobList, summary="Your jobs, newest first",
             responses={422: {"model": ErrorBody, "description": "Bad filter, limit or cursor"}})
 def list_jobs(
-    request: Request, caller: Caller = Depends(require_caller), limit: int = Limit, cursor: Optional[str] = Cursor,
+    jobs: Jobs, caller: Caller = Depends(require_caller), limit: int = Limit, cursor: Optional[str] = Cursor,
     status: Optional[JobStatus] = Query(None, description="Only jobs in this status"),
     task: Optional[str] = Query(None, pattern=r"^[a-z0-9-]{1,40}$", description="Only jobs of this task"),
 ) -> JobList:
-    data, next_cursor = request.app.state.jobs.list_jobs(caller.tenant, limit, cursor, status, task)
+    data, next_cursor = jobs.list_jobs(caller.tenant, limit, cursor, status, task)
     return JobList(data=data, next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobView, summary="Job status, progress, outputs and error")
-def get_job(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> JobView:
-    return request.app.state.jobs.view(job_id, tenant=caller.tenant)
+def get_job(jobs: Jobs, job_id: JobId, caller: Caller = Depends(require_caller)) -> JobView:
+    return jobs.view(job_id, tenant=caller.tenant)
 
 
 @router.post("/{job_id}/cancel", response_model=JobView, summary="Cancel a job",
              responses={409: {"model": ErrorBody, "description": "The job already ended"}},
              description="A queued job is dropped; a running job stops at its next step. 409 if it already ended.")
-def cancel_job(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> JobView:
-    return request.app.state.jobs.cancel(job_id, tenant=caller.tenant)
+def cancel_job(jobs: Jobs, job_id: JobId, caller: Caller = Depends(require_caller)) -> JobView:
+    return jobs.cancel(job_id, tenant=caller.tenant)
 
 
 @router.delete(
@@ -62,20 +63,17 @@ def cancel_job(request: Request, job_id: str = JobId, caller: Caller = Depends(r
     description="Removes the job's record and its output files. 409 while it is queued or running (cancel it first).",
     responses={409: {"model": ErrorBody, "description": "The job has not ended"}},
 )
-def delete_job(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> Response:
-    request.app.state.jobs.delete(job_id, tenant=caller.tenant)
-    request.app.state.store.delete(job_id)
+def delete_job(jobs: Jobs, store: Store, job_id: JobId, caller: Caller = Depends(require_caller)) -> Response:
+    jobs.delete(job_id, tenant=caller.tenant)
+    store.delete(job_id)
     return Response(status_code=204)
-
-
-DeliveryId = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The delivery's id (from the deliveries list)")
 
 
 @router.get("/{job_id}/deliveries", response_model=DeliveryList, summary="The job's webhook deliveries",
             description="Every webhook call queued for the job, newest first: event, status, attempts and the "
                         "receiver's last answer.")
-def job_deliveries(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)) -> DeliveryList:
-    return DeliveryList(data=request.app.state.jobs.list_deliveries("job", job_id, caller.tenant))
+def job_deliveries(jobs: Jobs, job_id: JobId, caller: Caller = Depends(require_caller)) -> DeliveryList:
+    return DeliveryList(data=jobs.list_deliveries("job", job_id, caller.tenant))
 
 
 @router.post("/{job_id}/deliveries/{delivery_id}/redeliver", response_model=DeliveryView, status_code=202,
@@ -84,9 +82,9 @@ def job_deliveries(request: Request, job_id: str = JobId, caller: Caller = Depen
                          "its signed URLs may have expired: fetch the job for fresh ones). 409 while it is still "
                          "being delivered.",
              responses={409: {"model": ErrorBody, "description": "Still being delivered, or no webhook"}})
-def redeliver_job(request: Request, job_id: str = JobId, delivery_id: str = DeliveryId,
+def redeliver_job(jobs: Jobs, job_id: JobId, delivery_id: DeliveryId,
                   caller: Caller = Depends(require_caller)) -> JSONResponse:
-    view = request.app.state.jobs.redeliver("job", job_id, delivery_id, caller.tenant)
+    view = jobs.redeliver("job", job_id, delivery_id, caller.tenant)
     return JSONResponse(view, status_code=202)
 
 
@@ -116,16 +114,9 @@ def event_rank(event_id: Optional[str]) -> tuple[int, int]:
     responses={200: {"content": {"text/event-stream": {}}, "description": "event: queued | started | progress | finished, data: JSON"},
                429: {"model": ErrorBody, "description": "Too many event streams open for this key or tenant"}},
 )
-async def job_events(request: Request, job_id: str = JobId, caller: Caller = Depends(require_caller)):
-    service = request.app.state.jobs
+async def job_events(request: Request, service: Jobs, slots: Slots, watcher: Watcher, job_id: JobId,
+                     caller: Caller = Depends(require_caller)):
     first = await run_in_threadpool(service.view, job_id, None, caller.tenant)  # 404 before the stream starts
-    state = request.app.state
-    if getattr(state, "stream_slots", None) is None:
-        settings = state.settings
-        state.stream_slots = StreamSlots(service.redis, service.keys.prefix, settings.max_streams_per_key,
-                                         settings.max_streams_per_tenant)
-        state.job_watcher = JobWatcher(service)
-    slots, watcher = state.stream_slots, state.job_watcher
     slot = await run_in_threadpool(slots.take, caller.key_id, caller.tenant)  # 429 past the bounds
 
     resume = event_rank(request.headers.get("last-event-id"))  # a reconnecting EventSource skips what it had

@@ -17,10 +17,11 @@ from core.views import TERMINAL, BatchView, JobView
 from model.tasks import TASKS
 
 from ..body import idempotency_key, load_json, parse_request, read_body
-from ..exceptions import ApiError
+from ..callers import Caller, bearer, optional_caller, require_caller
+from ..errors import ApiError
 from ..jobs import fingerprint
 from ..schemas import REQUEST_MODELS, ErrorBody, task_part
-from ..security import Caller, bearer, optional_caller, require_caller
+from ..state import Fetcher, Jobs, KeyRing, ServerSettings
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*(?:=\s*(\d+))?\s*(?=$|[,;\s])", re.IGNORECASE)
@@ -69,12 +70,13 @@ class Admission:
     maybe_replay: bool  # False: the precheck found no job or batch under the Idempotency-Key
 
 
-def admit_submission(request: Request, credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Admission:
+def admit_submission(request: Request, jobs: Jobs, settings: ServerSettings, keystore: KeyRing,
+                     credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Admission:
     """What a submission is checked for before its body is read, cheapest first and in one trip to the
     thread pool: the API key, the headers, then the rate, queue bound and tenant quota (app/quotas.py)."""
-    caller = require_caller(optional_caller(request, credentials))
+    caller = require_caller(optional_caller(settings, keystore, credentials))
     idem = idempotency_key(request)
-    return Admission(caller, idem, request.app.state.jobs.precheck(caller.tenant, caller.key_id, idem))
+    return Admission(caller, idem, jobs.precheck(caller.tenant, caller.key_id, idem))
 
 
 _URL_SCHEME = re.compile(rb"https?:", re.IGNORECASE)
@@ -112,9 +114,8 @@ def _queue(service, settings, task: str, model, body, admission: Admission) -> t
 def _endpoint(task: str):
     model = REQUEST_MODELS[task]
 
-    async def submit(request: Request, admission: Admission = Depends(admit_submission)) -> JSONResponse:
-        service = request.app.state.jobs
-        settings = request.app.state.settings
+    async def submit(request: Request, service: Jobs, settings: ServerSettings, fetcher: Fetcher,
+                     admission: Admission = Depends(admit_submission)) -> JSONResponse:
         wait = prefer_wait(request, settings.max_wait_s)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type in ("application/json", ""):
@@ -122,11 +123,11 @@ def _endpoint(task: str):
             if _URL_SCHEME.search(body):  # may hold images by URL: validated now, fetched below
                 body = await run_in_threadpool(_validated, model, body)
         else:
-            body = await parse_request(request, model)  # multipart (or a 415)
+            body = await parse_request(request, model, settings.max_body_bytes)  # multipart (or a 415)
         if not isinstance(body, bytes):
             admission.caller.job_priority(body.priority)  # a priority the key refuses fetches nothing
             limits = settings.task_limits()
-            body = await request.app.state.image_fetcher.fetch_all(  # images by URL, checked first, off the request threads
+            body = await fetcher.fetch_all(  # images by URL, checked first, off the request threads
                 body, admission.caller.tenant, lambda checked: task_part(checked, task).plan(limits))
         view, replayed = await run_in_threadpool(_queue, service, settings, task, model, body, admission)
         if isinstance(view, BatchView):

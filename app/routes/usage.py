@@ -5,15 +5,16 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 from typing import Literal, Optional
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from core.usage import USAGE_DAYS
 
-from ..exceptions import ApiError
+from ..callers import Caller, require_caller
+from ..errors import ApiError
 from ..schemas import ErrorBody
-from ..security import Caller, require_caller
+from ..state import Jobs
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -43,7 +44,7 @@ class UsageReport(BaseModel):
             responses={401: {"model": ErrorBody, "description": "Missing, wrong or revoked API key"},
                        422: {"model": ErrorBody, "description": "Bad dates or group_by"}})
 async def usage(
-    request: Request, caller: Caller = Depends(require_caller),
+    jobs: Jobs, caller: Caller = Depends(require_caller),
     start: Optional[date] = Query(None, alias="from", description="First day (YYYY-MM-DD, UTC); default 29 days before `to`"),
     end: Optional[date] = Query(None, alias="to", description="Last day (YYYY-MM-DD, UTC); default today"),
     group_by: Literal["task", "day", "key"] = Query("day", description="Sum by task, day or API key"),
@@ -55,7 +56,7 @@ async def usage(
     if (end - start).days >= USAGE_DAYS:
         message = f"at most {USAGE_DAYS} days at once"
         raise ApiError(422, "invalid_request", f"from: {message}", fields=[{"field": "from", "message": message}])
-    rows = await run_in_threadpool(request.app.state.jobs.usage, caller.tenant, start, end, group_by)
+    rows = await run_in_threadpool(jobs.usage, caller.tenant, start, end, group_by)
     total = {m: sum(r[m] for r in rows) for m in ("jobs", "succeeded", "failed", "canceled", "images", "token_steps")}
     total["run_s"] = round(sum(r["run_s"] for r in rows), 3)
     report = UsageReport.model_validate({"from": start, "to": end, "group_by": group_by, "data": rows,

@@ -21,7 +21,7 @@ from benchmarks.redis_footprint import noise_png
 from core.job_store import JOB_FUNC, ON_FAILURE, new_id, now_iso
 from core.plan import is_queued_plan
 from core.provenance import input_echo
-from core.storage import ResultStore
+from core.storage import LocalStore
 from model.tasks import TASKS
 from tests.service.harness import wait_until
 
@@ -42,7 +42,7 @@ def test_an_image_job_is_queued_as_a_plan_and_leaves_a_small_record(shared_servi
     assert task == "depth-estimation" and is_queued_plan(plan)
     assert plan["images"] == [digest] and plan["width"] == 64 and plan["seed"] == 4
     assert len(record.data) < 2000  # the argument RQ stores: the plan, compressed, without the image
-    assert ResultStore(shared_service.tmp / "results").load_input(digest) == png
+    assert LocalStore(shared_service.tmp / "results").load_input(digest) == png
 
     done = shared_service.wait_job(job_id)
     assert done["status"] == "succeeded", done

@@ -1,17 +1,19 @@
-"""Who is calling: the tenant behind the API key of a request (FastAPI dependencies)."""
+"""Who is calling: the tenant behind the API key a request presents, as FastAPI dependencies (the HTTP
+side of `app/api_keys.py`, which keeps the keys and runs without a web framework, in the CLI too)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from model.tasks import TaskInputError
 
-from .auth import PUBLIC_TENANT, resolve_priority
-from .exceptions import ApiError
+from .api_keys import PUBLIC_TENANT, resolve_priority
+from .errors import ApiError
+from .state import KeyRing, ServerSettings
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `onediffusion keys create --tenant NAME`")
 
@@ -23,7 +25,7 @@ class Caller:
     priority: Optional[int] = None  # the key's: its requests' default and ceiling (None: 0, up to MAX_PRIORITY)
 
     def job_priority(self, requested: Optional[int], field: str = "priority") -> int:
-        """The priority a request of this caller runs at (app/auth.py `resolve_priority`); asking for more
+        """The priority a request of this caller runs at (app/api_keys.py `resolve_priority`); asking for more
         than the key allows is a 422 naming `field`."""
         try:
             return resolve_priority(requested, self.priority)
@@ -36,13 +38,14 @@ def _unauthorized(message: str, error: Optional[str] = None) -> ApiError:
     return ApiError(401, "unauthorized", message, {"WWW-Authenticate": challenge})
 
 
-def optional_caller(request: Request, credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Optional[Caller]:
+def optional_caller(settings: ServerSettings, keystore: KeyRing,
+                    credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Optional[Caller]:
     """The caller, or None when no key was sent (a wrong or revoked key is still a 401)."""
-    if request.app.state.settings.auth_disabled:
+    if settings.auth_disabled:
         return Caller(PUBLIC_TENANT, "anonymous")
     if credentials is None:
         return None
-    key = request.app.state.keystore.authenticate(credentials.credentials)
+    key = keystore.authenticate(credentials.credentials)
     if key is None:
         raise _unauthorized("the API key is not valid (wrong or revoked)", "invalid_token")
     return Caller(key.tenant, key.key_id, key.priority)

@@ -8,7 +8,7 @@ A key's priority is both the default and the ceiling of its requests' `priority`
 own queued jobs; see `resolve_priority`): a key without one defaults to 0 and may ask for any priority.
 
 Every `/v1` route needs `Authorization: Bearer <key>` unless AUTH_DISABLED is set, in which case every
-caller is the tenant `public` (as a key without a priority).
+caller is the tenant `public` (as a key without a priority); `app/callers.py` finds the caller of a request.
 """
 
 from __future__ import annotations
