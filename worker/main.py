@@ -28,7 +28,7 @@ from core.storage import open_store, wait_until_writable
 
 from .maintenance import PromptMaintenance
 
-from .idle import QuietMaintenance, WakingScheduler, wake_scheduler
+from .idle import QuietMaintenance, wake_scheduler
 
 log = logging.getLogger(__name__)
 
