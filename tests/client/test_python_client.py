@@ -24,7 +24,7 @@ import onediffusion_client as od
 from onediffusion_client import codegen
 from tests.conftest import make_image
 from tests.service.harness import local_address, wait_until
-from tests.test_pipeline import CASES
+from tests.model.test_pipeline import CASES
 
 CLIENT_OPTIONS = ["wait", "timeout", "on_progress", "idempotency_key"]
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.conftest import make_image
 from tests.service.harness import wait_until
-from tests.test_pipeline import CASES
+from tests.model.test_pipeline import CASES
 
 
 def check_outputs(service, job: dict, expected: dict) -> None:

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.service.harness import local_address
-from tests.test_pipeline import CASES, IMG
+from tests.model.test_pipeline import CASES, IMG
 
 PNG = base64.b64decode(IMG)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.service.test_security import bearer, new_key
-from tests.test_pipeline import CASES
+from tests.model.test_pipeline import CASES
 
 
 def _pages(client, path: str, headers: dict, **params) -> list[list[str]]:

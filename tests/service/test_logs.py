@@ -9,7 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.service.harness import free_port, wait_until
-from tests.test_pipeline import CASES
+from tests.model.test_pipeline import CASES
 
 MARKER = "zebra-marker-4711"
 

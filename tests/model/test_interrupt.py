@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import model.sampler as sampler_module
-from tests.test_sampler import cases, requests_of, sampler  # noqa: F401  (fixtures)
+from tests.model.test_sampler import cases, requests_of, sampler  # noqa: F401  (fixtures)
 
 
 def test_a_step_stops_between_blocks_when_every_request_is_dropped(sampler, cases, monkeypatch):  # noqa: F811

@@ -8,7 +8,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from model.nextdit import NextDiT
 from model.sampler import FlowSampler, SampleRequest
-from tests.test_nextdit import load_cases
+from tests.model.test_nextdit import load_cases
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ yaml = pytest.importorskip("yaml")
 
 from core.settings import Settings  # noqa: E402
 from model.checkpoint_source import HubLocation, S3Location, is_remote  # noqa: E402
+from tests.paths import ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 K8S = ROOT / "deploy" / "k8s"

@@ -21,7 +21,7 @@ from core.settings import Settings
 from core.storage import ResultStore
 from model.tasks import TASKS
 from tests.conftest import make_image
-from tests.test_pipeline import CASES
+from tests.model.test_pipeline import CASES
 from worker.execution import Executor, WorkItem
 
 

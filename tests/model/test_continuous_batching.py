@@ -13,7 +13,7 @@ from PIL import Image
 from model.pipeline import TaskResult
 from model.tasks import TASKS
 from tests.conftest import b64_image
-from tests.test_sampler import cases, requests_of, sampler  # noqa: F401  (fixtures)
+from tests.model.test_sampler import cases, requests_of, sampler  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow  # runs the demo model through whole trajectories, alone and batched
 
