@@ -1,7 +1,7 @@
 """Every setting of the service, read from the environment in one place.
 
 Each field's environment variable is its name in upper case (`redis_url` <- `REDIS_URL`); the settings
-table of docs/operations.md is generated from this class (`onediffusion settings --table`; tests/test_docs.py
+table of docs/operations.md is generated from this class (`onediffusion settings --table`; tests/project/test_docs.py
 fails when the two differ).
 """
 

@@ -68,7 +68,7 @@ def _load_vae(folder: Path, dtype: torch.dtype):
 
 
 # transformers renamed `torch_dtype=` to `dtype=` in 4.56 (and later versions drop the old name); the
-# project supports both sides of that release (see pyproject's floor and tests/test_loading.py).
+# project supports both sides of that release (see pyproject's floor and tests/model/test_loading.py).
 DTYPE_KEYWORD_SINCE = (4, 56)
 
 

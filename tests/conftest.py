@@ -12,12 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.paths import FIXTURES
 from tests.service.harness import RedisServer, Service, WebhookReceiver
-
-ROOT = Path(__file__).resolve().parents[1]
-# The golden data lives in the repository (a clone alone passes its tests); ../shared/fixtures is only
-# its source, and tests/test_fixture_copy.py says when the two drift apart.
-FIXTURES = ROOT / "tests" / "fixtures"
 
 os.environ.setdefault("ONEDIFFUSION_ATTENTION", "math")
 

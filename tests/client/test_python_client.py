@@ -22,9 +22,9 @@ from PIL import Image
 
 import onediffusion_client as od
 from onediffusion_client import codegen
+from tests.cases import CASES
 from tests.conftest import make_image
 from tests.service.harness import local_address, wait_until
-from tests.test_pipeline import CASES
 
 CLIENT_OPTIONS = ["wait", "timeout", "on_progress", "idempotency_key"]
 

@@ -297,3 +297,30 @@ class StalledReceiver:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+# ---- a running service's keys and queue, as the tests read them --------------------------------------------
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def new_key(service, tenant: str) -> tuple[str, str]:
+    """(key, key id) made with the CLI."""
+    out = service.cli("keys", "create", "--tenant", tenant, "--name", f"{tenant} test")
+    key_id = out.split()[2]
+    return out.strip().splitlines()[-1], key_id
+
+
+def create_key(service, tenant: str) -> str:
+    """A key made with the CLI (no name): the key alone."""
+    return service.cli("keys", "create", "--tenant", tenant).strip().splitlines()[-1]
+
+
+def queue_size(service) -> int:
+    from rq import Queue
+
+    return Queue(service.prefix, connection=service.redis()).count
+
+
+def job_keys(service) -> int:
+    return len(service.redis().keys("rq:job:*"))

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from core.queueing import fair_queue  # the inference queue (its fair line and RQ's list)
 
-from tests.service.harness import free_port, wait_until
-from tests.service.test_hardening import SMALL, bearer, new_key
+from tests.cases import SMALL_REQUEST as SMALL
+from tests.service.harness import bearer, create_key, free_port, wait_until
 
 
 def _two_apis(service) -> list[str]:
@@ -43,7 +43,7 @@ def _post_all(calls: list[tuple[str, str, dict, dict]], threads: int = 48) -> li
 def test_tenant_quota_is_exact_under_concurrent_submissions(make_service):
     service = make_service(workers=0, deliverer=False, auth_disabled="false", max_active_jobs_per_tenant=7,
                            max_queue_depth=0, rate_limit_per_minute=0)
-    a1, a2, b = new_key(service, "qa"), new_key(service, "qa"), new_key(service, "qb")  # two keys of one tenant
+    a1, a2, b = create_key(service, "qa"), create_key(service, "qa"), create_key(service, "qb")  # two keys of one tenant
     urls = _two_apis(service)
     calls = [(urls[i % 2], "/v1/text-to-image", SMALL, bearer((a1, a2, b, b)[i % 4])) for i in range(96)]
     responses = _post_all(calls)
@@ -64,7 +64,7 @@ def test_tenant_quota_is_exact_under_concurrent_submissions(make_service):
     assert fair_queue(redis, service.prefix).count == 14
 
     # one Idempotency-Key sent 24 times at once: one job; one fresh answer, the others replay it
-    c = new_key(service, "qc")
+    c = create_key(service, "qc")
     headers = {**bearer(c), "Idempotency-Key": "same-request"}
     answers = _post_all([(urls[i % 2], "/v1/text-to-image", {**SMALL, "seed": 5}, headers) for i in range(24)])
     assert {r.status_code for r in answers} == {202}, [r.text for r in answers if r.status_code != 202]
@@ -76,7 +76,7 @@ def test_tenant_quota_is_exact_under_concurrent_submissions(make_service):
 def test_rate_and_idempotency_are_exact_under_concurrent_submissions(make_service):
     service = make_service(workers=0, deliverer=False, auth_disabled="false", rate_limit_per_minute=9,
                            max_active_jobs_per_tenant=0, max_queue_depth=0)
-    key = new_key(service, "ra")
+    key = create_key(service, "ra")
     urls = _two_apis(service)
     if time.time() % 60 > 45:  # the rate counts per minute: keep the burst inside one window
         time.sleep(61 - time.time() % 60)

@@ -9,18 +9,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import b64_image, make_image
+from tests.service.harness import job_keys, queue_size
 
 IMG = b64_image(96, 64)
-
-
-def queue_size(service) -> int:
-    from rq import Queue
-
-    return Queue(service.prefix, connection=service.redis()).count
-
-
-def job_keys(service) -> int:
-    return len(service.redis().keys("rq:job:*"))
 
 
 def gif() -> str:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from tests.service.harness import wait_until
-from tests.service.test_security import bearer, new_key
+from tests.service.harness import bearer, new_key, wait_until
 
 MAX_BATCH = 2
 

@@ -13,21 +13,12 @@ import pytest
 from PIL import Image
 from core.queueing import fair_queue  # the inference queue (its fair line and RQ's list)
 
+from tests.cases import SMALL_REQUEST as SMALL
 from tests.conftest import b64_image
-from tests.service.harness import free_port, wait_until
-from tests.service.test_bad_input import job_keys, queue_size
+from tests.service.harness import bearer, create_key, free_port, job_keys, queue_size, wait_until
 
-SMALL = {"prompt": "a small test", "width": 64, "height": 64, "num_inference_steps": 2}
 IMG = b64_image(64, 64)
 EYE = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.5], [0.0, 0.0, 0.0, 1.0]]
-
-
-def bearer(key: str) -> dict:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def new_key(service, tenant: str) -> str:
-    return service.cli("keys", "create", "--tenant", tenant).strip().splitlines()[-1]
 
 
 def post_raw(service, path: str, text: str, headers=None) -> httpx.Response:
@@ -115,7 +106,7 @@ def test_job_cost_is_bounded(shared_service):
 
 def test_rate_and_key_are_checked_before_the_body(make_service):
     service = make_service(workers=0, deliverer=False, auth_disabled="false", rate_limit_per_minute=3)
-    key = new_key(service, "cheap")
+    key = create_key(service, "cheap")
     # no key: 401 before the body is read, even when the body is broken or huge
     assert post_raw(service, "/v1/batches", "{not json").status_code == 401
     assert post_raw(service, "/v1/text-to-image", "{not json").status_code == 401
@@ -125,7 +116,7 @@ def test_rate_and_key_are_checked_before_the_body(make_service):
     limited = service.submit("text-to-image", SMALL, headers=bearer(key))
     assert limited.status_code == 429, limited.text
     # a batch of a million tiny items is refused from its raw size, not parsed
-    other = new_key(service, "cheap2")
+    other = create_key(service, "cheap2")
     big = '{"items":[' + ",".join(['{"task":"text-to-image","prompt":"x"}'] * 200_000) + "]}"
     response = post_raw(service, "/v1/batches", big, bearer(other))
     assert response.status_code == 413 and "JSON values" in response.text, response.text
@@ -145,7 +136,7 @@ def _answers(url: str) -> bool:
 def test_queue_bound_holds_under_concurrent_submissions(make_service):
     service = make_service(workers=0, deliverer=False, auth_disabled="false", max_queue_depth=10,
                            rate_limit_per_minute=0, max_active_jobs_per_tenant=0)
-    keys = [new_key(service, f"t{i}") for i in range(3)]
+    keys = [create_key(service, f"t{i}") for i in range(3)]
     second_port = free_port()  # two API replicas, as a deployment runs them
     service.start("api2", "serve", port=second_port)
     urls = [service.url, f"http://127.0.0.1:{second_port}"]
@@ -246,7 +237,7 @@ def test_open_event_streams_are_bounded_per_key_and_tenant(make_service):
 
     service = make_service(workers=0, deliverer=False, auth_disabled="false", max_streams_per_key=2,
                            max_streams_per_tenant=3, rate_limit_per_minute=0)
-    key_a = new_key(service, "streamer")
+    key_a = create_key(service, "streamer")
     key_b = service.cli("keys", "create", "--tenant", "streamer").strip().splitlines()[-1]
     job = service.client.post("/v1/text-to-image", json=SMALL, headers=bearer(key_a)).json()["id"]
     release = threading.Event()

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.cases import CASES
 from tests.conftest import make_image
 from tests.service.harness import wait_until
-from tests.test_pipeline import CASES
 
 
 def check_outputs(service, job: dict, expected: dict) -> None:

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.cases import CASES, IMG
 from tests.service.harness import local_address
-from tests.test_pipeline import CASES, IMG
 
 PNG = base64.b64decode(IMG)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.service.test_security import bearer, new_key
-from tests.test_pipeline import CASES
+from tests.cases import CASES
+from tests.service.harness import bearer, new_key
 
 
 def _pages(client, path: str, headers: dict, **params) -> list[list[str]]:

@@ -8,8 +8,8 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.cases import CASES
 from tests.service.harness import free_port, wait_until
-from tests.test_pipeline import CASES
 
 MARKER = "zebra-marker-4711"
 

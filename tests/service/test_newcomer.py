@@ -8,8 +8,8 @@ import time
 import socket
 import subprocess
 
+from tests.cases import CASES
 from tests.service.harness import CLI
-from tests.test_pipeline import CASES
 
 
 def test_urls_follow_port_without_public_url(make_service):
@@ -270,7 +270,7 @@ def test_webhook_deliveries_listed_and_redelivered(make_service, receiver):
 def test_usage_by_task_day_and_key(make_service):
     from datetime import datetime, timezone
 
-    from tests.test_pipeline import IMG
+    from tests.cases import IMG
     from tests.service.harness import wait_until
 
     service = make_service()

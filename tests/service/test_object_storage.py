@@ -12,9 +12,9 @@ import time
 import httpx
 from PIL import Image
 
+from tests.cases import CASES
 from tests.s3_server import S3Server, s3_bucket, s3_server  # noqa: F401  (fixtures)
 from tests.service.harness import wait_until
-from tests.test_pipeline import CASES
 
 LONG = {"prompt": "long", "width": 128, "height": 128, "num_inference_steps": 40, "seed": 5}
 

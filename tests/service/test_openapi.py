@@ -63,7 +63,7 @@ def _key(service, tenant: str) -> dict:
 def test_every_documented_request_example_is_accepted(fuzz_service):
     """Each POST body example of the served document, sent as it stands, is accepted (no worker runs
     them: the jobs it made are canceled)."""
-    from tests.test_openapi_doc import validate_against
+    from tests.app.openapi_checks import validate_against
 
     document = fuzz_service.client.get("/openapi.json").json()
     auth = _key(fuzz_service, "examples")
@@ -91,7 +91,7 @@ def _documented(document: dict, path: str, method: str, code: int) -> list[dict]
 
 def _check(document: dict, path: str, method: str, response) -> None:
     """The answer's status is documented for the operation, with an example of the same type and fields."""
-    from tests.test_openapi_doc import validate_against
+    from tests.app.openapi_checks import validate_against
 
     body = response.json()
     validate_against(document, {"$ref": "#/components/schemas/ErrorBody"}, body)

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from tests.test_pipeline import CASES
+from tests.cases import CASES
 
 
 def test_jpeg_output_is_named_and_labelled_jpeg(shared_service):

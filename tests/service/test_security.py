@@ -9,7 +9,7 @@ import threading
 import httpx
 import pytest
 
-from tests.service.harness import free_port, wait_until
+from tests.service.harness import bearer, free_port, new_key, wait_until
 
 SMALL = {"prompt": "a cat", "width": 64, "height": 64, "num_inference_steps": 2}
 SECRET = "super-secret-webhook-key"
@@ -18,17 +18,6 @@ SECRET = "super-secret-webhook-key"
 def secret_part(key: str) -> str:
     """The secret of `od_<key id>_<secret>` (the secret itself may contain '_')."""
     return key[len("od_"):].partition("_")[2]
-
-
-def bearer(key: str) -> dict:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def new_key(service, tenant: str) -> tuple[str, str]:
-    """(key, key id) made with the CLI."""
-    out = service.cli("keys", "create", "--tenant", tenant, "--name", f"{tenant} test")
-    key_id = out.split()[2]
-    return out.strip().splitlines()[-1], key_id
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from core.signing import standard_signature
+from tests.cases import CASES
 from tests.service.harness import wait_until
-from tests.test_pipeline import CASES
 
 PLAIN = "test-secret-123"
 WHSEC = "whsec_" + base64.b64encode(b"a thirty-two byte key for hooks!").decode()

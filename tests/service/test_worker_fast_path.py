@@ -1,7 +1,7 @@
 """A worker whose asked-for attention backend fails at start (the Triton kernel on a CPU without Triton's
 interpreter: no GPU to launch on) with compilation off does not go ready on it: it logs why, falls back to
 the last resort, eager math, serves jobs, and /readyz and /metrics say so. (The compiled tier's fallback in a
-real worker: tests/test_gpu_path.py.)"""
+real worker: tests/model/test_gpu_path.py.)"""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.test_deploy_files import as_args, compose, interpolate, manifests, of_kind  # noqa: F401 (fixtures)
+from tests.deploy.files import as_args, interpolate, of_kind
 
 UNITS = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}  # as redis.conf reads them
 K8S_UNITS = {"Mi": 2**20, "Gi": 2**30, "M": 1000**2, "G": 1000**3}

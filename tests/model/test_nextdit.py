@@ -7,19 +7,10 @@ import shutil
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from model.nextdit import CheckpointError, NextDiT
-
-
-def load_cases(path):
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        return {
-            case: ({k.split(".", 1)[1]: f.get_tensor(k) for k in f.keys() if k.startswith(case + ".")}, json.loads(meta[case]))
-            for case in meta
-        }
+from tests.model.golden import load_cases
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT
+
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 MAX_README_LINES = 200

@@ -9,6 +9,7 @@ import pytest
 
 from app.main import create_app
 from core.settings import Settings
+from tests.app.openapi_checks import validate_against
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +77,6 @@ def test_view_and_frame_counts_are_the_servers(schema):
 
 
 # ---- examples: one per error status, every one valid ---------------------------------------------------
-
-
-def validate_against(doc: dict, schema: dict, value) -> None:
-    """Validate `value` against a schema of the document (its `$ref`s resolved in the document)."""
-    from jsonschema import Draft202012Validator
-
-    root = {**schema, "components": doc["components"]}
-    Draft202012Validator(root).validate(value)
 
 
 def schema_examples(doc: dict):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT
 
 
 def planned(target: str, tmp_path: Path) -> list[str]:
@@ -38,7 +38,7 @@ def test_run_installs_only_what_serving_needs(tmp_path):
 
 
 def test_test_adds_the_dev_and_fp8_extras(tmp_path):
-    lines = planned("test", tmp_path)  # fp8: the tests run its CPU path (tests/test_precision.py, the fp8 benchmarks)
+    lines = planned("test", tmp_path)  # fp8: the tests run its CPU path (tests/model/test_precision.py, the fp8 benchmarks)
     assert any(re.search(r"-e \.$", line) for line in lines) and extras(lines) == {"dev", "fp8"}, lines
 
 

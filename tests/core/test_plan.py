@@ -20,8 +20,8 @@ from core.provenance import input_echo
 from core.settings import Settings
 from core.storage import LocalStore
 from model.tasks import TASKS
+from tests.cases import CASES
 from tests.conftest import make_image
-from tests.test_pipeline import CASES
 from worker.execution import Executor, WorkItem
 
 

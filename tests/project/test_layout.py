@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from core.job_store import OLD_CALLBACKS
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 HTTP = ("fastapi", "starlette", "uvicorn")
 FORBIDDEN = {
     "core": HTTP + ("app", "worker"),

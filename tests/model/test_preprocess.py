@@ -124,11 +124,11 @@ def test_exif_orientation_is_applied_and_listed_as_a_difference():
     """An orientation-6 JPEG stored 640x384 is shown (and read by us) as a 384x640 portrait; the reference
     reads the stored pixels (landscape). docs/fidelity.md lists this among the knowingly different items."""
     import io as _io
-    from pathlib import Path
 
     from PIL import Image as _Image
 
     from model.tasks import TASKS
+    from tests.paths import ROOT
 
     stored = _Image.new("RGB", (640, 384), (200, 40, 40))
     exif = _Image.Exif()
@@ -139,6 +139,6 @@ def test_exif_orientation_is_applied_and_listed_as_a_difference():
     plan = TASKS["depth-estimation"].model_validate({"image": data}).plan()
     assert (plan.width, plan.height) == (384, 640)  # upright: a portrait bucket
     assert _Image.open(_io.BytesIO(buffer.getvalue())).convert("RGB").size == (640, 384)  # the reference's reading
-    fidelity = (Path(__file__).resolve().parents[1] / "docs" / "fidelity.md").read_text()
+    fidelity = (ROOT / "docs" / "fidelity.md").read_text()
     different = fidelity.split("**Knowingly different:**", 1)[1].split("## ", 1)[0]
     assert "EXIF orientation" in different and "384x640" in different

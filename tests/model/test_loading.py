@@ -16,8 +16,7 @@ import torch
 from packaging.version import Version
 
 from model.loading import DTYPE_KEYWORD_SINCE, dtype_keyword, load_components, load_tokenizer, transformers_version
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT
 
 
 def _floor(package: str) -> str:

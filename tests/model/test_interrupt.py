@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import model.sampler as sampler_module
-from tests.test_sampler import cases, requests_of, sampler  # noqa: F401  (fixtures)
+from tests.model.golden import requests_of
 
 
-def test_a_step_stops_between_blocks_when_every_request_is_dropped(sampler, cases, monkeypatch):  # noqa: F811
+def test_a_step_stops_between_blocks_when_every_request_is_dropped(sampler, cases, monkeypatch):
     monkeypatch.setattr(sampler_module, "INTERRUPT_POLL_S", 0.0)
     tensors, meta = cases["cond_to_image"]
     requests = requests_of(tensors, meta)

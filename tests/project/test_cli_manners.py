@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from core.settings import Settings, SettingsError
+from tests.paths import ROOT
 from tests.service.harness import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(ROOT / "cli.py")]
 
 

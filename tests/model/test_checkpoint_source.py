@@ -17,12 +17,12 @@ import pytest
 from model.checkpoint_source import (
     MANIFEST, CheckpointFetchError, HubLocation, S3Location, list_checkpoint, resolve_checkpoint, verify_object,
 )
+from tests.paths import ROOT
 from tests.service.harness import free_port, wait_until
 
 pytestmark = pytest.mark.slow  # an S3 server process and checkpoint fetches
 
 boto3 = pytest.importorskip("boto3")
-ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "onediffusion-models"
 PREFIX = "releases/onediffusion"
 SMALL_JOB = {"prompt": "a cat", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 1}

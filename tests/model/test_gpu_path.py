@@ -11,14 +11,13 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from worker.fast_path import choose_fast_path
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (dev extra, Linux x86_64)")
 pytestmark = pytest.mark.slow  # compiles the model (inductor, Triton's interpreter) several times
 

@@ -155,9 +155,10 @@ def test_client_benchmark_runs(capsys):
 def test_documented_lifecycle_rule_is_accepted_by_s3(s3_server, s3_bucket):
     """deploy/s3-lifecycle.json, as docs/operations.md tells to apply it (put-bucket-lifecycle-configuration)."""
     import json
-    from pathlib import Path
 
-    rule = json.loads((Path(__file__).resolve().parents[1] / "deploy" / "s3-lifecycle.json").read_text())
+    from tests.paths import ROOT
+
+    rule = json.loads((ROOT / "deploy" / "s3-lifecycle.json").read_text())
     client = s3_server.client()
     client.put_bucket_lifecycle_configuration(Bucket=s3_bucket, LifecycleConfiguration=rule)
     (stored,) = client.get_bucket_lifecycle_configuration(Bucket=s3_bucket)["Rules"]

@@ -147,9 +147,11 @@ def test_tenant_names_with_newlines_are_refused(redis_url, tenant):
 # ---- 12: a full disk leaves no temp files --------------------------------------------------------------------
 def test_a_failed_write_leaves_no_temp_file(tmp_path):
     """A real write failure: the file-size limit (RLIMIT_FSIZE) stands in for a full disk."""
+    from tests.paths import ROOT
+
     script = f"""
 import resource, signal, sys
-sys.path.insert(0, {str(__import__('pathlib').Path(__file__).resolve().parents[1])!r})
+sys.path.insert(0, {str(ROOT)!r})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 from core.storage import LocalStore

@@ -1,4 +1,4 @@
-"""The GPU check's time budgets (its tiny CPU run as a whole: tests/test_gpu_path.py)."""
+"""The GPU check's time budgets (its tiny CPU run as a whole: tests/model/test_gpu_path.py)."""
 
 from __future__ import annotations
 

@@ -16,13 +16,11 @@ yaml = pytest.importorskip("yaml")
 
 from core.settings import Settings  # noqa: E402
 from model.checkpoint_source import HUB_SCHEME, S3_SCHEME, HubLocation, S3Location  # noqa: E402
+from tests.deploy.files import (  # noqa: E402
+    COMPOSE, DOCKERFILE, K8S, LIFECYCLE, OBJECT_STORAGE, as_args, interpolate, load_all, of_kind,
+)
+from tests.paths import ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILE = ROOT / "Dockerfile"
-COMPOSE = ROOT / "docker-compose.yml"
-K8S = ROOT / "deploy" / "k8s"
-OBJECT_STORAGE = K8S / "object-storage"
-LIFECYCLE = ROOT / "deploy" / "s3-lifecycle.json"
 NAMESPACE = "onediffusion"
 APP_SERVICES = ("api", "worker", "webhooks")
 ROLES = {"api": "serve", "worker": "worker", "webhooks": "webhooks"}
@@ -38,31 +36,8 @@ SETTINGS_ENV = {name.upper() for name in Settings.model_fields}
 
 
 # ---- loading -------------------------------------------------------------------------------------------
-def load_all(path: Path) -> list:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
-
-
 def yaml_files() -> list[Path]:
     return [COMPOSE, *sorted(K8S.glob("*.yaml")), *sorted(K8S.glob("*.yml")), *sorted(OBJECT_STORAGE.glob("*.yaml"))]
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict:
-    (doc,) = load_all(COMPOSE)
-    return doc
-
-
-@pytest.fixture(scope="module")
-def manifests() -> list[dict]:
-    docs = []
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name != "kustomization.yaml":
-            docs += [dict(doc, _file=path.name) for doc in load_all(path)]
-    return docs
-
-
-def of_kind(manifests, kind) -> dict[str, dict]:
-    return {doc["metadata"]["name"]: doc for doc in manifests if doc["kind"] == kind}
 
 
 def workloads(manifests) -> dict[str, dict]:
@@ -80,11 +55,6 @@ def container_env(manifests, container: dict) -> dict[str, str]:
     return env
 
 
-def interpolate(value) -> str:
-    """Compose's `${VAR}`, `${VAR-default}` and `${VAR:-default}`, with every VAR unset."""
-    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", str(value))
-
-
 def compose_env(service: dict) -> dict[str, str]:
     env = service.get("environment", {})
     if isinstance(env, list):
@@ -98,10 +68,6 @@ def parse_volume(volume) -> tuple[str, str, str]:
         return str(volume.get("source", "")), volume["target"], "ro" if volume.get("read_only") else "rw"
     source, target, *mode = interpolate(volume).split(":")
     return source, target, (mode[0] if mode else "rw")
-
-
-def as_args(command) -> list[str]:
-    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

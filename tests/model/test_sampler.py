@@ -4,45 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 
-from model.nextdit import NextDiT
-from model.sampler import FlowSampler, SampleRequest
-from tests.test_nextdit import load_cases
-
-
-@pytest.fixture(scope="module")
-def sampler(fixtures_dir):
-    model = NextDiT.from_pretrained(fixtures_dir / "nextdit_tiny").eval()
-    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(fixtures_dir / "sampler_tiny")
-    return FlowSampler(model, scheduler)
-
-
-@pytest.fixture(scope="module")
-def cases(fixtures_dir):
-    return load_cases(fixtures_dir / "sampler_tiny" / "cases.safetensors")
-
-
-def requests_of(tensors: dict, meta: dict) -> list[SampleRequest]:
-    noise = tensors["noise"]
-    if noise.ndim == 4:  # text-to-image: one frame
-        noise = noise[:, None]
-    get = lambda key, b: tensors[key][b] if key in tensors else None  # noqa: E731
-    return [
-        SampleRequest(
-            noise=noise[b],
-            denoise_mask=meta["denoise_mask"],
-            cond_embeds=tensors["cond_embeds"][b],
-            cond_mask=tensors["cond_mask"][b],
-            num_inference_steps=meta["num_inference_steps"],
-            guidance_scale=meta["guidance_scale"],
-            uncond_embeds=get("uncond_embeds", b),
-            uncond_mask=get("uncond_mask", b),
-            cond_latents=get("cond_latents", b),
-            noise_scale=meta["noise_scale"],
-        )
-        for b in range(noise.shape[0])
-    ]
+from tests.model.golden import requests_of
 
 
 @pytest.mark.parametrize("case", ["t2i", "cond_to_image", "estimation", "four_frames"])

@@ -13,7 +13,7 @@ from PIL import Image
 from model.pipeline import TaskResult
 from model.tasks import TASKS
 from tests.conftest import b64_image
-from tests.test_sampler import cases, requests_of, sampler  # noqa: F401  (fixtures)
+from tests.model.golden import requests_of
 
 pytestmark = pytest.mark.slow  # runs the demo model through whole trajectories, alone and batched
 
@@ -73,7 +73,7 @@ def test_a_dropped_member_leaves_the_others_undisturbed(demo_model):
     assert np.abs(pixels(batch.take("b")) - pixels(demo_model.run([b])[0])).max() <= 1
 
 
-def test_sampler_rows_join_and_leave_between_steps(sampler, cases):  # noqa: F811
+def test_sampler_rows_join_and_leave_between_steps(sampler, cases):
     a, b = requests_of(*cases["cond_to_image"])
     b.num_inference_steps = a.num_inference_steps + 2
     alone = [sampler.sample([r])[0].latents for r in (a, b)]
@@ -92,7 +92,7 @@ def test_sampler_rows_join_and_leave_between_steps(sampler, cases):  # noqa: F81
     torch.testing.assert_close(finished["b"][1], alone[1], atol=1e-5, rtol=1e-5)
 
 
-def test_a_request_of_another_shape_is_refused(sampler, cases):  # noqa: F811
+def test_a_request_of_another_shape_is_refused(sampler, cases):
     batch = sampler.batch()
     batch.add(0, requests_of(*cases["cond_to_image"])[0])
     with pytest.raises(ValueError, match="one frame shape"):
