@@ -19,7 +19,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 from .images import decode_rgb
 

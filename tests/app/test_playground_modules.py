@@ -5,7 +5,6 @@ the service hands the modules out as JavaScript (browsers refuse a module of any
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient

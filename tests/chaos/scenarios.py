@@ -5,7 +5,6 @@ Used bounded by `tests/chaos/test_chaos.py` (in CI) and at any size by `python -
 
 from __future__ import annotations
 
-import hmac
 import random
 import signal
 import statistics
@@ -15,8 +14,7 @@ from typing import Optional
 
 import httpx
 
-from core.signing import sign
-from tests.service.harness import TERMINAL, RedisServer, Service, WebhookReceiver, wait_until
+from tests.service.harness import TERMINAL, RedisServer, Service, WebhookReceiver, signature_valid, wait_until
 
 SECRET = "chaos-webhook-secret"
 
@@ -24,9 +22,8 @@ SECRET = "chaos-webhook-secret"
 def signed(call: dict, tolerance_s: float = 300) -> bool:
     """The call carries this secret's OneDiffusion-Signature of its body, with a timestamp of the last
     `tolerance_s` seconds (what a receiver of the service's first format checks)."""
-    timestamp = call["headers"]["onediffusion-timestamp"]
-    fresh = timestamp.isdigit() and abs(time.time() - int(timestamp)) <= tolerance_s
-    return fresh and hmac.compare_digest(sign(SECRET, timestamp, call["body"]), call["headers"]["onediffusion-signature"])
+    return signature_valid(SECRET, call["headers"]["onediffusion-timestamp"], call["body"],
+                           call["headers"]["onediffusion-signature"], tolerance_s)
 
 
 def job_payload(rng: random.Random, steps: tuple[int, int] = (6, 16)) -> dict:

@@ -324,3 +324,14 @@ def queue_size(service) -> int:
 
 def job_keys(service) -> int:
     return len(service.redis().keys("rq:job:*"))
+
+
+def signature_valid(secret: str, timestamp: str, body, signature: str, tolerance_s: float = 300) -> bool:
+    """What a receiver of the service's first signature format checks: this secret's OneDiffusion-Signature
+    of the body, with a timestamp of the last `tolerance_s` seconds."""
+    import hmac
+
+    from core.signing import sign
+
+    fresh = timestamp.isdigit() and abs(time.time() - int(timestamp)) <= tolerance_s
+    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)

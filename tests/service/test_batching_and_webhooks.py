@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-from core.signing import verify
-from tests.service.harness import wait_until
+from tests.service.harness import signature_valid, wait_until
 
 SECRET = "test-secret-123"
 
@@ -50,8 +49,8 @@ def test_batch_is_equivalent_to_single_runs(make_service):
 
 def check_signature(call: dict) -> None:
     headers = call["headers"]
-    assert verify(SECRET, headers["onediffusion-timestamp"], call["body"], headers["onediffusion-signature"])
-    assert not verify("wrong-secret", headers["onediffusion-timestamp"], call["body"], headers["onediffusion-signature"])
+    assert signature_valid(SECRET, headers["onediffusion-timestamp"], call["body"], headers["onediffusion-signature"])
+    assert not signature_valid("wrong-secret", headers["onediffusion-timestamp"], call["body"], headers["onediffusion-signature"])
 
 
 def test_batch_webhooks(make_service, receiver):
