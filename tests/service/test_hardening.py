@@ -190,11 +190,12 @@ def test_idempotency_key_is_not_kept_when_the_enqueue_fails(redis_url, monkeypat
 
     monkeypatch.setattr(service.queue, "enqueue_many", broken)
     with pytest.raises(RedisConnectionError):
-        service.submit("text-to-image", request, "t", "k", idempotency_key="retry-me")
+        service.submit_once("text-to-image", request, "t", "k", idempotency_key="retry-me")
     assert not redis.keys("odidem:idempotency:*") and not redis.scard("odidem:active:t")
     monkeypatch.undo()
-    view = service.submit("text-to-image", request, "t", "k", idempotency_key="retry-me")
-    assert service.submit("text-to-image", request, "t", "k", idempotency_key="retry-me").id == view.id
+    view, replayed = service.submit_once("text-to-image", request, "t", "k", idempotency_key="retry-me")
+    again, replayed_again = service.submit_once("text-to-image", request, "t", "k", idempotency_key="retry-me")
+    assert not replayed and replayed_again and again.id == view.id
 
 
 # ---- 11: readiness, tenant names, images from phones ----------------------------------------------------
