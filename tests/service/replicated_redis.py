@@ -17,7 +17,10 @@ MASTER_NAME = "odmaster"
 
 
 class ReplicatedRedis:
-    def __init__(self, root: Path, sentinels: int = 3, down_after_ms: int = 1000, failover_timeout_ms: int = 4000):
+    # down-after 3 s: a new master that stalls for a moment (forking for its first replica's full sync on a
+    # loaded machine) must not look down to a sentinel, which would fail over again to a replica that has not
+    # synced yet and lose what was written meanwhile
+    def __init__(self, root: Path, sentinels: int = 3, down_after_ms: int = 3000, failover_timeout_ms: int = 6000):
         from core.local_redis import find_redis_server
 
         self.binary = find_redis_server()
