@@ -34,43 +34,21 @@ def open_state(app: FastAPI, settings: Settings) -> None:
     state.job_watcher = JobWatcher(state.jobs)
 
 
-async def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+def _held(name: str):
+    """A dependency handing over `app.state.<name>`, made once by `open_state`."""
+
+    async def held(request: Request):
+        return getattr(request.app.state, name)
+
+    held.__name__ = f"held_{name}"
+    return Depends(held)
 
 
-async def _jobs(request: Request) -> JobService:
-    return request.app.state.jobs
-
-
-async def _store(request: Request) -> BlobStore:
-    return request.app.state.store
-
-
-async def _storage_gate(request: Request) -> StorageGate:
-    return request.app.state.storage_gate
-
-
-async def _image_fetcher(request: Request) -> ImageFetcher:
-    return request.app.state.image_fetcher
-
-
-async def _keystore(request: Request) -> KeyStore:
-    return request.app.state.keystore
-
-
-async def _stream_slots(request: Request) -> StreamSlots:
-    return request.app.state.stream_slots
-
-
-async def _job_watcher(request: Request) -> JobWatcher:
-    return request.app.state.job_watcher
-
-
-ServerSettings = Annotated[Settings, Depends(_settings)]
-Jobs = Annotated[JobService, Depends(_jobs)]
-Store = Annotated[BlobStore, Depends(_store)]
-Gate = Annotated[StorageGate, Depends(_storage_gate)]
-Fetcher = Annotated[ImageFetcher, Depends(_image_fetcher)]
-KeyRing = Annotated[KeyStore, Depends(_keystore)]
-Slots = Annotated[StreamSlots, Depends(_stream_slots)]
-Watcher = Annotated[JobWatcher, Depends(_job_watcher)]
+ServerSettings = Annotated[Settings, _held("settings")]
+Jobs = Annotated[JobService, _held("jobs")]
+Store = Annotated[BlobStore, _held("store")]
+Gate = Annotated[StorageGate, _held("storage_gate")]
+Fetcher = Annotated[ImageFetcher, _held("image_fetcher")]
+KeyRing = Annotated[KeyStore, _held("keystore")]
+Slots = Annotated[StreamSlots, _held("stream_slots")]
+Watcher = Annotated[JobWatcher, _held("job_watcher")]
