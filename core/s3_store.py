@@ -68,8 +68,9 @@ class S3Store(BlobStore):
         return StorageUnavailable(f"could not {action} in STORAGE_URL={self.url}: {why}")
 
     @staticmethod
-    def _missing(exc: ClientError) -> bool:
-        return exc.response.get("Error", {}).get("Code", "") in MISSING
+    def _missing(exc: Exception) -> bool:
+        """An answer that the object is not there (not a failure to ask)."""
+        return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code", "") in MISSING
 
     # ---- outputs ----
     def save(self, job_id: str, name: str, data: bytes) -> None:
@@ -84,22 +85,18 @@ class S3Store(BlobStore):
     def read(self, job_id: str, name: str) -> Optional[bytes]:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(job_id, name))["Body"].read()
-        except ClientError as exc:
+        except (BotoCoreError, ClientError) as exc:
             if self._missing(exc):
                 return None
-            raise self._unavailable(f"read output {job_id}/{name}", exc) from exc
-        except BotoCoreError as exc:
             raise self._unavailable(f"read output {job_id}/{name}", exc) from exc
 
     def exists(self, job_id: str, name: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._key(job_id, name))
             return True
-        except ClientError as exc:
+        except (BotoCoreError, ClientError) as exc:
             if self._missing(exc):
                 return False
-            raise self._unavailable(f"look up output {job_id}/{name}", exc) from exc
-        except BotoCoreError as exc:
             raise self._unavailable(f"look up output {job_id}/{name}", exc) from exc
 
     def delete(self, job_id: str) -> None:
@@ -134,11 +131,9 @@ class S3Store(BlobStore):
         self._checked_digest(digest)
         try:
             return self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}{INPUTS}/{digest}")["Body"].read()
-        except ClientError as exc:
+        except (BotoCoreError, ClientError) as exc:
             if self._missing(exc):
                 raise FileNotFoundError(f"input {digest} is not in STORAGE_URL={self.url} (expired?)") from None
-            raise self._unavailable(f"read input {digest}", exc) from exc
-        except BotoCoreError as exc:
             raise self._unavailable(f"read input {digest}", exc) from exc
 
     def check(self) -> None:
