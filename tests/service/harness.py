@@ -162,14 +162,7 @@ class Service:
         process.wait(30)
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes.values(), 20)
         self.client.close()
 
     def logs(self, full: bool = False) -> str:
@@ -199,6 +192,19 @@ class Service:
         from redis import Redis
 
         return Redis.from_url(self.env["REDIS_URL"])
+
+
+def stop_processes(processes, grace_s: float) -> None:
+    """SIGTERM to every process still running, then SIGKILL to any that is not gone after `grace_s`."""
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 class WebhookReceiver:

@@ -11,7 +11,7 @@ from typing import Optional
 from redis import Redis
 from redis.exceptions import RedisError
 
-from tests.service.harness import free_port, wait_until
+from tests.service.harness import free_port, stop_processes, wait_until
 
 MASTER_NAME = "odmaster"
 
@@ -119,14 +119,7 @@ class ReplicatedRedis:
                    interval=0.2, what="a replica of the new master")
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes.values(), 10)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.root.glob("*/*.log")))
