@@ -96,16 +96,24 @@ def put_back(worker: SimpleWorker, queue: Queue) -> None:
 
 def start_job(worker: SimpleWorker, job: Job, ttl: int) -> Execution:
     """RQ's bookkeeping for a job that starts: an Execution in the started registry, status started, off
-    the intermediate queue; and the attempt counted in its meta."""
-    with worker.connection.pipeline() as pipe:
-        execution = Execution.create(job, ttl, pipeline=pipe, worker_name=worker.name)
-        worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
-        pipe.execute()
+    the intermediate queue; and the attempt counted in its meta.
+
+    The job is already off the line: each step waits for Redis (back, or with room again when it is full)
+    rather than fail, which would end the worker loop and strand the batch it joins. Each step is one
+    transaction, so a step that Redis refused is simply sent again."""
+    def create() -> Execution:
+        with worker.connection.pipeline() as pipe:
+            created = Execution.create(job, ttl, pipeline=pipe, worker_name=worker.name)
+            worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            pipe.execute()
+        return created
+
+    execution = retry_redis(create, f"starting job {job.id}")
     worker.execution = execution
-    worker.prepare_job_execution(job, remove_from_intermediate_queue=True)
+    retry_redis(lambda: worker.prepare_job_execution(job, remove_from_intermediate_queue=True), f"starting job {job.id}")
     taken_not_started.discard(job.id)
     job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
-    job.save_meta()
+    retry_redis(job.save_meta, f"starting job {job.id}")
     return execution
 
 

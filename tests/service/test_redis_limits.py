@@ -10,7 +10,8 @@ from redis import Redis
 
 from tests.service.harness import CLI, TERMINAL, RedisServer, free_port, wait_until
 
-RUNNING = {"prompt": "full store", "width": 64, "height": 64, "num_inference_steps": 12}
+# enough steps that the batch is still running when the test fills the store, on a busy machine too
+RUNNING = {"prompt": "full store", "width": 64, "height": 64, "num_inference_steps": 30}
 
 
 def bearer(key: str) -> dict:
