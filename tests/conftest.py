@@ -132,3 +132,10 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, "rep_" + report.when, report)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The warm parent of the service processes (tests/service/forked.py) ends with the session."""
+    from tests.service.harness import close_launcher
+
+    close_launcher()

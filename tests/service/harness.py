@@ -18,9 +18,27 @@ from typing import Optional
 
 import httpx
 
+from tests.service.forked import Launcher
+
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, str(ROOT / "cli.py")]
 TERMINAL = ("succeeded", "failed", "canceled")
+
+
+_launcher: Optional[Launcher] = None
+
+
+def launcher() -> Launcher:
+    """This session's launcher of service processes (tests/service/forked.py); closed at the session's end."""
+    global _launcher
+    if _launcher is None:
+        _launcher = Launcher()
+    return _launcher
+
+
+def close_launcher() -> None:
+    if _launcher is not None:
+        _launcher.close()
 
 
 def free_port() -> int:
@@ -119,9 +137,8 @@ class Service:
             self.start("webhooks", "webhooks")
 
     def start(self, name: str, command: str, **env) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "ab")
         environment = {**self.env, **{k.upper(): str(v) for k, v in env.items()}}
-        process = subprocess.Popen(CLI + [command], env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp)
+        process = launcher().popen([command], environment, self.tmp, self.tmp / f"{name}.log")
         self.processes[name] = process
         return process
 
@@ -177,7 +194,7 @@ class Service:
 
     def cli(self, *args: str) -> str:
         """Run an `onediffusion` command with this stack's settings; its stdout."""
-        result = subprocess.run(CLI + list(args), env=self.env, capture_output=True, text=True, timeout=60)
+        result = launcher().run(list(args), self.env, Path.cwd())
         if result.returncode != 0:
             raise RuntimeError(result.stderr or result.stdout)
         return result.stdout
