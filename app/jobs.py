@@ -66,12 +66,12 @@ class JobService(JobStore):
 
     def _job_data(self, task: str, request: TaskRequest, plan: QueuedPlan, meta: dict, job_id: str):
         # the input echo is in the plan (compressed with it, and meta stays small: workers read every queued
-        # job's meta when they look for companions of a batch)
+        # job's meta when they look for companions of a batch); a long plan is stored, the job refers to it
         meta = {"task": task, "bucket": plan.bucket, "created_at": now_iso(), **meta}
         ttl = self.settings.job_ttl_s
         return Queue.prepare_data(
             JOB_FUNC,
-            args=(task, plan.payload()),
+            args=(task, plan.queued_payload(self.store.save_input)),
             job_id=job_id,
             meta=meta,
             retry=Retry(max=self.settings.job_retries) if self.settings.job_retries else None,

@@ -29,7 +29,7 @@ from .connection import Keys, keys_for, queues
 from .deliveries import DeliveryLog, body_name
 from .usage import Usage
 from .metrics import Metrics
-from .plan import is_queued_plan
+from .plan import STORED, is_queued_plan, is_stored_plan, resolve_payload
 from .queueing import FairQueue, token_shape
 from .settings import Settings, get_settings
 from .storage import FORMATS, BlobStore, converted_name, open_store
@@ -306,17 +306,25 @@ class JobStore:
             view.timings.setdefault("run_s", round((job.ended_at - job.started_at).total_seconds(), 3))
         return view
 
-    @staticmethod
-    def _input_echo(job: Job, meta: dict) -> dict:
-        """What the client sent, images by summary: in the queued plan (core/plan.py); in the meta of a job
-        queued before plans existed."""
+    def _input_echo(self, job: Job, meta: dict) -> dict:
+        """What the client sent, images by summary: in the queued plan (core/plan.py), read from the result
+        store when the plan was stored there; in the meta of a job queued before plans existed. {} when a
+        stored plan cannot be read (expired with the inputs, or the store is down): the view still answers."""
         if "input" in meta:
             return meta["input"] or {}
         try:
             payload = job.args[1]
         except Exception:  # a record without arguments: nothing to show
             return {}
+        if is_stored_plan(payload):
+            try:
+                payload = resolve_payload(payload, self.files.load_input)
+            except Exception as exc:
+                log.warning("the input echo of a job is not available: its queued plan %s could not be read (%s)",
+                            payload.get(STORED), exc, extra={"job_id": job.id})
+                return {}
         return payload.get("input") or {} if is_queued_plan(payload) else {}
+
     def _queued_eta(self, job: Job, meta: dict, position: int) -> Optional[float]:
         """Seconds until a queued job ends, from its shape's measured step time: the jobs ahead of it run
         MAX_BATCH at a time on each ready worker, taken to be as long as it is (an estimate)."""

@@ -16,7 +16,8 @@ from typing import Callable, Optional, Sequence
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from core.plan import PlanVersionError, QueuedPlan, is_queued_plan
+from core.plan import (STORED, PlanVersionError, QueuedPlan, StoredPlanUnreadable, is_queued_plan, is_stored_plan,
+                       resolve_payload)
 from core.provenance import input_echo, parameter_texts, with_text_chunks
 from core.settings import Settings
 from core.storage import FORMATS, BlobStore, StorageUnavailable, convert, converted_name
@@ -37,12 +38,14 @@ class Outcome:
 class WorkItem:
     job_id: str
     task: str
-    payload: dict  # a QueuedPlan's payload; a raw request dict for jobs queued before plans existed
+    # a QueuedPlan's payload (a stored plan's reference until `Executor.resolve`); a raw request dict for
+    # jobs queued before plans existed
+    payload: dict
     output_format: str = "png"  # the format the job's output URLs name (object storage stores it too)
 
 
 class InputUnavailable(Exception):
-    """A queued plan's input image cannot be read from the result store."""
+    """A queued plan, or one of its input images, cannot be read from the result store."""
 
 
 class Executor:
@@ -57,7 +60,27 @@ class Executor:
         here as that release's worker did."""
         if not is_queued_plan(item.payload):
             return TASKS[item.task].model_validate(item.payload).plan(self.settings.task_limits())
+        self.resolve(item)
         return QueuedPlan.from_payload(item.payload).frame_plan(self._load_input)
+
+    def resolve(self, item: WorkItem) -> None:
+        """Replace a stored plan's reference in `item` by the plan (read from the result store once)."""
+        if not is_stored_plan(item.payload):
+            return
+        digest = item.payload[STORED]
+        try:
+            item.payload = resolve_payload(item.payload, self.store.load_input)
+        except StorageUnavailable:
+            raise  # the storage is down, not the blob gone: retried (with_storage), then storage_unavailable
+        except FileNotFoundError:
+            raise InputUnavailable(
+                f"the queued plan {digest} of this job is no longer stored (it is kept with the input images, "
+                f"RESULTS_TTL_S = {self.settings.results_ttl_s} s); submit the job again"
+            ) from None
+        except StoredPlanUnreadable as exc:
+            raise InputUnavailable(f"{exc}; submit the job again") from None
+        except Exception as exc:
+            raise InputUnavailable(f"could not read the queued plan {digest} of this job from storage: {exc}") from exc
 
     def _load_input(self, digest: str) -> bytes:
         try:
@@ -153,6 +176,7 @@ class Executor:
     def _texts(self, item: WorkItem) -> Optional[dict[str, str]]:
         try:
             if is_queued_plan(item.payload):
+                self.resolve(item)
                 return parameter_texts(item.task, item.payload["input"])
             return parameter_texts(item.task, input_echo(TASKS[item.task].model_validate(item.payload)))
         except Exception:  # provenance is a courtesy: never fail a finished job over it

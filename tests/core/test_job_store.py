@@ -170,3 +170,30 @@ def test_queued_jobs_show_their_fair_position_and_an_eta_once_a_step_time_is_kno
     assert service.view(a[5]).eta_s == 2.0  # behind one batch of MAX_BATCH (4) jobs
     service.cancel(a[0])  # out of the line at once: a's next job takes its turn
     assert [service.view(i).queue_position for i in (a[1], b, a[2])] == [0, 1, 2] and service.queue.count == 6
+
+
+def test_a_long_prompts_plan_is_stored_and_the_view_shows_what_was_sent(redis_url, tmp_path):
+    """A plan too long to queue by value goes to the result store; the job's view (and a process that did not
+    queue it) reads its input echo back from there; an expired plan leaves the echo empty, not the view broken."""
+    from core.plan import STORED, _STORED_PLANS
+    from core.provenance import input_echo
+    from core.storage import LocalStore
+
+    settings = Settings(redis_url=redis_url, queue_prefix="odstore" + uuid.uuid4().hex[:8], rate_limit_per_minute=0,
+                        public_url="http://api.test", results_dir=str(tmp_path))
+    service = JobService(Redis.from_url(redis_url), settings)
+    from benchmarks.redis_footprint import long_prompt
+
+    request = TextToImage(**{**SMALL, "prompt": long_prompt(), "seed": 5})  # 2,000 characters of varied words
+    view, _ = service.submit_once("text-to-image", request, "tenant-a", "key-a")
+    assert view.input == input_echo(request) and view.input["prompt"] == request.prompt
+    payload = service.fetch(view.id).args[1]
+    assert set(payload) == {"plan_version", STORED}
+    assert len(service.redis.hget(Job.key_for(view.id), "data")) < 300
+    _STORED_PLANS.clear()
+    other = JobStore(Redis.from_url(redis_url), settings)  # a worker's, or another API process's
+    assert other.view(view.id).input == input_echo(request)
+    _STORED_PLANS.clear()
+    (tmp_path / "_inputs" / payload[STORED]).unlink()  # expired with the inputs
+    assert JobStore(Redis.from_url(redis_url), settings).view(view.id).input == {}
+    assert LocalStore(tmp_path).sweep(0) == 0  # nothing else of this job's was stored

@@ -3,7 +3,8 @@
 Every task's plan survives the trip through the queue (JSON, as RQ carries it) unchanged; the queued
 payload does not grow with the input images; the worker's Executor runs a queued plan, a raw request
 queued by an earlier release, and says clearly why it cannot run a plan whose images are gone or whose
-version it does not know."""
+version it does not know. A plan too long to queue by value (a long prompt) is stored by digest and read
+back as it was."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import json
 import pytest
 from PIL import Image
 
-from core.plan import PLAN_VERSION, PlanVersionError, QueuedPlan, is_queued_plan
+from core.plan import (PLAN_VERSION, STORED, _STORED_PLANS, PlanVersionError, QueuedPlan, StoredPlanUnreadable,
+                       is_queued_plan, is_stored_plan, resolve_payload)
+from benchmarks.redis_footprint import long_prompt
 from core.provenance import input_echo
 from core.settings import Settings
 from core.storage import LocalStore
@@ -108,3 +111,71 @@ def test_executor_says_why_a_plan_cannot_run(executor, tmp_path):
     assert gone.error["type"] == "input_unavailable"
     assert queued_plan.images[0] in gone.error["message"] and "submit the job again" in gone.error["message"]
     assert refused.error["type"] == "invalid_request" and "plan version 2" in refused.error["message"]
+
+
+# ---- a long plan is stored, the job carries its digest -----------------------------------------------------
+LONG_PROMPT = long_prompt(1900)  # varied words, compressing as a real caption does
+
+
+def test_a_short_plan_is_queued_by_value_with_no_store_round_trip(tmp_path):
+    store = LocalStore(tmp_path)
+    _, _, queued_plan = queued("text-to-image", {"prompt": "a lighthouse on a cliff at sunset, oil painting"}, store)
+    calls = []
+    payload = queued_plan.queued_payload(lambda data: calls.append(data) or "0" * 64)
+    assert payload == queued_plan.payload() and not calls and not is_stored_plan(payload)
+
+
+def test_a_long_plan_is_stored_and_read_back_as_it_was(tmp_path):
+    store = LocalStore(tmp_path)
+    request, plan, queued_plan = queued("text-to-image", {"prompt": LONG_PROMPT, "width": 64, "height": 64}, store)
+    payload = json.loads(json.dumps(queued_plan.queued_payload(store.save_input)))  # what RQ carries
+    assert is_queued_plan(payload) and is_stored_plan(payload)
+    assert set(payload) == {"plan_version", STORED} and len(json.dumps(payload)) < 120
+    blob = store.load_input(payload[STORED])
+    assert hashlib.sha256(blob).hexdigest() == payload[STORED] and LONG_PROMPT in blob.decode()
+    _STORED_PLANS.clear()  # as a worker that did not queue it: read from the store
+    resolved = resolve_payload(payload, store.load_input)
+    assert resolved == queued_plan.payload() and resolved["input"] == input_echo(request)
+    assert QueuedPlan.from_payload(resolved).frame_plan(store.load_input) == plan
+    assert resolve_payload(queued_plan.payload(), lambda digest: pytest.fail("read")) == queued_plan.payload()
+
+
+def test_the_stored_plans_size_in_the_queue_does_not_depend_on_the_prompt(tmp_path):
+    store = LocalStore(tmp_path)
+    sizes = set()
+    for words in (80, 300):
+        prompt = " ".join(f"word{i}" for i in range(words))
+        _, _, queued_plan = queued("text-to-image", {"prompt": prompt}, store)
+        sizes.add(len(json.dumps(queued_plan.queued_payload(store.save_input))))
+    assert len(sizes) == 1
+
+
+def test_a_stored_plan_that_is_not_its_digest_is_refused(tmp_path):
+    store = LocalStore(tmp_path)
+    _, _, queued_plan = queued("text-to-image", {"prompt": LONG_PROMPT}, store)
+    payload = queued_plan.queued_payload(store.save_input)
+    _STORED_PLANS.clear()
+    with pytest.raises(StoredPlanUnreadable, match="does not hash to its digest"):
+        resolve_payload(payload, lambda digest: b"{}")
+    with pytest.raises(FileNotFoundError):
+        resolve_payload(payload, LocalStore(tmp_path / "other").load_input)
+
+
+def test_executor_runs_a_stored_plan_and_says_why_when_it_is_gone(executor, tmp_path):
+    request, plan, queued_plan = queued("text-to-image", {"prompt": LONG_PROMPT, "width": 64, "height": 64,
+                                                          "num_inference_steps": 2}, executor.store)
+    payload = json.loads(json.dumps(queued_plan.queued_payload(executor.store.save_input)))
+    _STORED_PLANS.clear()
+    item = WorkItem("job-stored", "text-to-image", payload)
+    (outcome,) = executor.run([item])
+    assert outcome.error is None, outcome.error
+    image = Image.open(io.BytesIO(executor.store.path("job-stored", "image.png").read_bytes()))
+    assert json.loads(image.text["parameters"]) == {"task": "text-to-image", "input": input_echo(request)}
+
+    other = LocalStore(tmp_path)  # stored elsewhere (or expired): this worker's store has not got it
+    _, _, elsewhere = queued("text-to-image", {"prompt": LONG_PROMPT + " again", "width": 64, "height": 64}, other)
+    gone_payload = elsewhere.queued_payload(other.save_input)
+    _STORED_PLANS.clear()
+    (gone,) = executor.run([WorkItem("job-gone", "text-to-image", gone_payload)])
+    assert gone.error["type"] == "input_unavailable"
+    assert gone_payload[STORED] in gone.error["message"] and "submit the job again" in gone.error["message"]

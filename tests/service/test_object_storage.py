@@ -12,6 +12,10 @@ import time
 import httpx
 from PIL import Image
 
+from rq.job import Job
+
+from benchmarks.redis_footprint import long_prompt
+from core.plan import STORED
 from tests.cases import CASES
 from tests.s3_server import S3Server, s3_bucket, s3_server  # noqa: F401  (fixtures)
 from tests.service.harness import wait_until
@@ -70,6 +74,15 @@ def test_outputs_live_in_the_bucket_and_are_fetched_from_it(make_service, s3_ser
     assert image_at(depth["signed_url"]).mode == "I;16"
     refused = service.client.get(depth["url"], params={"format": "webp"})
     assert refused.status_code == 422 and "16-bit" in refused.json()["error"]["message"]
+
+    # a long prompt's plan is stored in the bucket beside the input images; the job carries its digest
+    prompt = long_prompt()
+    long_job = service.submit("text-to-image", {**CASES["text-to-image"][0], "prompt": prompt},
+                              headers={"Prefer": "wait=90"}).json()
+    assert long_job["status"] == "succeeded", long_job
+    assert long_job["input"]["prompt"] == prompt
+    digest = Job.fetch(long_job["id"], connection=service.redis()).args[1][STORED]
+    assert f"od/_inputs/{digest}" in s3_server.keys(s3_bucket, "od/_inputs/")
 
     # no shared folder in sight, and deleting a job deletes its objects
     assert not (service.tmp / "results").exists()
