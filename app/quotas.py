@@ -27,7 +27,7 @@ from redis import Redis
 from rq.job import Job
 
 from core.connection import Keys
-from core.queueing import FQ_ADD_LIB, FairQueue
+from core.queueing import FQ_ADD_LIB, FQ_POSITION_LIB, FairQueue
 from core.settings import Settings
 
 from .errors import ApiError
@@ -88,10 +88,13 @@ return {'ok', 0}
 
 # KEYS: replay key ('' = none), queue (RQ's list), tenant's active set, the fair line's set of every job
 # ARGV: queue limit, active limit, new jobs, job key prefix, the fair line's prefix, the SHA of its add
-# script, then the writes: their count, then per write its argument count and arguments. The writes name
-# keys beside KEYS (RQ's job records); RQ needs a single Redis, not a cluster, so every key is on this
-# server. A write that calls the line's add script (a script cannot call another) runs its function here.
-_COMMIT = _ACTIVE + "local p = ARGV[5]\n" + FQ_ADD_LIB + """
+# script, then the writes: their count, then per write its argument count and arguments; then the tenant
+# weights (name, weight, ...). The writes name keys beside KEYS (RQ's job records); RQ needs a single Redis,
+# not a cluster, so every key is on this server. A write that calls the line's add script (a script cannot
+# call another) runs its function here. `ok` answers the queue length after the writes and the queue
+# position of the first job added, as FairQueue.get_job_position reads it (-1: no job added): the same
+# function over the same state, so the answer needs no read of its own.
+_COMMIT = _ACTIVE + "local p = ARGV[5]\n" + FQ_ADD_LIB + FQ_POSITION_LIB + """
 if KEYS[1] ~= '' then
   local held = redis.call('GET', KEYS[1])
   if held then return {'replay', held} end
@@ -99,17 +102,24 @@ end
 local refused = refused_bound(KEYS[2], KEYS[4], KEYS[3], ARGV[4], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
 if refused then return refused end
 local at = 8
+local first
 for _ = 1, tonumber(ARGV[7]) do
   local argc = tonumber(ARGV[at])
   if ARGV[at + 1] == 'EVALSHA' and ARGV[at + 2] == ARGV[6] then
     -- EVALSHA sha 0 prefix id tenant shape priority front inbox
     fq_add(ARGV[at + 5], ARGV[at + 6], ARGV[at + 7], tonumber(ARGV[at + 8]), ARGV[at + 9] == '1', ARGV[at + 10])
+    first = first or ARGV[at + 5]
   else
     redis.call(unpack(ARGV, at + 1, at + argc))
   end
   at = at + argc + 1
 end
-return {'ok', redis.call('LLEN', KEYS[2]) + redis.call('ZCARD', KEYS[4])}
+local position = -1
+if first then
+  position = fq_position(first, parse_weights({unpack(ARGV, at)}))
+  if position < 0 then position = redis.call('ZCARD', KEYS[4]) end  -- not in the line: behind it
+end
+return {'ok', redis.call('LLEN', KEYS[2]) + redis.call('ZCARD', KEYS[4]), position}
 """
 
 
@@ -120,6 +130,7 @@ class Decision:
 
     outcome: str
     value: object = None
+    position: Optional[int] = None  # `ok` at commit: the first new job's queue position (None: no job added)
 
 
 class Quotas:
@@ -153,18 +164,20 @@ class Quotas:
 
     def commit(self, tenant: str, replay_key: Optional[str], new_jobs: int, writes: list[tuple]) -> Decision:
         """Check the replay key, queue bound and tenant quota and, when they hold, apply `writes` (redis
-        commands as argument tuples), all in one atomic step. `ok` carries the queue length after it;
-        `replay` the record stored under the key; a refusal raises its 429."""
+        commands as argument tuples), all in one atomic step. `ok` carries the queue length after it and
+        the queue position of the first job the writes add to the fair line (`get_job_position`'s answer
+        at that moment); `replay` the record stored under the key; a refusal raises its 429."""
         flat: list = [len(writes)]
         for command in writes:
             flat.append(len(command))
             flat.extend(self._encode(arg) for arg in command)
-        outcome, value = self._commit(
+        outcome, value, *position = self._commit(
             keys=[replay_key or "", self.queue_key, self.keys.active_jobs(tenant), self.line.key("all")],
             args=[self.settings.max_queue_depth, self.settings.max_active_jobs_per_tenant, new_jobs, JOB_PREFIX,
-                  self.line.prefix, self.line.add_sha, *flat],
+                  self.line.prefix, self.line.add_sha, *flat, *self.line.weight_args],
         )
-        decision = Decision(outcome.decode(), value)
+        first = position[0] if position and position[0] >= 0 else None
+        decision = Decision(outcome.decode(), value, first)
         self.refuse(decision)
         return decision
 
