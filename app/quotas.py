@@ -67,23 +67,57 @@ local function refused_bound(list, line_all, active_set, job_prefix, depth, quot
 end
 """
 
+# The precheck: a replay passes (`replays`: key names, '' = none); else the rate is counted (limit 0 =
+# none; the counter lives `window` s) and the queue bound and tenant quota are looked at for `n` new jobs.
+_PRECHECK_LIB = _ACTIVE + """
+local function precheck(replays, rate_key, list, active_set, line_all, rate, depth, quota, n, window, job_prefix)
+  for _, name in ipairs(replays) do
+    if name ~= '' and redis.call('EXISTS', name) == 1 then return {'replay', 0} end
+  end
+  if rate > 0 then
+    local count = redis.call('INCR', rate_key)
+    if count == 1 then redis.call('EXPIRE', rate_key, window) end
+    if count > rate then return {'rate', count} end
+  end
+  local refused = refused_bound(list, line_all, active_set, job_prefix, depth, quota, n)
+  if refused then return refused end
+  return {'ok', 0}
+end
+"""
+
 # KEYS: job replay key, batch replay key ('' = none), rate counter, queue (RQ's list: jobs RQ re-queued, not
 # yet in the fair line), tenant's active set, the fair line's set of every queued job (core/queueing.py)
 # ARGV: rate limit, queue limit, active limit, new jobs, rate counter lifetime (s), job key prefix
 # (limit 0 = none)
-_PRECHECK = _ACTIVE + """
-for i = 1, 2 do
-  if KEYS[i] ~= '' and redis.call('EXISTS', KEYS[i]) == 1 then return {'replay', 0} end
+_PRECHECK = _PRECHECK_LIB + """
+return precheck({KEYS[1], KEYS[2]}, KEYS[3], KEYS[4], KEYS[5], KEYS[6], tonumber(ARGV[1]), tonumber(ARGV[2]),
+                tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6])
+"""
+
+# The precheck of a request that presents an API key, with the key's lookup in the same round trip: the
+# key's record (app/api_keys.py) is read and checked here first (a key that is unknown, revoked or whose
+# secret does not match answers {'key', false} and counts nothing); then its tenant's precheck runs. The
+# record comes back with the decision, and the caller checks it again (KeyStore.verified) before using it.
+# KEYS: the API keys' hash, the key's rate counter, queue (RQ's list), the fair line's set of every job
+# ARGV: key id, SHA-256 (hex) of the presented secret, Idempotency-Key ('' = none), the names' stems that
+# the tenant (and ':' and the Idempotency-Key) complete: Keys.idempotency(''), Keys.active_jobs(''); then
+# rate limit, queue limit, active limit, new jobs, rate counter lifetime (s), job key prefix
+_PRECHECK_KEYED = _PRECHECK_LIB + """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return {'key', 0, false} end
+local record = cjson.decode(raw)
+local revoked = record['revoked_at']
+if type(record['tenant']) ~= 'string' or record['sha256'] ~= ARGV[2]
+    or (revoked ~= nil and revoked ~= cjson.null and revoked ~= false and revoked ~= 0 and revoked ~= '') then
+  return {'key', 0, false}
 end
-local rate = tonumber(ARGV[1])
-if rate > 0 then
-  local count = redis.call('INCR', KEYS[3])
-  if count == 1 then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
-  if count > rate then return {'rate', count} end
-end
-local refused = refused_bound(KEYS[4], KEYS[6], KEYS[5], ARGV[6], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
-if refused then return refused end
-return {'ok', 0}
+local tenant = record['tenant']
+local replay = ''
+if ARGV[3] ~= '' then replay = ARGV[4] .. tenant .. ':' .. ARGV[3] end
+local decision = precheck({replay}, KEYS[2], KEYS[3], ARGV[5] .. tenant, KEYS[4], tonumber(ARGV[6]),
+                          tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], ARGV[11])
+decision[3] = raw
+return decision
 """
 
 # KEYS: replay key ('' = none), queue (RQ's list), tenant's active set, the fair line's set of every job
@@ -141,6 +175,7 @@ class Quotas:
         self.queue_key = queue.key  # RQ's list of the inference queue (an inbox for what RQ re-queues)
         self.line = queue.line  # the fair line the gateway's jobs join
         self._precheck = redis.register_script(_PRECHECK)
+        self._precheck_keyed = redis.register_script(_PRECHECK_KEYED)
         self._commit = redis.register_script(_COMMIT)
         self._encode = redis.connection_pool.get_encoder().encode
 
@@ -161,6 +196,21 @@ class Quotas:
             return True
         self.refuse(decision)
         return False
+
+    def precheck_keyed(self, keys_hash: str, key_id: str, secret_sha256: str, idempotency_key: Optional[str],
+                       new_jobs: int) -> tuple[Decision, Optional[bytes]]:
+        """`precheck` with the API key's lookup in the same round trip: (the decision, the key's record).
+        `key` (record None) when the key is unknown, revoked or its secret does not match: nothing was
+        counted. Nothing is raised here: the caller checks the record (a 401 goes before any 429), then
+        `refuse`s the decision. The tenant's names are made as `JobService._idempotent` and
+        `Keys.active_jobs` make them."""
+        outcome, value, raw = self._precheck_keyed(
+            keys=[keys_hash, self._rate_key(key_id), self.queue_key, self.line.key("all")],
+            args=[key_id, secret_sha256, idempotency_key or "", self.keys.idempotency(""), self.keys.active_jobs(""),
+                  self.settings.rate_limit_per_minute, self.settings.max_queue_depth,
+                  self.settings.max_active_jobs_per_tenant, new_jobs, RATE_WINDOW_S * 2, JOB_PREFIX],
+        )
+        return Decision(outcome.decode(), value), raw or None
 
     def commit(self, tenant: str, replay_key: Optional[str], new_jobs: int, writes: list[tuple]) -> Decision:
         """Check the replay key, queue bound and tenant quota and, when they hold, apply `writes` (redis

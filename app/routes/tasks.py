@@ -17,7 +17,7 @@ from core.views import TERMINAL, BatchView, JobView
 from model.tasks import TASKS
 
 from ..body import idempotency_key, load_json, parse_request, read_body
-from ..callers import Caller, bearer, optional_caller, require_caller
+from ..callers import Caller, admit, bearer, optional_caller, require_caller
 from ..errors import ApiError
 from ..jobs import fingerprint
 from ..schemas import REQUEST_MODELS, ErrorBody, task_part
@@ -73,10 +73,15 @@ class Admission:
 def admit_submission(request: Request, jobs: Jobs, settings: ServerSettings, keystore: KeyRing,
                      credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Admission:
     """What a submission is checked for before its body is read, cheapest first and in one trip to the
-    thread pool: the API key, the headers, then the rate, queue bound and tenant quota (app/quotas.py)."""
-    caller = require_caller(optional_caller(settings, keystore, credentials))
-    idem = idempotency_key(request)
-    return Admission(caller, idem, jobs.precheck(caller.tenant, caller.key_id, idem))
+    thread pool: the API key, the headers, then the rate, queue bound and tenant quota (app/quotas.py); the
+    key and the limits in one round trip to Redis (app/callers.py `admit`)."""
+    try:
+        idem = idempotency_key(request)
+    except ApiError:
+        require_caller(optional_caller(settings, keystore, credentials))  # a bad key is a 401 first
+        raise
+    caller, replay = admit(settings, keystore, jobs, credentials, idem)
+    return Admission(caller, idem, replay)
 
 
 _URL_SCHEME = re.compile(rb"https?:", re.IGNORECASE)
