@@ -86,3 +86,40 @@ def test_the_limits_and_replays_are_the_tenants(redis_url, tmp_path):
         rate = client.post("/v1/text-to-image", json=SMALL, headers=acme)  # acme's fourth counted submission
         assert rate.status_code == 429 and rate.json()["error"]["type"] == "rate_limited", rate.text
         assert client.post("/v1/text-to-image", json=SMALL, headers=other).status_code == 202
+
+
+def test_small_and_large_bodies_get_the_same_answers_in_the_same_order(redis_url, tmp_path):
+    """A small JSON body is read before the admission checks, which then run in the trip that queues the
+    job; a large one after them: the answers are the same either way."""
+    import json
+
+    from app.routes.tasks import SMALL_BODY_BYTES
+
+    with gateway(redis_url, tmp_path, rate_limit_per_minute=4) as client:
+        good = key(client, "acme")
+        bad = {"Authorization": "Bearer od_000000000000_nope"}
+        bad_idem = {"Idempotency-Key": "bad \x7f"}
+
+        def post(text: str, headers: dict, pad: bool):
+            text = text + " " * (SMALL_BODY_BYTES + 1) if pad else text
+            return client.post("/v1/text-to-image", content=text.encode(),
+                               headers={"Content-Type": "application/json", **headers})
+
+        answers = {}
+        for pad in (False, True):
+            answers[pad] = [
+                (r.status_code, r.json()["error"]["type"] if r.status_code >= 400 else None) for r in (
+                    post(json.dumps(SMALL), {}, pad),  # no key
+                    post("{not json", bad, pad),  # a bad key before a bad body
+                    post(json.dumps(SMALL), {**bad, **bad_idem}, pad),  # a bad key before a bad header
+                    post(json.dumps(SMALL), {**good, **bad_idem}, pad),
+                    post("{not json", good, pad),  # counted, then refused
+                    post(json.dumps({"prompt": ""}), good, pad),  # counted, then refused
+                    post(json.dumps(SMALL), good, pad),  # counted, queued
+                )
+            ]
+            assert rate_count(client, key_id_of(good)) == 3, pad
+            client.app.state.jobs.redis.delete(
+                *client.app.state.jobs.redis.keys(f"{client.app.state.jobs.keys.prefix}:rate:*"))
+        assert answers[False] == answers[True], answers
+        assert [code for code, _ in answers[False]] == [401, 401, 401, 422, 400, 422, 202], answers
