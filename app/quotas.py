@@ -4,12 +4,14 @@ a bound on the whole queue, and Idempotency-Key replays. Each limit answers 429 
 The decisions are Redis scripts over per-tenant keys, so every API process decides alone and the
 bounds stay exact under concurrency (a script runs atomically; no lock is shared between submissions):
 
-- `precheck`, before the body is read (cheapest first): a replay passes; else the key's rate is counted
-  and the queue and tenant bounds are looked at. One round trip.
+- `precheck`, before the body is parsed (cheapest first): a replay passes; else the key's rate is counted
+  and the queue and tenant bounds are looked at. One round trip, the API key's lookup included for a
+  request that presents one (`precheck_keyed`).
 - `commit`, with the job records ready: the Idempotency-Key, queue bound and tenant quota are checked
   again and, when they hold, the submission's writes (the job records and RQ's queue entries, the
   tenant's active set, the listing, the key) are applied in the same script. One round trip: nothing is
-  reserved that a crash could leak, and no job is queued that the bounds refuse.
+  reserved that a crash could leak, and no job is queued that the bounds refuse. It answers the first new
+  job's queue position too (the fair line's own position function), so the 202 needs no read after it.
 
 A tenant's active jobs are a set of job ids: SCARD is O(1) and the end-of-job hook's SREM is idempotent
 (a retried hook cannot count a job twice, which a counter would). Should a hook be missed (a job
