@@ -105,17 +105,33 @@ class KeyStore:
         self.redis.hset(self.hash_key, key_id, json.dumps(data))
         return True
 
-    def authenticate(self, presented: str) -> Optional[ApiKey]:
-        """The key's record when `presented` is a valid, unrevoked key; else None."""
+    @staticmethod
+    def split(presented: str) -> Optional[tuple[str, str]]:
+        """(key id, secret) of a presented key in the key's form; None when it is not one."""
         if not presented.startswith(KEY_PREFIX):
             return None
         key_id, _, secret = presented[len(KEY_PREFIX):].partition("_")
         if not key_id or not secret:
             return None
-        raw = self.redis.hget(self.hash_key, key_id)
+        return key_id, secret
+
+    digest = staticmethod(_digest)  # what the record keeps of a secret
+
+    def verified(self, key_id: str, raw: Optional[bytes], secret_sha256: str) -> Optional[ApiKey]:
+        """The key's record when `raw` (its stored record, None when there is none) holds this digest of the
+        presented secret (`digest`) and no revocation; else None."""
         if raw is None:
             return None
         data = json.loads(raw)
-        if not hmac.compare_digest(data["sha256"], _digest(secret)) or data.get("revoked_at"):
+        if not hmac.compare_digest(data["sha256"], secret_sha256) or data.get("revoked_at"):
             return None
         return self._record(key_id, data)
+
+    def authenticate(self, presented: str) -> Optional[ApiKey]:
+        """The key's record when `presented` is a valid, unrevoked key; else None. (A submission looks its
+        key up inside its precheck instead: app/callers.py `admit`.)"""
+        parts = self.split(presented)
+        if parts is None:
+            return None
+        key_id, secret = parts
+        return self.verified(key_id, self.redis.hget(self.hash_key, key_id), _digest(secret))

@@ -15,6 +15,7 @@ from .api_keys import PUBLIC_TENANT, resolve_priority
 from .errors import ApiError
 from .state import KeyRing, ServerSettings
 
+INVALID_KEY = "the API key is not valid (wrong or revoked)"
 bearer = HTTPBearer(auto_error=False, description="An API key made with `onediffusion keys create --tenant NAME`")
 
 
@@ -47,7 +48,7 @@ def optional_caller(settings: ServerSettings, keystore: KeyRing,
         return None
     key = keystore.authenticate(credentials.credentials)
     if key is None:
-        raise _unauthorized("the API key is not valid (wrong or revoked)", "invalid_token")
+        raise _unauthorized(INVALID_KEY, "invalid_token")
     return Caller(key.tenant, key.key_id, key.priority)
 
 
@@ -55,3 +56,24 @@ def require_caller(caller: Optional[Caller] = Depends(optional_caller)) -> Calle
     if caller is None:
         raise _unauthorized("send an API key: Authorization: Bearer <key>")
     return caller
+
+
+def admit(settings, keystore, jobs, credentials: Optional[HTTPAuthorizationCredentials],
+          idempotency_key: Optional[str], new_jobs: int = 1) -> tuple[Caller, bool]:
+    """A submission's caller and its precheck (app/quotas.py; True: a replay) in one round trip: the key is
+    looked up inside the precheck script, which counts nothing for a key that is unknown, revoked or wrong.
+    The answers are those of `require_caller` then `JobService.precheck`: a 401 before any 429."""
+    if settings.auth_disabled or credentials is None:
+        caller = require_caller(optional_caller(settings, keystore, credentials))
+        return caller, jobs.precheck(caller.tenant, caller.key_id, idempotency_key, new_jobs)
+    parts = keystore.split(credentials.credentials)
+    if parts is None:
+        raise _unauthorized(INVALID_KEY, "invalid_token")
+    key_id, secret = parts
+    digest = keystore.digest(secret)
+    decision, raw = jobs.quotas.precheck_keyed(keystore.hash_key, key_id, digest, idempotency_key, new_jobs)
+    key = keystore.verified(key_id, raw, digest)
+    if key is None:
+        raise _unauthorized(INVALID_KEY, "invalid_token")
+    jobs.quotas.refuse(decision)
+    return Caller(key.tenant, key.key_id, key.priority), decision.outcome == "replay"

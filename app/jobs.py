@@ -183,7 +183,7 @@ class JobService(JobStore):
             return self.view(self._replayed_id(idem, fp, "job", decision.value), tenant=tenant), True
         wait_replicated(self.redis, self.settings)  # a 202 then survives the master's loss
         log.info("job queued", extra={"job_id": job_id, "task": task, "bucket": plan.bucket, "tenant": tenant})
-        return self._queued_view(job, self.queue.get_job_position(job.id) or 0), False
+        return self._queued_view(job, decision.position or 0), False
 
     def submit_batch_once(
         self, items: list[tuple[str, TaskRequest, str]], webhook: Optional[WebhookSpec], tenant: str, key_id: str,
@@ -243,7 +243,7 @@ class JobService(JobStore):
             return self.batch_view(self._replayed_id(idem, fp, "batch", decision.value), tenant=tenant), True
         wait_replicated(self.redis, self.settings)
         log.info("batch queued", extra={"batch_id": batch_id, "jobs": len(job_ids), "tenant": tenant})
-        first = self.queue.get_job_position(jobs[0].id) or 0 if jobs else 0  # the others: behind it, as a first guess
+        first = decision.position or 0  # the others: behind it, as a first guess
         views = [self._queued_view(job, first + i) for i, job in enumerate(jobs)]
         counts = {s: 0 for s in ("queued", "running", "succeeded", "failed", "canceled")}
         counts["queued"] = len(views)

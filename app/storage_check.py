@@ -4,12 +4,15 @@ missing, writes refused, endpoint down) they get 503 naming STORAGE_URL, and not
 from __future__ import annotations
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 
 from .state import Gate
 
 
-def storage_writable(request: Request, gate: Gate) -> None:
+async def storage_writable(request: Request, gate: Gate) -> None:
     """Router dependency of the submitting routes (POST, not cancel); raises StorageUnavailable (503).
-    A plain function: FastAPI runs it in the thread pool, where asking the storage may block."""
-    if request.method == "POST" and not request.url.path.endswith("/cancel"):
-        gate.ensure()
+    The store is asked in the thread pool (asking may block), and only when the gate's last answer has
+    lapsed; in between, the answer it holds costs no trip to the thread pool."""
+    if request.method == "POST" and not request.scope["path"].endswith("/cancel"):
+        if not gate.held():
+            await run_in_threadpool(gate.ensure)

@@ -35,7 +35,8 @@ MAX_PRIORITY = 9
 WAKE_TOKENS = 64
 
 # The line's functions over keys under the prefix `p`, which the script that includes them declares first
-# (this module's scripts take it as ARGV[1]; the gateway's admission script includes FQ_ADD_LIB too).
+# (this module's scripts take it as ARGV[1]; the gateway's admission script includes FQ_ADD_LIB and
+# FQ_POSITION_LIB too).
 _FQ_FUNCTIONS = """
 local function k(name) return p .. ':fq:' .. name end
 local function weight(t, weights)
@@ -172,33 +173,38 @@ settle_tenant(t, vt)
 return 1
 """
 
-# ARGV: prefix, job id, weights... -> jobs served before it in fair order (-1: not in the line).
-# Its start tag is its tenant's virtual time + its rank / weight; each other tenant's k-th job has start
-# tag vt + k / w, and goes first when that is smaller (equal: the tenant whose name sorts first).
-_POSITION = _LIB + """
-local id = ARGV[2]
-local weights = parse_weights({unpack(ARGV, 3)})
-local t = info_of(id)
-if not t then return -1 end
-local rank = redis.call('ZRANK', k('t:' .. t), id)
-local vt = tonumber(redis.call('ZSCORE', k('tenants'), t) or '0')
-local start = vt + rank / weight(t, weights)
-local ahead = rank
-local tenants = redis.call('ZRANGE', k('tenants'), 0, -1, 'WITHSCORES')
-for i = 1, #tenants, 2 do
-  local u = tenants[i]
-  if u ~= t then
-    local w, vu = weight(u, weights), tonumber(tenants[i + 1])
-    local n = redis.call('ZCARD', k('t:' .. u))
-    local span = (start - vu) * w
-    local count
-    if u < t then count = math.floor(span + 1e-9) + 1 else count = math.ceil(span - 1e-9) end
-    if count < 0 then count = 0 end
-    if count > n then count = n end
-    ahead = ahead + count
+# Jobs served before job `id` in fair order (-1: not in the line), with `weights` as parse_weights makes
+# them. Its start tag is its tenant's virtual time + its rank / weight; each other tenant's k-th job has
+# start tag vt + k / w, and goes first when that is smaller (equal: the tenant whose name sorts first).
+# Over the functions of _FQ_FUNCTIONS (the gateway's admission script includes it too, after FQ_ADD_LIB).
+FQ_POSITION_LIB = """
+local function fq_position(id, weights)
+  local t = info_of(id)
+  if not t then return -1 end
+  local rank = redis.call('ZRANK', k('t:' .. t), id)
+  local vt = tonumber(redis.call('ZSCORE', k('tenants'), t) or '0')
+  local start = vt + rank / weight(t, weights)
+  local ahead = rank
+  local tenants = redis.call('ZRANGE', k('tenants'), 0, -1, 'WITHSCORES')
+  for i = 1, #tenants, 2 do
+    local u = tenants[i]
+    if u ~= t then
+      local w, vu = weight(u, weights), tonumber(tenants[i + 1])
+      local n = redis.call('ZCARD', k('t:' .. u))
+      local span = (start - vu) * w
+      local count
+      if u < t then count = math.floor(span + 1e-9) + 1 else count = math.ceil(span - 1e-9) end
+      if count < 0 then count = 0 end
+      if count > n then count = n end
+      ahead = ahead + count
+    end
   end
+  return ahead
 end
-return ahead
+"""
+# ARGV: prefix, job id, weights... -> fq_position
+_POSITION = _LIB + FQ_POSITION_LIB + """
+return fq_position(ARGV[2], parse_weights({unpack(ARGV, 3)}))
 """
 
 
@@ -251,6 +257,11 @@ class FairLine:
         return self._add.sha
 
     @property
+    def weight_args(self) -> list:
+        """The tenant weights as the line's scripts take them: name, weight, ..."""
+        return _flat(self.weights)
+
+    @property
     def wake_key(self) -> str:
         return self.key("wake")
 
@@ -286,7 +297,7 @@ class FairLine:
 
     def position(self, job_id: str) -> Optional[int]:
         """Jobs to be served before this one (0 = next), by the fair order; None when it is not waiting."""
-        ahead = self._position(args=[self.prefix, job_id, *_flat(self.weights)])
+        ahead = self._position(args=[self.prefix, job_id, *self.weight_args])
         return None if ahead < 0 else int(ahead)
 
     def depth(self) -> int:

@@ -322,6 +322,16 @@ class StorageGate:
         self._until = 0.0
         self._error: Optional[StorageUnavailable] = None
 
+    def held(self) -> bool:
+        """Without asking the store: True while the last answer holds and it was yes; raises it while it
+        holds and was no; False when the store is to be asked again (`ensure`, which may block)."""
+        if time.monotonic() >= self._until:
+            return False
+        error = self._error
+        if error is not None:
+            raise error
+        return True
+
     def ensure(self) -> None:
         now = time.monotonic()
         if now >= self._until:

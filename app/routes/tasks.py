@@ -6,7 +6,8 @@ import asyncio
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Optional, Union
+from functools import partial
+from typing import Callable, Optional, Union
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -17,7 +18,7 @@ from core.views import TERMINAL, BatchView, JobView
 from model.tasks import TASKS
 
 from ..body import idempotency_key, load_json, parse_request, read_body
-from ..callers import Caller, bearer, optional_caller, require_caller
+from ..callers import Caller, admit, bearer, optional_caller, require_caller
 from ..errors import ApiError
 from ..jobs import fingerprint
 from ..schemas import REQUEST_MODELS, ErrorBody, task_part
@@ -70,13 +71,63 @@ class Admission:
     maybe_replay: bool  # False: the precheck found no job or batch under the Idempotency-Key
 
 
-def admit_submission(request: Request, jobs: Jobs, settings: ServerSettings, keystore: KeyRing,
-                     credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Admission:
-    """What a submission is checked for before its body is read, cheapest first and in one trip to the
-    thread pool: the API key, the headers, then the rate, queue bound and tenant quota (app/quotas.py)."""
-    caller = require_caller(optional_caller(settings, keystore, credentials))
-    idem = idempotency_key(request)
-    return Admission(caller, idem, jobs.precheck(caller.tenant, caller.key_id, idem))
+class Deferred:
+    """An admission still to check: in the thread-pool trip that queues the job (`admitted`: once; its
+    answer is kept)."""
+
+    def __init__(self, check: Callable[[], Admission]):
+        self._check = check
+        self._admission: Optional[Admission] = None
+
+    def check(self) -> Admission:
+        if self._admission is None:
+            self._admission = self._check()
+        return self._admission
+
+
+# A JSON body at most this large is read before the admission checks (it comes with its headers, in
+# practice): the checks then run, in the same order and with the same answers, in the one thread-pool
+# trip that also validates and queues the job. A larger body, a chunked one or a form is read only once
+# the checks have passed, in a trip of their own.
+SMALL_BODY_BYTES = 64 * 1024
+
+
+def _small_json(request: Request) -> bool:
+    headers = request.headers
+    if headers.get("content-type", "").split(";")[0].strip().lower() not in ("application/json", ""):
+        return False
+    length = headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) <= SMALL_BODY_BYTES and "transfer-encoding" not in headers
+
+
+def _check_admission(request: Request, jobs, settings, keystore, credentials) -> Admission:
+    """What a submission is checked for before its body is parsed, cheapest first: the API key, the
+    headers, then the rate, queue bound and tenant quota (app/quotas.py); the key and the limits in one
+    round trip to Redis (app/callers.py `admit`)."""
+    try:
+        idem = idempotency_key(request)
+    except ApiError:
+        require_caller(optional_caller(settings, keystore, credentials))  # a bad key is a 401 first
+        raise
+    caller, replay = admit(settings, keystore, jobs, credentials, idem)
+    return Admission(caller, idem, replay)
+
+
+async def admit_submission(request: Request, jobs: Jobs, settings: ServerSettings, keystore: KeyRing,
+                           credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Union[Admission, Deferred]:
+    """The admission checks (`_check_admission`) before the body is read, in a thread-pool trip; for a
+    small JSON body, deferred to the trip that queues the job (SMALL_BODY_BYTES). A request without a key
+    is a 401 at once either way."""
+    if credentials is None and not settings.auth_disabled:
+        require_caller(None)
+    check = partial(_check_admission, request, jobs, settings, keystore, credentials)
+    if _small_json(request):
+        return Deferred(check)
+    return await run_in_threadpool(check)
+
+
+def admitted(admission: Union[Admission, Deferred]) -> Admission:
+    return admission.check() if isinstance(admission, Deferred) else admission
 
 
 _URL_SCHEME = re.compile(rb"https?:", re.IGNORECASE)
@@ -89,9 +140,15 @@ def _validated(model, raw: bytes):
     return model.model_validate(data)
 
 
-def _queue(service, settings, task: str, model, body, admission: Admission) -> tuple[Union[JobView, BatchView], bool]:
-    """Validate the body (`bytes`: JSON text not parsed yet, with no image by URL), then queue the job; `num_outputs` > 1 queues a batch of that many jobs differing only by seed
+def _admitted_and_validated(admission, model, raw: bytes) -> tuple[Admission, object]:
+    return admitted(admission), _validated(model, raw)
+
+
+def _queue(service, settings, task: str, model, body, admission) -> tuple[Union[JobView, BatchView], bool]:
+    """Check a deferred admission, validate the body (`bytes`: JSON text not parsed yet, with no image by
+    URL), then queue the job; `num_outputs` > 1 queues a batch of that many jobs differing only by seed
     (seed, seed+1, ...). One trip to the thread pool for all of it."""
+    admission = admitted(admission)
     if isinstance(body, bytes):
         body = _validated(model, body)
     caller, idem = admission.caller, admission.idempotency_key
@@ -115,13 +172,13 @@ def _endpoint(task: str):
     model = REQUEST_MODELS[task]
 
     async def submit(request: Request, service: Jobs, settings: ServerSettings, fetcher: Fetcher,
-                     admission: Admission = Depends(admit_submission)) -> JSONResponse:
+                     admission: Union[Admission, Deferred] = Depends(admit_submission)) -> JSONResponse:
         wait = prefer_wait(request, settings.max_wait_s)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type in ("application/json", ""):
             body = await read_body(request)  # parsed and validated with the rest, in _queue
             if _URL_SCHEME.search(body):  # may hold images by URL: validated now, fetched below
-                body = await run_in_threadpool(_validated, model, body)
+                admission, body = await run_in_threadpool(_admitted_and_validated, admission, model, body)
         else:
             body = await parse_request(request, model, settings.max_body_bytes)  # multipart (or a 415)
         if not isinstance(body, bytes):
@@ -130,6 +187,7 @@ def _endpoint(task: str):
             body = await fetcher.fetch_all(  # images by URL, checked first, off the request threads
                 body, admission.caller.tenant, lambda checked: task_part(checked, task).plan(limits))
         view, replayed = await run_in_threadpool(_queue, service, settings, task, model, body, admission)
+        admission = admitted(admission)  # checked in that trip
         if isinstance(view, BatchView):
             headers = {"Location": view.urls["self"], **({REPLAY_HEADER: "true"} if replayed else {})}
             return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)

@@ -167,3 +167,31 @@ def test_an_idempotency_key_reused_with_another_priority_is_a_conflict(api):
     assert again.status_code == 202 and again.headers.get("Idempotent-Replayed") == "true"  # 0: the same request
     other = api.post("/v1/text-to-image", json={**SMALL, "seed": 1, "priority": 2}, headers=headers)
     assert other.status_code == 409, other.text
+
+
+def test_the_answered_queue_position_is_the_one_the_line_reads(redis_url, tmp_path):
+    """The admission script answers the new job's place (no read of its own after it): the fair line's
+    position function over the same state, so it is what `get_job_position` reads just after, whatever
+    the tenants, their weights, the priorities and the jobs already served."""
+    import random
+
+    rng = random.Random(7)
+    with gateway(redis_url, tmp_path, tenant_weights="t-a=2,t-b=0.5") as client:
+        jobs = client.app.state.jobs
+        keys = [key(client, tenant) for tenant in ("t-a", "t-b", "t-c", "t-d")]
+        seen = []
+        for step in range(60):
+            action = rng.random()
+            if action < 0.15:  # a worker takes the fair head: virtual times move on
+                jobs.queue.line.claim(1, jobs.queue.intermediate_queue_key)
+                continue
+            body = {**SMALL, "seed": step, "priority": rng.choice([0, 0, 1, 3, MAX_PRIORITY])}
+            if action > 0.85:
+                body["num_outputs"] = 2  # a batch: its first job's position
+            answer = client.post("/v1/text-to-image", json=body, headers=rng.choice(keys))
+            assert answer.status_code == 202, answer.text
+            view = answer.json()
+            first = view["jobs"][0] if "jobs" in view else view
+            assert first["queue_position"] == jobs.queue.get_job_position(first["id"]), (step, view)
+            seen.append(first["queue_position"])
+        assert len(set(seen)) > 5  # not all at the head or the end

@@ -121,7 +121,9 @@ def test_dead_server_is_unavailable_and_names_the_endpoint(tmp_path, monkeypatch
     store = s3_store("short-lived", storage_timeout_s=2)
     store.check()
     gate = StorageGate(store, ok_ttl_s=0, fail_ttl_s=60)
+    assert gate.held() is False  # never asked: the submission asks (off the event loop)
     gate.ensure()
+    assert gate.held() is False  # ok_ttl_s=0: asked again each time
     server.kill()
     with pytest.raises(StorageUnavailable, match="unreachable.*AWS_ENDPOINT_URL_S3"):
         store.save("job1", "image.png", b"x")
@@ -130,6 +132,8 @@ def test_dead_server_is_unavailable_and_names_the_endpoint(tmp_path, monkeypatch
     started = time.monotonic()
     with pytest.raises(StorageUnavailable):  # the answer is remembered: no new attempt within fail_ttl_s
         gate.ensure()
+    with pytest.raises(StorageUnavailable):  # held without asking
+        gate.held()
     assert time.monotonic() - started < 0.1
 
 
@@ -163,3 +167,16 @@ def test_documented_lifecycle_rule_is_accepted_by_s3(s3_server, s3_bucket):
     client.put_bucket_lifecycle_configuration(Bucket=s3_bucket, LifecycleConfiguration=rule)
     (stored,) = client.get_bucket_lifecycle_configuration(Bucket=s3_bucket)["Rules"]
     assert stored["Expiration"] == {"Days": 7} and stored["Status"] == "Enabled"
+
+
+def test_the_gate_holds_a_yes_without_asking(tmp_path):
+    asked = []
+
+    class Store:
+        def check(self):
+            asked.append(1)
+
+    gate = StorageGate(Store(), ok_ttl_s=60)
+    assert gate.held() is False and not asked
+    gate.ensure()
+    assert gate.held() is True and gate.held() is True and len(asked) == 1
