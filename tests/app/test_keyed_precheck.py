@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from app.quotas import RATE_WINDOW_S
-from tests.app.test_priority import SMALL, gateway, key
+from tests.app.gateway import SMALL, gateway, key
 
 
 def rate_count(client, key_id: str) -> int:

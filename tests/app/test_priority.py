@@ -12,33 +12,16 @@ from pydantic import ValidationError
 
 from app.api_keys import KeyStore, resolve_priority
 from app.callers import Caller
-from app.main import create_app
 from app.schemas import REQUEST_MODELS, BatchRequest
 from core.queueing import MAX_PRIORITY
-from core.settings import Settings
 from model.tasks import TaskInputError
-
-SMALL = {"prompt": "a small test", "width": 64, "height": 64, "num_inference_steps": 1}
-
-
-def gateway(redis_url, tmp_path, **env) -> TestClient:
-    settings = Settings.from_env({
-        "REDIS_URL": redis_url, "QUEUE_PREFIX": "odprio" + uuid.uuid4().hex[:8], "RESULTS_DIR": str(tmp_path / "results"),
-        "RATE_LIMIT_PER_MINUTE": "0", "AUTH_DISABLED": "false", "PUBLIC_URL": "http://api.test",
-        **{k.upper(): str(v) for k, v in env.items()},
-    })
-    return TestClient(create_app(settings))
+from tests.app.gateway import SMALL, gateway, key
 
 
 @pytest.fixture
 def api(redis_url, tmp_path):
     with gateway(redis_url, tmp_path) as client:
         yield client
-
-
-def key(client: TestClient, tenant: str, priority=None) -> dict:
-    full, _ = client.app.state.keystore.create(tenant, "test", priority)
-    return {"Authorization": f"Bearer {full}"}
 
 
 def order(client: TestClient) -> list[str]:
