@@ -212,16 +212,19 @@ class Service:
 
 
 def stop_processes(processes, grace_s: float) -> None:
-    """SIGTERM to every process still running, then SIGKILL to any that is not gone after `grace_s`."""
+    """SIGTERM to every process still running, then SIGKILL to any that is not gone `grace_s` later (one
+    deadline for all of them, not one each)."""
     processes = list(processes)
     for process in processes:
         if process.poll() is None:
             process.terminate()
+    deadline = time.monotonic() + grace_s
     for process in processes:
         try:
-            process.wait(grace_s)
+            process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait(10)
 
 
 class WebhookReceiver:
