@@ -193,6 +193,28 @@ def run_and_wait(page, timeout: float = 90_000) -> None:
     assert page.inner_text("#job-status") == "Succeeded", page.inner_text("#result")
 
 
+def paint_stroke(page) -> None:
+    """Drag the mouse across the mask painter as a user paints, until the form holds a mask. The painter is
+    scrolled into view first: the mouse acts at viewport coordinates, and a canvas below the fold (or one
+    that moved while the page settled) would get no stroke."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    canvas = page.wait_for_selector("canvas.paint")
+    for _ in range(3):
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        page.mouse.move(box["x"] + 10, box["y"] + 10)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=6)
+        page.mouse.up()
+        try:
+            page.wait_for_function("() => !!collect().body.mask", timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError("three strokes on the mask painter left no mask in the form")
+
+
 def painted_pixels(page, selector: str) -> int:
     """Pixels of a canvas that are neither transparent nor the plot's near-white background."""
     return page.eval_on_selector(selector, """c => {
@@ -209,16 +231,12 @@ def test_structured_results_are_drawn(page, shots, tmp_path):
     # inpainting: the mask is painted on the image
     choose(page, "inpainting")
     page.set_input_files("input[data-image-field='image']", str(photo))
-    box = page.wait_for_selector("canvas.paint").bounding_box()
-    page.mouse.move(box["x"] + 10, box["y"] + 10)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=6)
-    page.mouse.up()
+    paint_stroke(page)
     white = page.evaluate("""() => new Promise(ok => { const img = new Image(); img.onload = () => {
         const c = document.createElement('canvas'); c.width = img.width; c.height = img.height; const x = c.getContext('2d'); x.drawImage(img, 0, 0);
         const d = x.getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] === 255) n++;
-        ok([c.width, c.height, n]); }; img.src = collect().body.mask; })""")
-    assert white[:2] == [96, 64] and 0 < white[2] < 96 * 64
+        ok([c.width, c.height, n]); }; img.onerror = () => ok(null); img.src = collect().body.mask; })""")
+    assert white is not None and white[:2] == [96, 64] and 0 < white[2] < 96 * 64, white
     page.fill("#f-width", "96")
     page.fill("#f-height", "64")
     page.fill("#f-num_inference_steps", "2")
