@@ -41,6 +41,7 @@ def error_of(action) -> RedisError:
     return caught.value
 
 
+@pytest.mark.slow  # a replica to sync, a server to stop
 def test_each_kind_of_redis_failure_is_told_apart(own_redis, tmp_path):
     redis = Redis.from_url(own_redis.url)
     redis.config_set("maxmemory", 1)

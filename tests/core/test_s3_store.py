@@ -63,6 +63,7 @@ def test_outputs_and_inputs_round_trip(s3_env, s3_bucket):
     assert s3_env.keys(s3_bucket) == [f"outputs/_inputs/{digest}"]
 
 
+@pytest.mark.slow  # waits for the URL to expire
 def test_presigned_url_serves_the_object_until_it_expires(s3_env, s3_bucket):
     store = s3_store(s3_bucket)
     store.save("job2", "image.png", b"png bytes")

@@ -57,6 +57,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # the kernel in Triton's interpreter: about 10 s
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (a dev extra on Linux x86_64)")
 def test_triton_kernel_in_the_interpreter():
     """The fused kernel, run by Triton's interpreter on the CPU, equals the reference."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import JobStatus
@@ -14,6 +15,7 @@ from tests.service.harness import RedisServer
 from worker.rq_adapter import start_job
 
 
+@pytest.mark.slow  # waits for the store to have room
 def test_a_job_starts_once_a_full_redis_has_room_again(tmp_path):
     server = RedisServer(tmp_path / "redis")
     server.start()
