@@ -54,6 +54,13 @@ def as_json(store: JobStore, job_id: str) -> dict:
     return store.view(job_id).model_dump(mode="json")
 
 
+def unsigned(view: dict) -> dict:
+    """A view with its outputs' signed URLs cut at the query: their expiry counts from the moment of the view,
+    so two views a second apart differ there and nowhere else."""
+    outputs = [{**o, "signed_url": (o.get("signed_url") or "").split("?")[0]} for o in view.get("outputs") or []]
+    return {**view, "outputs": outputs}
+
+
 def test_queued_job_with_progress(service):
     job_id = submit(service)
     service.record_progress([job_id], 1, 2)
@@ -135,7 +142,7 @@ def test_the_end_of_a_job_keeps_its_outcome_in_the_record_not_in_a_stream(servic
     for job_id in (done, lost):
         service.job_ended(job_id)
         assert not service.redis.exists(Result.get_key(job_id))
-        assert as_json(service, job_id) == before[job_id]
+        assert unsigned(as_json(service, job_id)) == unsigned(before[job_id])
     assert before[done]["outputs"][0]["name"] == "image.png" and before[lost]["error"]["type"] == "worker_lost"
     assert service.redis.memory_usage(Job.key_for(done), samples=0) < 4096
 
