@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from core.plan import (STORED, PlanVersionError, QueuedPlan, StoredPlanUnreadable, is_queued_plan, is_stored_plan,
+from core.plan import (PlanVersionError, QueuedPlan, StoredPlanUnreadable, is_queued_plan, is_stored_plan,
                        resolve_payload)
 from core.provenance import input_echo, parameter_texts, with_text_chunks
 from core.settings import Settings
@@ -67,33 +67,28 @@ class Executor:
         """Replace a stored plan's reference in `item` by the plan (read from the result store once)."""
         if not is_stored_plan(item.payload):
             return
-        digest = item.payload[STORED]
         try:
-            item.payload = resolve_payload(item.payload, self.store.load_input)
-        except StorageUnavailable:
-            raise  # the storage is down, not the blob gone: retried (with_storage), then storage_unavailable
-        except FileNotFoundError:
-            raise InputUnavailable(
-                f"the queued plan {digest} of this job is no longer stored (it is kept with the input images, "
-                f"RESULTS_TTL_S = {self.settings.results_ttl_s} s); submit the job again"
-            ) from None
+            item.payload = resolve_payload(item.payload, lambda digest: self._load(
+                digest, "queued plan", "it is kept with the input images, RESULTS_TTL_S"))
         except StoredPlanUnreadable as exc:
             raise InputUnavailable(f"{exc}; submit the job again") from None
-        except Exception as exc:
-            raise InputUnavailable(f"could not read the queued plan {digest} of this job from storage: {exc}") from exc
 
     def _load_input(self, digest: str) -> bytes:
+        return self._load(digest, "input image", "inputs are kept RESULTS_TTL_S")
+
+    def _load(self, digest: str, what: str, kept: str) -> bytes:
+        """A blob of the job's inputs (`what`: which, for the message; `kept`: how long such blobs live)."""
         try:
             return self.store.load_input(digest)
         except StorageUnavailable:
             raise  # the storage is down, not the blob gone: retried (with_storage), then storage_unavailable
         except FileNotFoundError:
             raise InputUnavailable(
-                f"the input image {digest} of this job is no longer stored (inputs are kept RESULTS_TTL_S "
+                f"the {what} {digest} of this job is no longer stored ({kept} "
                 f"= {self.settings.results_ttl_s} s); submit the job again"
             ) from None
         except Exception as exc:
-            raise InputUnavailable(f"could not read the input image {digest} of this job from storage: {exc}") from exc
+            raise InputUnavailable(f"could not read the {what} {digest} of this job from storage: {exc}") from exc
 
     def save(self, job_id: str, result: TaskResult, texts: Optional[dict[str, str]] = None, fmt: str = "png") -> dict:
         """Store the files (PNGs with `texts` as text chunks: the parameters that made them). A store that
