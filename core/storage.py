@@ -333,15 +333,16 @@ class StorageGate:
         return True
 
     def ensure(self) -> None:
+        """`held`, asking the store when its last answer has lapsed."""
+        if self.held():
+            return
         now = time.monotonic()
-        if now >= self._until:
-            try:
-                self.store.check()
-                self._error, self._until = None, now + self.ok_ttl_s
-            except StorageUnavailable as exc:
-                self._error, self._until = exc, now + self.fail_ttl_s
-        if self._error is not None:
-            raise self._error
+        try:
+            self.store.check()
+            self._error, self._until = None, now + self.ok_ttl_s
+        except StorageUnavailable as exc:
+            self._error, self._until = exc, now + self.fail_ttl_s
+            raise
 
 
 def convert(data: bytes, fmt: str) -> tuple[bytes, str]:
