@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, str(ROOT / "cli.py")]  # the `onediffusion` command as a plain subprocess
 # Set at import by torch, Triton or the BLAS libraries: a child with other values is not forked.
 IMPORT_TIME_ENV = ("TORCH", "PYTORCH", "TRITON", "CUDA", "OMP_", "MKL_", "OPENBLAS", "LD_")
 PRELOAD = ("torch", "diffusers", "transformers", "model.pipeline", "worker.main", "app.main", "cli")
@@ -197,24 +198,16 @@ class Launcher:
         """`python cli.py *argv` with `env` in `cwd`, stdout and stderr appended to `log`."""
         if not self.forkable(env):
             with open(log, "ab") as out:
-                return subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *argv], env=env, cwd=cwd,
-                                        stdout=out, stderr=subprocess.STDOUT)
-        if self.parent is None or self.parent.poll() is not None:
-            self._start_parent()
-        answer = self.ask({"run": {"argv": list(argv), "env": env, "cwd": str(cwd), "log": str(log)}})
-        return ForkedProcess(self, answer["pid"])
+                return subprocess.Popen(CLI + list(argv), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        return self._fork(argv, env, cwd, log)
 
     def run(self, argv: list[str], env: dict, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
         """`python cli.py *argv` to its end, its stdout and stderr apart (what subprocess.run answers)."""
         if not self.forkable(env):
-            return subprocess.run([sys.executable, str(ROOT / "cli.py"), *argv], env=env, cwd=cwd,
-                                  capture_output=True, text=True, timeout=timeout)
+            return subprocess.run(CLI + list(argv), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
         with tempfile.TemporaryDirectory(dir=self.dir) as folder:
             out, err = Path(folder) / "out", Path(folder) / "err"
-            if self.parent is None or self.parent.poll() is not None:
-                self._start_parent()
-            answer = self.ask({"run": {"argv": list(argv), "env": env, "cwd": str(cwd), "log": str(out), "err": str(err)}})
-            process = ForkedProcess(self, answer["pid"])
+            process = self._fork(argv, env, cwd, out, err)
             try:
                 code = process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -222,6 +215,13 @@ class Launcher:
                 raise
             read = lambda path: path.read_text(errors="replace") if path.exists() else ""  # noqa: E731
             return subprocess.CompletedProcess(list(argv), code, read(out), read(err))
+
+    def _fork(self, argv: list[str], env: dict, cwd: Path, log: Path, err: Optional[Path] = None) -> ForkedProcess:
+        """Have the warm parent (started on first use, or again if it died) fork the command."""
+        if self.parent is None or self.parent.poll() is not None:
+            self._start_parent()
+        request = {"argv": list(argv), "env": env, "cwd": str(cwd), "log": str(log), **({"err": str(err)} if err else {})}
+        return ForkedProcess(self, self.ask({"run": request})["pid"])
 
     def close(self) -> None:
         if self.parent is not None and self.parent.poll() is None:

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,10 +17,9 @@ from typing import Optional
 
 import httpx
 
-from tests.service.forked import Launcher
+from tests.service.forked import CLI, Launcher  # noqa: F401  (CLI: for the tests that start processes themselves)
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, str(ROOT / "cli.py")]
 TERMINAL = ("succeeded", "failed", "canceled")
 
 
