@@ -4,20 +4,17 @@ TestClient) on a real Redis."""
 
 from __future__ import annotations
 
-import time
-
-from app.quotas import RATE_WINDOW_S
+from app.api_keys import KeyStore
 from tests.app.gateway import SMALL, gateway, key
 
 
 def rate_count(client, key_id: str) -> int:
     jobs = client.app.state.jobs
-    name = f"{jobs.keys.prefix}:rate:{key_id}:{int(time.time() // RATE_WINDOW_S)}"
-    return int(jobs.redis.get(name) or 0)
+    return int(jobs.redis.get(jobs.quotas._rate_key(key_id)) or 0)
 
 
 def key_id_of(headers: dict) -> str:
-    return headers["Authorization"].split()[-1][len("od_"):].partition("_")[0]
+    return KeyStore.split(headers["Authorization"].split()[-1])[0]
 
 
 def test_a_valid_key_is_admitted_as_its_tenant_with_its_priority(redis_url, tmp_path):
