@@ -6,7 +6,8 @@ Each attempt has one deadline for all of it (WEBHOOK_TIMEOUT_S: connect, send, h
 deliverer runs several deliveries at once (WEBHOOK_CONCURRENCY), at most WEBHOOK_PER_HOST of them to one
 destination address (counted per resolved address, so many names for one server share its slots) and
 at most WEBHOOK_PER_TENANT for one tenant: a delivery over either limit is put back for a second, not
-waited for, so a receiver that stalls, or a tenant whose receivers do, holds only its own slots."""
+waited for, so a receiver that stalls, or a tenant whose receivers do, holds only its own slots; a put-back
+delivery keeps its place in the host's line (`HostSlots`)."""
 
 from __future__ import annotations
 
@@ -40,26 +41,54 @@ class HostSlots:
     """Deliveries in flight per destination host, counted in Redis so the limit holds across every
     deliverer process and thread (the deliverer runs its workers in two processes, and a deployment may
     run several deliverers). A slot is a member of the host's sorted set scored by when it lapses, so
-    the slot of a deliverer killed mid-call comes back after the attempt's deadline."""
+    the slot of a deliverer killed mid-call comes back after the attempt's deadline.
 
-    # KEYS[1] the host's set; ARGV: now, limit, lapses at, token, key lifetime (ms)
+    A delivery that found the host busy waits its turn: it is listed by when it first asked, and a freed
+    slot goes to the longest waiting, not to whichever delivery asks first after it frees (a stalling
+    receiver's own retry would otherwise win it again and again). A waiter that stops asking for
+    `waiter_gone_s` (cancelled, or its deliverer gone) loses its place."""
+
+    # KEYS: the slots, the waiters by when each first asked, the waiters by when each last asked
+    # ARGV: now, limit, lapses at, token, key lifetime (ms), waiter, waiter gone after (s)
     TAKE = """
-    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-    if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-        redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-        redis.call('PEXPIRE', KEYS[1], ARGV[5])
-        return 1
+    local now = tonumber(ARGV[1])
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[7]))) do
+        redis.call('ZREM', KEYS[2], gone)
+        redis.call('ZREM', KEYS[3], gone)
     end
-    return 0
+    local free = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
+    local since = redis.call('ZSCORE', KEYS[2], ARGV[6])
+    local ahead = since and redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. since) or redis.call('ZCARD', KEYS[2])
+    local taken = free > ahead
+    if taken then
+        redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+        redis.call('ZREM', KEYS[2], ARGV[6])
+        redis.call('ZREM', KEYS[3], ARGV[6])
+    elseif ARGV[6] ~= '' then
+        redis.call('ZADD', KEYS[2], 'NX', now, ARGV[6])
+        redis.call('ZADD', KEYS[3], now, ARGV[6])
+    end
+    for i = 1, 3 do
+        if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+    end
+    return taken and 1 or 0
     """
 
+    def __init__(self, waiter_gone_s: float = 10.0):
+        self.waiter_gone_s = waiter_gone_s
+
     @contextmanager
-    def hold(self, redis, key: str, limit: int, hold_s: float, when: bool = True):
+    def hold(self, redis, key: str, limit: int, hold_s: float, when: bool = True, waiter: str | None = None):
         """Yields True with a slot held for at most `hold_s`, or False at once when the key already
-        has `limit` in flight (or `when` is false: nothing is tried)."""
+        has `limit` in flight or earlier waiters for the free ones (or `when` is false: nothing is
+        tried). `waiter` names the delivery, so that asking again keeps its place in the line (without
+        one, nothing waits)."""
         token = uuid.uuid4().hex
         now = time.time()
-        taken = when and bool(redis.eval(self.TAKE, 1, key, now, limit, now + hold_s, token, int((hold_s + 60) * 1000)))
+        taken = when and bool(redis.eval(
+            self.TAKE, 3, key, f"{key}:waiting", f"{key}:asked",
+            now, limit, now + hold_s, token, int((hold_s + 60) * 1000), waiter or "", self.waiter_gone_s))
         try:
             yield taken
         finally:
@@ -147,8 +176,9 @@ def _deliver(store: JobStore, settings, owner: str, owner_id: str, delivery_id: 
     hold_s = settings.webhook_timeout_s + 5
     by_address = store.keys.webhook_host_slots(address)
     by_tenant = f"{store.keys.prefix}:webhook-tenant:{_tenant_of(store, owner, owner_id)}"
-    with HOST_SLOTS.hold(store.redis, by_address, settings.webhook_per_host, hold_s) as address_free, \
-            HOST_SLOTS.hold(store.redis, by_tenant, settings.webhook_per_tenant, hold_s, when=address_free) as held:
+    with HOST_SLOTS.hold(store.redis, by_address, settings.webhook_per_host, hold_s, waiter=delivery_id) as address_free, \
+            HOST_SLOTS.hold(store.redis, by_tenant, settings.webhook_per_tenant, hold_s, when=address_free,
+                            waiter=delivery_id) as held:
         if not held:
             later = _postpone(owner, owner_id, delivery_id, body)
             busy = "tenant" if address_free else "host"

@@ -126,3 +126,34 @@ def test_webhook_host_slots_are_shared_across_processes(redis_url):
         time.sleep(0.4)
         with slots.hold(redis, key, 1, 30) as again:
             assert again  # ... loses it when its hold lapses
+
+
+def test_a_freed_webhook_slot_goes_to_the_delivery_that_waited_longest(redis_url):
+    """A delivery put back because its host was busy keeps its place: when the slot frees, a delivery
+    that asks later (a stalling receiver's own retry) waits behind it; a waiter that stops asking loses
+    its place."""
+    import time
+
+    from redis import Redis
+
+    from worker.webhooks import HostSlots
+
+    redis = Redis.from_url(redis_url)
+    key = f"test:webhook-host:{time.time_ns()}"
+    slots = HostSlots(waiter_gone_s=0.5)
+    with slots.hold(redis, key, 1, 30, waiter="stalled") as held:
+        assert held
+        with slots.hold(redis, key, 1, 30, waiter="queued") as held:
+            assert not held  # busy: "queued" now waits its turn
+    with slots.hold(redis, key, 1, 30, waiter="stalled-retry") as held:
+        assert not held  # free, but "queued" asked first
+    with slots.hold(redis, key, 1, 30, waiter="queued") as held:
+        assert held
+        with slots.hold(redis, key, 1, 30, waiter="stalled-retry") as held:
+            assert not held
+    with slots.hold(redis, key, 1, 30) as held:
+        assert not held  # an unnamed ask neither waits nor passes a waiter
+    time.sleep(0.6)  # "stalled-retry" stopped asking
+    with slots.hold(redis, key, 1, 30, waiter="late") as held:
+        assert held
+    assert redis.zcard(f"{key}:waiting") == 0 and redis.zcard(f"{key}:asked") == 0
