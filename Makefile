@@ -19,7 +19,7 @@ STAMP_GPU := $(BIN)/.installed-gpu
 gpu-check: $(STAMP_GPU)
 	$(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
-.PHONY: install install-dev run test test-fast test-model test-service fuzz bench client-codegen clean
+.PHONY: install install-dev run test test-fast test-durations test-model test-service fuzz bench client-codegen clean
 
 $(STAMP_SERVE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ run: install
 TEST_WORKERS ?= 2
 test: install-dev
 	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
+# Each test file's seconds, written to tests/durations.json: `make test` hands out the longest files first
+# (tests/file_order.py). Run it on an idle machine after adding or reshaping slow tests.
+test-durations: install-dev
+	TEST_DURATIONS_OUT=tests/durations.json $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The unit tier: no process stacks, nothing slow (markers in pyproject.toml); under a minute on 2 cores.
 test-fast: install-dev

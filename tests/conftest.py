@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import file_order
 from tests.paths import FIXTURES
 from tests.service.harness import RedisServer, Service, WebhookReceiver
 
@@ -109,7 +110,8 @@ STACK_FOLDERS = ("service", "client", "chaos")  # tests that start real processe
 
 def pytest_collection_modifyitems(config, items):
     """Tiers by place: tests under tests/service, tests/client and tests/chaos start real processes
-    (`stack`); the playground's are `browser` too. `make test-fast` runs the rest, less what is `slow`."""
+    (`stack`); the playground's are `browser` too. `make test-fast` runs the rest, less what is `slow`.
+    Files run longest first (tests/file_order.py)."""
     root = Path(__file__).resolve().parent
     for item in items:
         parts = Path(str(item.fspath)).resolve().relative_to(root).parts
@@ -119,6 +121,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.browser)
         if item.get_closest_marker("gpu") and not _cuda():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+    items[:] = file_order.longest_first(items, file_order.load())
+
+
+def pytest_configure(config):
+    """TEST_DURATIONS_OUT=path records each file's seconds there (`make test-durations`)."""
+    if os.environ.get("TEST_DURATIONS_OUT") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(file_order.Recorder(Path(os.environ["TEST_DURATIONS_OUT"])), "file-durations")
 
 
 def _cuda() -> bool:
