@@ -56,7 +56,7 @@ test-durations: install-dev
 
 # The unit tier: no process stacks, nothing slow (markers in pyproject.toml); under a minute on 2 cores.
 test-fast: install-dev
-	$(BIN)/python -m pytest -q -n 2 -m "not stack and not slow and not browser and not gpu"
+	$(BIN)/python -m pytest -q -n 2 -m "not stack and not inprocess and not slow and not browser and not gpu"
 
 test-model: install-dev
 	$(BIN)/python -m pytest -q tests --ignore=tests/service

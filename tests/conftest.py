@@ -98,6 +98,43 @@ def shared_service(tmp_path_factory, redis_url, demo_checkpoint):
     service.stop()
 
 
+@pytest.fixture(scope="session")
+def worker_model(tmp_path_factory, redis_url, demo_checkpoint):
+    """The demo model as a worker loads it (precision, fast path), once per pytest worker, for the
+    in-process tier (tests/service/inprocess.py)."""
+    from tests.service.inprocess import worker_settings
+    from worker.model_host import load_model
+
+    return load_model(worker_settings(tmp_path_factory.mktemp("worker-model"), redis_url, demo_checkpoint))
+
+
+@pytest.fixture
+def make_inprocess(tmp_path, redis_url, demo_checkpoint, worker_model):
+    """Start an in-process stack (gateway under TestClient, workers on threads); stopped at the test's end."""
+    from tests.service.inprocess import InProcessService
+
+    stacks = []
+
+    def make(**kwargs) -> InProcessService:
+        stack = InProcessService(tmp_path / f"inprocess{len(stacks)}", redis_url, demo_checkpoint, worker_model, **kwargs)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def inprocess_service(tmp_path_factory, redis_url, demo_checkpoint, worker_model):
+    """One in-process stack (gateway, one worker) shared by a module's tests."""
+    from tests.service.inprocess import InProcessService
+
+    stack = InProcessService(tmp_path_factory.mktemp("inprocess"), redis_url, demo_checkpoint, worker_model, results_ttl_s=3600)
+    yield stack
+    stack.stop()
+
+
 @pytest.fixture
 def receiver():
     hook = WebhookReceiver()
@@ -106,16 +143,19 @@ def receiver():
 
 
 STACK_FOLDERS = ("service", "client", "chaos")  # tests that start real processes: the `stack` tier
+IN_PROCESS_FIXTURES = {"inprocess_service", "make_inprocess"}  # tests/service/inprocess.py: the `inprocess` tier
 
 
 def pytest_collection_modifyitems(config, items):
     """Tiers by place: tests under tests/service, tests/client and tests/chaos start real processes
-    (`stack`); the playground's are `browser` too. `make test-fast` runs the rest, less what is `slow`.
+    (`stack`), unless they run on an in-process stack (`inprocess`); the playground's are `browser` too. `make test-fast` runs the rest, less what is `slow`.
     Files run longest first (tests/file_order.py)."""
     root = Path(__file__).resolve().parent
     for item in items:
         parts = Path(str(item.fspath)).resolve().relative_to(root).parts
-        if parts and parts[0] in STACK_FOLDERS:
+        if set(getattr(item, "fixturenames", ())) & IN_PROCESS_FIXTURES:
+            item.add_marker(pytest.mark.inprocess)
+        elif parts and parts[0] in STACK_FOLDERS:
             item.add_marker(pytest.mark.stack)
         if "playground" in item.nodeid and parts and parts[0] == "client":
             item.add_marker(pytest.mark.browser)

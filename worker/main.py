@@ -93,7 +93,6 @@ def numbered(settings: Settings, role: str, build):
 
 
 def run_gpu_worker(settings: Settings | None = None) -> None:
-    from .batch_worker import BatchWorker
     from .execution import Executor
     from .model_host import load_model
     from .probes import HEALTH, serve_probes
@@ -108,6 +107,14 @@ def run_gpu_worker(settings: Settings | None = None) -> None:
     executor = Executor(load_model(settings), open_store(settings), settings)
     wait_until_writable(executor.store, log)
     HEALTH.loaded()
+    supervise(numbered(settings, "gpu", gpu_worker_builder(settings, executor)),
+              logging_level=os.environ.get("RQ_LOG_LEVEL", "WARNING"))
+
+
+def gpu_worker_builder(settings: Settings, executor):
+    """`build(redis, name)`: the GPU worker on the inference queue, for `numbered` (and for the tests that
+    run a worker on a thread of their own process)."""
+    from .batch_worker import BatchWorker
 
     class GpuWorker(PromptMaintenance, BatchWorker):
         maintenance_lock_s = settings.heartbeat_ttl_s
@@ -116,7 +123,7 @@ def run_gpu_worker(settings: Settings | None = None) -> None:
         inference, _ = queues(redis, settings)
         return GpuWorker([inference], redis, executor, settings, name=name)
 
-    supervise(numbered(settings, "gpu", build), logging_level=os.environ.get("RQ_LOG_LEVEL", "WARNING"))
+    return build
 
 
 DELIVERER_WAIT_S = 30  # an idle deliverer's workers wait this long in one blocking command

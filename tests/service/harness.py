@@ -94,6 +94,36 @@ class RedisServer:
             self.process.wait(10)
 
 
+def stack_env(tmp: Path, redis_url: str, checkpoint: Path, url: str, prefix: str, **settings) -> dict[str, str]:
+    """A test stack's environment: this one's, with the stack's Redis, folders and short test timings,
+    then `settings` (names in lower case, as the settings' fields)."""
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DEMO_CHECKPOINT_DIR": str(checkpoint),
+        "RESULTS_DIR": str(tmp / "results"),
+        "PUBLIC_URL": url,
+        "QUEUE_PREFIX": prefix,
+        "HEARTBEAT_TTL_S": "4",
+        "MAINTENANCE_INTERVAL_S": "1",
+        "WEBHOOK_BACKOFF_S": "0.5",
+        "WEBHOOK_TIMEOUT_S": "2",
+        "ONEDIFFUSION_ATTENTION": "math",
+        "AUTH_DISABLED": "true",  # tests of keys and tenants turn it off explicitly
+        "WEBHOOK_ALLOWLIST": "127.0.0.1",  # the local receiver
+        "IMAGE_URL_ALLOWLIST": local_address(),  # the tests' image servers
+        "RATE_LIMIT_PER_MINUTE": "0",
+        "PYTHONUNBUFFERED": "1",
+        **{k.upper(): str(v) for k, v in settings.items()},
+    }
+    port = url.rsplit(":", 1)[-1]
+    if port.isdigit():  # a stack served over HTTP (the in-process one has none)
+        env.setdefault("PORT", port)
+    if "onediffusion_model" not in settings:
+        env.pop("ONEDIFFUSION_MODEL", None)  # the demo checkpoint unless a test names a model
+    return env
+
+
 class Service:
     """The API, `workers` GPU workers and the webhook deliverer, as subprocesses with their own settings."""
 
@@ -103,28 +133,7 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.prefix = "odtest" + uuid.uuid4().hex[:8]
-        self.env = {
-            **os.environ,
-            "REDIS_URL": redis_url,
-            "DEMO_CHECKPOINT_DIR": str(checkpoint),
-            "RESULTS_DIR": str(tmp / "results"),
-            "PORT": str(self.port),
-            "PUBLIC_URL": self.url,
-            "QUEUE_PREFIX": self.prefix,
-            "HEARTBEAT_TTL_S": "4",
-            "MAINTENANCE_INTERVAL_S": "1",
-            "WEBHOOK_BACKOFF_S": "0.5",
-            "WEBHOOK_TIMEOUT_S": "2",
-            "ONEDIFFUSION_ATTENTION": "math",
-            "AUTH_DISABLED": "true",  # tests of keys and tenants turn it off explicitly
-            "WEBHOOK_ALLOWLIST": "127.0.0.1",  # the local receiver
-            "IMAGE_URL_ALLOWLIST": local_address(),  # the tests' image servers
-            "RATE_LIMIT_PER_MINUTE": "0",
-            "PYTHONUNBUFFERED": "1",
-            **{k.upper(): str(v) for k, v in settings.items()},
-        }
-        if "onediffusion_model" not in settings:
-            self.env.pop("ONEDIFFUSION_MODEL", None)  # the demo checkpoint unless a test names a model
+        self.env = stack_env(tmp, redis_url, checkpoint, self.url, self.prefix, **settings)
         self.processes: dict[str, subprocess.Popen] = {}
         self.worker_count = 0
         self.client = httpx.Client(base_url=self.url, timeout=30)

@@ -43,27 +43,27 @@ CASES = [
 
 
 @pytest.mark.parametrize("task,payload,status,words", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_request(shared_service, task, payload, status, words):
-    before = (queue_size(shared_service), job_keys(shared_service))
-    response = shared_service.submit(task, payload)
+def test_bad_request(inprocess_service, task, payload, status, words):
+    before = (queue_size(inprocess_service), job_keys(inprocess_service))
+    response = inprocess_service.submit(task, payload)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert words in error["message"], error
     assert error["type"] == "invalid_request"
-    assert (queue_size(shared_service), job_keys(shared_service)) == before
+    assert (queue_size(inprocess_service), job_keys(inprocess_service)) == before
 
 
-def test_not_json_and_wrong_media_type(shared_service):
-    response = shared_service.client.post("/v1/text-to-image", content=b"{not json", headers={"content-type": "application/json"})
+def test_not_json_and_wrong_media_type(inprocess_service):
+    response = inprocess_service.client.post("/v1/text-to-image", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
-    response = shared_service.client.post("/v1/text-to-image", content=b"prompt=x", headers={"content-type": "text/plain"})
+    response = inprocess_service.client.post("/v1/text-to-image", content=b"prompt=x", headers={"content-type": "text/plain"})
     assert response.status_code == 415 and "application/json or multipart/form-data" in response.json()["error"]["message"]
-    response = shared_service.client.post("/v1/text-to-image", json=["a", "list"])
+    response = inprocess_service.client.post("/v1/text-to-image", json=["a", "list"])
     assert response.status_code == 422
 
 
-def test_payload_too_large(make_service):
-    service = make_service(workers=0, deliverer=False, max_body_bytes=100_000)
+def test_payload_too_large(make_inprocess):
+    service = make_inprocess(workers=0, max_body_bytes=100_000)
     before = queue_size(service)
     big = {"image": base64.b64encode(make_image(1024, 1024)).decode()}
     response = service.submit("depth-estimation", big)
@@ -74,28 +74,28 @@ def test_payload_too_large(make_service):
     assert queue_size(service) == before
 
 
-def test_too_many_pixels(make_service):
-    service = make_service(workers=0, deliverer=False, max_input_pixels=5000)
+def test_too_many_pixels(make_inprocess):
+    service = make_inprocess(workers=0, max_input_pixels=5000)
     response = service.submit("depth-estimation", {"image": IMG})
     assert response.status_code == 422 and "more than the limit of 5000" in response.json()["error"]["message"]
 
 
-def test_unknown_things_are_404(shared_service):
-    assert shared_service.client.get("/v1/jobs/doesnotexist").status_code == 404
-    assert shared_service.client.get("/v1/jobs/bad$id").status_code == 422
-    assert shared_service.client.post("/v1/no-such-task", json={}).status_code == 404
-    assert shared_service.client.get("/v1/batches/nope").json()["error"]["type"] == "not_found"
+def test_unknown_things_are_404(inprocess_service):
+    assert inprocess_service.client.get("/v1/jobs/doesnotexist").status_code == 404
+    assert inprocess_service.client.get("/v1/jobs/bad$id").status_code == 422
+    assert inprocess_service.client.post("/v1/no-such-task", json={}).status_code == 404
+    assert inprocess_service.client.get("/v1/batches/nope").json()["error"]["type"] == "not_found"
 
 
-def test_batch_with_a_bad_item_queues_nothing(shared_service):
-    before = (queue_size(shared_service), job_keys(shared_service))
+def test_batch_with_a_bad_item_queues_nothing(inprocess_service):
+    before = (queue_size(inprocess_service), job_keys(inprocess_service))
     body = {"items": [
         {"task": "text-to-image", "prompt": "fine", "width": 64, "height": 64, "num_inference_steps": 1},
         {"task": "depth-estimation", "image": gif()},
     ]}
-    response = shared_service.client.post("/v1/batches", json=body)
+    response = inprocess_service.client.post("/v1/batches", json=body)
     assert response.status_code == 422
     assert "items.1.image" in response.json()["error"]["message"]
-    response = shared_service.client.post("/v1/batches", json={"items": [{"task": "nope"}]})
+    response = inprocess_service.client.post("/v1/batches", json={"items": [{"task": "nope"}]})
     assert response.status_code == 422 and "task" in response.json()["error"]["message"]
-    assert (queue_size(shared_service), job_keys(shared_service)) == before
+    assert (queue_size(inprocess_service), job_keys(inprocess_service)) == before

@@ -10,8 +10,8 @@ from tests.service.harness import bearer, new_key, wait_until
 MAX_BATCH = 2
 
 
-def test_a_backlog_does_not_hold_another_tenants_first_job(make_service):
-    service = make_service(auth_disabled="false", max_batch=MAX_BATCH, deliverer=False)
+def test_a_backlog_does_not_hold_another_tenants_first_job(make_inprocess):
+    service = make_inprocess(auth_disabled="false", max_batch=MAX_BATCH)
     key_a, _ = new_key(service, "tenant-a")
     key_b, _ = new_key(service, "tenant-b")
     job = {"prompt": "x", "width": 64, "height": 64, "num_inference_steps": 2}
@@ -34,11 +34,11 @@ def test_a_backlog_does_not_hold_another_tenants_first_job(make_service):
     assert rank <= 2 * MAX_BATCH, f"tenant b's job finished {rank}th of {len(ends)}"
 
 
-def test_priority_runs_a_tenants_urgent_job_before_its_backlog_but_not_before_another_tenants_turn(make_service):
+def test_priority_runs_a_tenants_urgent_job_before_its_backlog_but_not_before_another_tenants_turn(make_inprocess):
     """Everything is queued before the worker starts (one job at a time), so the completion order is the
     fair line's: tenant b's urgent job (its key's priority, 5) runs before b's own backlog, and after tenant
     a's job whose turn came first; a's jobs keep their places."""
-    service = make_service(auth_disabled="false", max_batch=1, workers=0, deliverer=False)
+    service = make_inprocess(auth_disabled="false", max_batch=1, workers=0)
     key_a, _ = new_key(service, "tenant-a")
     key_b = service.cli("keys", "create", "--tenant", "tenant-b", "--priority", "5").strip().splitlines()[-1]
     assert [line.split()[-2] for line in service.cli("keys", "list").splitlines() if "tenant-b" in line] == ["5"]

@@ -18,8 +18,8 @@ def _pages(client, path: str, headers: dict, **params) -> list[list[str]]:
             return pages
 
 
-def test_list_jobs_and_batches_and_cancel_a_batch(make_service):
-    service = make_service(workers=0, deliverer=False, auth_disabled="false")
+def test_list_jobs_and_batches_and_cancel_a_batch(make_inprocess):
+    service = make_inprocess(workers=0, auth_disabled="false")
     acme, _ = new_key(service, "acme")
     other, _ = new_key(service, "other")
     t2i, depth = CASES["text-to-image"][0], CASES["depth-estimation"][0]
