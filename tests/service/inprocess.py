@@ -9,6 +9,7 @@ tests/service/harness.py. The object has the same face as `Service`: `client`, `
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import uuid
@@ -31,6 +32,17 @@ def worker_settings(tmp: Path, redis_url: str, checkpoint: Path) -> Settings:
     return Settings.from_env(stack_env(tmp, redis_url, checkpoint, URL, "odload"))
 
 
+class _Records(logging.Handler):
+    """Every log line of the process while a stack runs, for `logs()` as a full stack's log files give it."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.name} [{record.threadName}] {record.getMessage()}")
+
+
 class InProcessService:
     def __init__(self, tmp: Path, redis_url: str, checkpoint: Path, model, workers: int = 1, **settings):
         from app.main import create_app
@@ -50,6 +62,8 @@ class InProcessService:
         get_settings.cache_clear()
         self.client = TestClient(create_app(self.settings), base_url=URL)
         self.client.__enter__()  # the app's lifespan
+        self._records = _Records()
+        logging.getLogger().addHandler(self._records)  # after create_app: it sets the process's logging up
         self.workers = []
         self.threads: list[threading.Thread] = []
         self._build = gpu_worker_builder(self.settings, Executor(model, open_store(self.settings), self.settings))
@@ -102,7 +116,9 @@ class InProcessService:
         return Redis.from_url(self.env["REDIS_URL"])
 
     def logs(self, full: bool = False) -> str:
-        return "(in process: the logs are in the test's captured output)"
+        """What the gateway and the workers logged while this stack ran (the last 4000 characters unless `full`)."""
+        text = "\n".join(self._records.lines)
+        return text if full else text[-4000:]
 
     def stop(self) -> None:
         for worker in self.workers:
@@ -110,6 +126,7 @@ class InProcessService:
         for thread in self.threads:
             thread.join(30)
         self.client.__exit__(None, None, None)
+        logging.getLogger().removeHandler(self._records)
         os.environ.clear()
         os.environ.update(self._environ)
         get_settings.cache_clear()

@@ -13,8 +13,8 @@ def small(prompt: str, steps: int = 2, **extra) -> dict:
     return {"prompt": prompt, "width": 64, "height": 64, "num_inference_steps": steps, **extra}
 
 
-def test_queued_jobs_of_one_shape_share_a_batch(make_service):
-    service = make_service(max_batch=4)
+def test_queued_jobs_of_one_shape_share_a_batch(make_inprocess):
+    service = make_inprocess(max_batch=4)
     items = [{"task": "text-to-image", **small(f"cat {i}", seed=i, steps=2 + i)} for i in range(2)]
     ids = [j["id"] for j in service.client.post("/v1/batches", json={"items": items}).json()["jobs"]]
     other_shape = service.submit("text-to-image", {**small("dog"), "width": 128}).json()["id"]
@@ -26,11 +26,9 @@ def test_queued_jobs_of_one_shape_share_a_batch(make_service):
     assert 'onediffusion_batch_size_bucket{le="2"}' in metrics
 
 
-def test_batch_is_equivalent_to_single_runs(make_service):
+def test_batch_is_equivalent_to_single_runs(make_inprocess):
     """The same request gives the same image whether it ran in a batch or alone."""
-    import httpx
-
-    service = make_service(max_batch=4)
+    service = make_inprocess(max_batch=4)
     items = [{"task": "text-to-image", **small("a red cat", seed=7)}, {"task": "text-to-image", **small("a blue dog", seed=8)}]
     a, b = [j["id"] for j in service.client.post("/v1/batches", json={"items": items}).json()["jobs"]]
     batched = service.wait_job(a)
@@ -42,8 +40,8 @@ def test_batch_is_equivalent_to_single_runs(make_service):
     import numpy as np
     from PIL import Image
 
-    x = np.asarray(Image.open(BytesIO(httpx.get(batched["outputs"][0]["url"]).content)), dtype=int)
-    y = np.asarray(Image.open(BytesIO(httpx.get(alone["outputs"][0]["url"]).content)), dtype=int)
+    x = np.asarray(Image.open(BytesIO(service.client.get(batched["outputs"][0]["url"]).content)), dtype=int)
+    y = np.asarray(Image.open(BytesIO(service.client.get(alone["outputs"][0]["url"]).content)), dtype=int)
     assert np.abs(x - y).max() <= 1
 
 

@@ -199,8 +199,8 @@ def test_idempotency_key_is_not_kept_when_the_enqueue_fails(redis_url, monkeypat
 
 
 # ---- 11: readiness, tenant names, images from phones ----------------------------------------------------
-def test_readyz_gives_counts_not_worker_names_when_keys_are_on(make_service):
-    service = make_service(workers=1, deliverer=False, auth_disabled="false")
+def test_readyz_gives_counts_not_worker_names_when_keys_are_on(make_inprocess):
+    service = make_inprocess(workers=1, auth_disabled="false")
     body = service.client.get("/readyz").json()
     assert body["status"] == "ready" and body["worker_count"] == 1 and "workers" not in body, body
 

@@ -78,8 +78,8 @@ def test_tenants_see_only_their_own(secured):
     assert len(job["id"]) == 32 and int(job["id"], 16) >= 0  # 128 random bits
 
 
-def test_rate_limit(make_service):
-    service = make_service(workers=0, deliverer=False, auth_disabled="false", rate_limit_per_minute=2)
+def test_rate_limit(make_inprocess):
+    service = make_inprocess(workers=0, auth_disabled="false", rate_limit_per_minute=2)
     key, _ = new_key(service, "busy")
     codes = [service.submit("text-to-image", SMALL, headers=bearer(key)) for _ in range(3)]
     assert [r.status_code for r in codes[:2]] == [202, 202]
@@ -88,8 +88,8 @@ def test_rate_limit(make_service):
     assert 1 <= int(limited.headers["retry-after"]) <= 60
 
 
-def test_active_jobs_quota_and_queue_bound(make_service):
-    service = make_service(workers=0, deliverer=False, auth_disabled="false", max_active_jobs_per_tenant=1, max_queue_depth=2)
+def test_active_jobs_quota_and_queue_bound(make_inprocess):
+    service = make_inprocess(workers=0, auth_disabled="false", max_active_jobs_per_tenant=1, max_queue_depth=2)
     key_a, _ = new_key(service, "a")
     key_b, _ = new_key(service, "b")
     key_c, _ = new_key(service, "c")
@@ -105,8 +105,8 @@ def test_active_jobs_quota_and_queue_bound(make_service):
     assert service.submit("text-to-image", SMALL, headers=bearer(key_a)).status_code == 202
 
 
-def test_prompt_steps_and_time_limits(make_service):
-    service = make_service(max_prompt_chars=20, max_steps=60, job_timeout_s=1)
+def test_prompt_steps_and_time_limits(make_inprocess):
+    service = make_inprocess(max_prompt_chars=20, max_steps=60, job_timeout_s=1)
     long_prompt = service.submit("text-to-image", {**SMALL, "prompt": "x" * 21})
     assert long_prompt.status_code == 422 and "21 characters is more than the limit of 20" in long_prompt.text
     steps = service.submit("text-to-image", {**SMALL, "num_inference_steps": 61})
