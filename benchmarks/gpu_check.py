@@ -4,7 +4,9 @@
     python -m benchmarks.gpu_check --tiny --device cpu   # the same code at toy size (the suite runs this)
 
 Each part runs in a child process with its own time budget, so a part that hangs or compiles for too
-long is stopped and reported as such while the others still run:
+long is stopped and reported as such while the others still run (the tiny CPU run forks these processes from
+one that has imported torch and the model's libraries once, `PartLauncher`; on the GPU each is a fresh
+interpreter):
 
 - env:       card, versions, the measured bf16 matrix-product peak;
 - opcheck:   `torch.library.opcheck` of our attention op on the model's real layouts (transposed views);
@@ -38,10 +40,13 @@ import json
 import math
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -284,7 +289,7 @@ def part_pipeline(args) -> dict:
         from model.pipeline import OneDiffusion
 
         model = OneDiffusion.load(str(make_demo_checkpoint(Path(tempfile.mkdtemp()) / "demo")), device=args.device)
-        size, steps = 64, 4
+        size, steps = 64, 2  # a smoke figure: the fewest steps that still run the sampler's loop more than once
     else:
         model = released_model(device, _dtype(device))
         size, steps = 1024, 50
@@ -352,27 +357,154 @@ PARTS: dict[str, Callable] = {
 
 
 # ---- running the parts -----------------------------------------------------------------------------------
-def run_part(name: str, args, budget: float) -> dict:
-    """One part in a child process, stopped at its budget; its JSON, or why there is none."""
+def run_part(name: str, args, budget: float, launcher: "PartLauncher | None" = None) -> dict:
+    """One part in a child process, stopped at its budget; its JSON, or why there is none. With a launcher
+    (the tiny CPU run) the child is forked from a process that has imported the libraries already; else it is
+    a fresh interpreter."""
     missing = [p for p in NEEDS.get(name, []) if importlib.util.find_spec(p) is None]
     if missing:
         return {"status": "skipped", "why": f"missing package(s): {', '.join(missing)} (carry the wheels, see the module doc)"}
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = ["--part", name, "--part-out", out.name, "--device", args.device]
+        command += ["--tiny"] if args.tiny else []
+        command += ["--attention", args.attention] if args.attention else []
+        if launcher is not None:
+            returncode, stderr, elapsed = launcher.run(command, budget)
+            elapsed = round(elapsed, 1)
+        else:
+            started = time.perf_counter()
+            try:
+                child = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", *command], cwd=ROOT, env=part_env(args),
+                                       capture_output=True, text=True, timeout=budget)
+                returncode, stderr = child.returncode, child.stderr
+            except subprocess.TimeoutExpired:
+                returncode = None
+            elapsed = round(time.perf_counter() - started, 1)
+        if returncode is None:
+            return {"status": "timed out", "budget_s": budget, **_partial(Path(out.name))}
+        if returncode != 0:
+            return {"status": "failed", "seconds": elapsed, "stderr": stderr[-3000:]}
+        return {"status": "ok", "seconds": elapsed, **json.loads(Path(out.name).read_text())}
+
+
+def part_env(args) -> dict:
+    """The environment of a part's process."""
     env = dict(os.environ)
     if args.device == "cpu":
         env["TRITON_INTERPRET"] = "1"  # the Triton kernels run in Triton's interpreter on the CPU
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, "-m", "benchmarks.gpu_check", "--part", name, "--part-out", out.name, "--device", args.device]
-        command += ["--tiny"] if args.tiny else []
-        command += ["--attention", args.attention] if args.attention else []
-        started = time.perf_counter()
+    return env
+
+
+# What the parts import, by part: the launcher of a tiny CPU run imports these once for the parts it will run.
+PRELOAD = {
+    "env": ["torch", "benchmarks.denoiser"],
+    "opcheck": ["torch", "model.triton_attention"],
+    "compile": ["torch", "torch._dynamo", "torch._inductor.compile_fx", "model.nextdit", "model.triton_attention",
+                "benchmarks.denoiser", "worker.fast_path"],
+    "attention": ["torch", "model.attention", "model.triton_attention", "benchmarks.denoiser"],
+    "denoiser": ["torch", "model.nextdit", "benchmarks.denoiser"],
+    "pipeline": ["torch", "model.nextdit", "model.triton_attention", "model.pipeline", "model.demo_checkpoint",
+                 "model.tasks", "worker.fast_path", "benchmarks.denoiser"],
+    "fp8": ["torch"],
+}
+
+
+class PartLauncher:
+    """The tiny CPU run's way to start parts: on two CPU cores, importing torch, diffusers and transformers
+    takes longer than most tiny parts, and every fresh interpreter pays it again. A launcher process (started
+    with the environment a part's interpreter would get) imports what the given parts use once, then forks one
+    child per part: each part still runs in a process of its own, with nothing compiled or measured before
+    it, and is killed at its budget like a fresh interpreter. The budget counts from the fork."""
+
+    def __init__(self, parts: list[str], env: dict):
+        modules = list(dict.fromkeys(m for part in parts for m in PRELOAD.get(part, [])))
+        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.gpu_check", "--serve-parts", ",".join(modules)],
+                                        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._buffer = b""
+
+    def _line(self, deadline: float | None) -> str | None:
+        """The launcher's next reply; None when `deadline` (time.monotonic) passes first."""
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and (left <= 0 or not select.select([fd], [], [], left)[0]):
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RuntimeError(f"the part launcher exited (code {self.process.wait()})")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    def run(self, command: list[str], budget: float) -> tuple[int | None, str, float]:
+        """(exit code or None when stopped at the budget, the child's stderr, seconds) of one part."""
+        with tempfile.NamedTemporaryFile(suffix=".stderr") as stderr:
+            self.process.stdin.write((json.dumps({"argv": command, "stderr": stderr.name}) + "\n").encode())
+            self.process.stdin.flush()
+            pid = int(self._line(None))
+            started = time.perf_counter()
+            reply = self._line(time.monotonic() + budget)
+            if reply is None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # it ended just now; the launcher reaps it and replies
+                    pass
+                self._line(None)
+            elapsed = time.perf_counter() - started
+            return (None if reply is None else int(reply)), Path(stderr.name).read_text(errors="replace"), elapsed
+
+    def close(self) -> None:
+        self.process.stdin.close()
         try:
-            child = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=budget)
+            self.process.wait(60)
         except subprocess.TimeoutExpired:
-            return {"status": "timed out", "budget_s": budget, **_partial(Path(out.name))}
-        elapsed = round(time.perf_counter() - started, 1)
-        if child.returncode != 0:
-            return {"status": "failed", "seconds": elapsed, "stderr": child.stderr[-3000:]}
-        return {"status": "ok", "seconds": elapsed, **json.loads(Path(out.name).read_text())}
+            self.process.kill()
+            self.process.wait()
+
+
+def launcher_for(args, parts: list[str]) -> PartLauncher | None:
+    """The tiny CPU run forks its parts from a launcher; on the GPU each part is a fresh interpreter."""
+    return PartLauncher(parts, part_env(args)) if args.tiny and args.device == "cpu" else None
+
+
+def serve_parts(modules: list[str]) -> None:
+    """The launcher process (`PartLauncher`): import `modules` (one that fails to import is left to the part
+    that needs it to report), then for each request on stdin fork a child that runs the part, and reply with
+    the child's pid, then its exit code."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception:
+            pass
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 1)  # what a part prints (the denoiser's table) is dropped, as a fresh interpreter's stdout was
+    for line in sys.stdin:
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                replies.close()
+                os.dup2(devnull, 0)
+                os.dup2(os.open(request["stderr"], os.O_WRONLY | os.O_TRUNC), 2)
+                main(request["argv"])
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        replies.write(f"{pid}\n")
+        _, status = os.waitpid(pid, 0)
+        replies.write(f"{os.waitstatus_to_exitcode(status)}\n")
 
 
 def _partial(path: Path) -> dict:
@@ -433,7 +565,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--attention", help=argparse.SUPPRESS)  # set from the attention part's figures
     parser.add_argument("--part", help=argparse.SUPPRESS)  # child process: run one part
     parser.add_argument("--part-out", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-parts", help=argparse.SUPPRESS)  # the tiny CPU run's launcher: modules to import
     args = parser.parse_args(argv)
+    if args.serve_parts is not None:
+        serve_parts([m for m in args.serve_parts.split(",") if m])
+        return {}
     if args.device is None:
         import torch
 
@@ -450,14 +586,20 @@ def main(argv=None) -> dict:
         print(f"[gpu-check] missing package(s): {', '.join(missing)}; the parts that need them are skipped "
               "(carry the wheels: see the module doc)", flush=True)
     results = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "tiny": args.tiny, "device": args.device, "parts": {}}
-    for name in [p.strip() for p in args.parts.split(",") if p.strip()]:
-        if name not in PARTS:
-            parser.error(f"unknown part {name!r}; choose from {', '.join(PARTS)}")
-        if name in ("denoiser", "pipeline") and not args.attention and args.device != "cpu":
-            args.attention = fastest_eager_backend(results["parts"].get("attention", {}))
-        print(f"[gpu-check] {name} (budget {budgets[name]} s) ...", flush=True)
-        results["parts"][name] = run_part(name, args, budgets[name])
-        print(f"[gpu-check] {name}: {results['parts'][name]['status']}", flush=True)
+    names = [p.strip() for p in args.parts.split(",") if p.strip()]
+    launcher = launcher_for(args, [n for n in names if n in PARTS])
+    try:
+        for name in names:
+            if name not in PARTS:
+                parser.error(f"unknown part {name!r}; choose from {', '.join(PARTS)}")
+            if name in ("denoiser", "pipeline") and not args.attention and args.device != "cpu":
+                args.attention = fastest_eager_backend(results["parts"].get("attention", {}))
+            print(f"[gpu-check] {name} (budget {budgets[name]} s) ...", flush=True)
+            results["parts"][name] = run_part(name, args, budgets[name], launcher)
+            print(f"[gpu-check] {name}: {results['parts'][name]['status']}", flush=True)
+    finally:
+        if launcher is not None:
+            launcher.close()
     card = results["parts"].get("env", {}).get("card", args.device)
     out = Path(args.out) if args.out else RESULTS / f"gpu_check-{re.sub(r'[^A-Za-z0-9]+', '-', card).strip('-').lower()}{'-tiny' if args.tiny else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

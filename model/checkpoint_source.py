@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
 
-from .nextdit import CheckpointError
+from .errors import CheckpointError  # not .nextdit: fetching needs no torch
 
 log = logging.getLogger(__name__)
 

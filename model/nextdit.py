@@ -30,10 +30,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from .attention import softcap_attention
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder does not match the model: names the folder and the offending tensors."""
+from .errors import CheckpointError
 
 
 class RMSNorm(nn.Module):

@@ -5,6 +5,7 @@ workers that start together, and served by a real worker."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -224,24 +225,61 @@ def hub_cache(tmp_path_factory, demo_checkpoint) -> Path:
     return cache_dir
 
 
-def resolve_offline(spec: str, cache_dir: Path) -> subprocess.CompletedProcess:
-    code = ("from model.checkpoint_source import resolve_checkpoint; from model.loading import load_components;"
-            f"path = resolve_checkpoint({spec!r}, {str(cache_dir)!r}); load_components(path, device='cpu'); print(path)")
+REVISIONS = ["", "@main", f"@{COMMIT}"]
+OFFLINE_SPECS = [*(f"hf://onediffusion/demo{revision}" for revision in REVISIONS), "hf://onediffusion/other"]
+
+# Offline (HF_HUB_OFFLINE is read when huggingface_hub is imported): each spec resolved and loaded in a process
+# of its own, forked from one that has imported the model's modules once (torch, diffusers and transformers
+# take seconds to import on two cores).
+RESOLVE_OFFLINE = """
+import json, os, sys, traceback
+from model.checkpoint_source import resolve_checkpoint
+from model.loading import load_components
+specs, cache_dir = json.loads(sys.argv[1]), sys.argv[2]
+results = {}
+for spec in specs:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            path = resolve_checkpoint(spec, cache_dir)
+            load_components(path, device="cpu")
+            report = {"path": str(path)}
+        except BaseException:
+            report = {"error": traceback.format_exc()}
+        with os.fdopen(write, "w") as out:
+            out.write(json.dumps(report))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        results[spec] = json.loads(answer.read() or '{"error": "no answer"}')
+    os.waitpid(pid, 0)
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def resolved_offline(hub_cache) -> dict[str, dict]:
+    """spec -> {"path": the folder it resolved to and loaded from} or {"error": the traceback}."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", RESOLVE_OFFLINE, json.dumps(OFFLINE_SPECS), str(hub_cache)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("revision", ["", "@main", f"@{COMMIT}"])
-def test_hub_checkpoint_loads_from_the_node_cache_offline(hub_cache, revision):
-    done = resolve_offline(f"hf://onediffusion/demo{revision}", hub_cache)
-    assert done.returncode == 0, done.stderr
-    assert Path(done.stdout.strip()) == hub_cache / "hub" / "models--onediffusion--demo" / "snapshots" / COMMIT
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_hub_checkpoint_loads_from_the_node_cache_offline(resolved_offline, hub_cache, revision):
+    done = resolved_offline[f"hf://onediffusion/demo{revision}"]
+    assert "path" in done, done.get("error")
+    assert Path(done["path"]) == hub_cache / "hub" / "models--onediffusion--demo" / "snapshots" / COMMIT
 
 
-def test_hub_checkpoint_missing_from_an_offline_cache_says_which(hub_cache):
-    done = resolve_offline("hf://onediffusion/other", hub_cache)
-    assert done.returncode != 0
-    assert "cannot fetch hf://onediffusion/other" in done.stderr
+def test_hub_checkpoint_missing_from_an_offline_cache_says_which(resolved_offline):
+    done = resolved_offline["hf://onediffusion/other"]
+    assert "error" in done, done
+    assert "cannot fetch hf://onediffusion/other" in done["error"]
 
 
 # ---- a real worker -----------------------------------------------------------------------------------

@@ -93,8 +93,10 @@ def test_components_load_at_the_dependency_floors(tmp_path):
     # this environment's packages come after the venv's own, so the pinned floors shadow them
     (Path(own.stdout.strip()) / "zz_parent.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     pins = [f"transformers=={_floor('transformers')}", f"diffusers=={_floor('diffusers')}"]
+    # --no-compile: byte-compiling every installed file (transformers has thousands) took most of the install;
+    # the run below compiles the few modules it imports
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--target", own.stdout.strip(), *pins],
+        [sys.executable, "-m", "pip", "install", "-q", "--no-compile", "--target", own.stdout.strip(), *pins],
         capture_output=True, text=True, timeout=300,
     )
     if install.returncode != 0:
