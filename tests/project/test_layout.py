@@ -1,7 +1,7 @@
 """The layout's rule: what the gateway and the workers share lives in `core/`, which imports nothing from
 HTTP and nothing from either side; the workers import nothing of the gateway's; the gateway imports no
-worker code (nor torch). Each module is imported alone in a fresh interpreter, so what one module pulls
-in cannot hide or blame another; imports inside functions (run later, so not seen by importing) are
+worker code (nor torch). Each module is imported alone in a process of its own (forked from one that
+imported only third-party libraries), so what one module pulls in cannot hide or blame another; imports inside functions (run later, so not seen by importing) are
 read from the source."""
 
 from __future__ import annotations
