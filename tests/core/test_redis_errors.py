@@ -1,8 +1,9 @@
 """What a Redis error means (full, switching, unreachable, refused), the Redis the service refuses to
-run on, the Sentinel settings, and the replica barrier; each against a real redis-server."""
+run on, the Sentinel settings and connections, and the replica barrier; each against a real redis-server."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 
@@ -11,10 +12,11 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from core.connection import connect, keys_for, wait_replicated
+from core.local_redis import find_redis_server
 from core.redis_errors import classify, is_transient
 from core.redis_policy import EvictingRedis, check_eviction
 from core.settings import Settings, SettingsError
-from tests.service.harness import RedisServer, free_port
+from tests.service.harness import RedisServer, free_port, wait_until
 
 
 @pytest.fixture
@@ -91,6 +93,50 @@ def test_an_evicting_redis_is_refused(own_redis, policy):
         check_eviction(redis)
     redis.config_set("maxmemory-policy", "noeviction")
     check_eviction(redis)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt(*_):
+    raise _Interrupted
+
+
+def test_a_sentinel_client_cut_off_mid_reply_does_not_read_that_reply_as_the_next_answer(own_redis, tmp_path):
+    """A worker or the scheduler of retries told to stop (SIGTERM) while it waits in BLPOP leaves that
+    command's reply unread; the next command (releasing the scheduler's lock, the worker's record) must
+    be answered at once and with its own reply, as on a plain connection, not with the BLPOP's when it
+    times out (a deliverer then took a quarter of a minute to stop after a failover)."""
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\nsentinel monitor odm 127.0.0.1 {own_redis.port} 1\n")
+    sentinel = subprocess.Popen([find_redis_server(), str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
+    previous = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        wait_until(lambda: _answers(port), 10, what="the sentinel")
+        settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_SENTINELS": f"127.0.0.1:{port}",
+                                      "REDIS_SENTINEL_MASTER": "odm"})
+        for redis in (connect(settings), Redis.from_url(own_redis.url)):  # through Sentinel, and as plainly
+            signal.setitimer(signal.ITIMER_REAL, 0.3)  # what a stop request does: raise out of the wait
+            with pytest.raises(_Interrupted):
+                redis.blpop(["odm:nothing"], timeout=3)
+            started = time.monotonic()
+            assert redis.set("odm:x", "1") is True and redis.get("odm:x") == b"1"
+            assert time.monotonic() - started < 1.5
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        sentinel.kill()
+        sentinel.wait(10)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(Redis(port=port, socket_timeout=1).sentinel_get_master_addr_by_name("odm"))
+    except RedisError:
+        return False
 
 
 def test_sentinel_settings_are_checked_and_name_the_variable():
