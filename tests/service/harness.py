@@ -128,11 +128,16 @@ class Service:
         self.processes: dict[str, subprocess.Popen] = {}
         self.worker_count = 0
         self.client = httpx.Client(base_url=self.url, timeout=30)
-        self.start_api()
+        # every process starts at once (the workers load their model while the API starts), then the API
+        # and the workers are waited for
+        self.start("api", "serve")
         for _ in range(workers):
-            self.start_worker()
+            self.start_worker(wait_ready=False)
         if deliverer:
             self.start("webhooks", "webhooks")
+        wait_until(self._api_up, 30, what="the API")
+        if workers:
+            self.wait_ready(self.worker_count)
 
     def start(self, name: str, command: str, **env) -> subprocess.Popen:
         environment = {**self.env, **{k.upper(): str(v) for k, v in env.items()}}
@@ -150,10 +155,11 @@ class Service:
         except httpx.HTTPError:
             return False
 
-    def start_worker(self, wait_ready: bool = True) -> str:
+    def start_worker(self, wait_ready: bool = True, **env) -> str:
+        """One more worker (`env`: settings of its own); waits until it is ready unless told not to."""
         self.worker_count += 1
         name = f"worker{self.worker_count}"
-        self.start(name, "worker")
+        self.start(name, "worker", **env)
         if wait_ready:
             self.wait_ready(self.worker_count)
         return name
