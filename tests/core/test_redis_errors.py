@@ -9,7 +9,9 @@ import time
 
 import pytest
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from core.connection import connect, keys_for, wait_replicated
 from core.local_redis import find_redis_server
@@ -77,7 +79,8 @@ def test_each_kind_of_redis_failure_is_told_apart(own_redis, tmp_path):
     for exc in (alone, alone_in_pipeline):
         assert classify(exc).kind == "switching" and is_transient(exc), exc
 
-    gone = error_of(lambda: Redis(port=free_port(), socket_connect_timeout=1).get("x"))
+    # (no retries: redis-py's default three, with backoff, only make the same error take 4 s)
+    gone = error_of(lambda: Redis(port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)).get("x"))
     assert classify(gone).kind == "unreachable" and is_transient(gone)
 
     redis.set("a-string", "x")
@@ -163,6 +166,7 @@ def test_the_replica_barrier_waits_for_a_replica_and_counts_a_shortfall(own_redi
     metric = 'unreplicated_writes_total{what="submission"}'
     assert float(redis.hget(keys_for("odbarrier").metrics, metric)) == 1
 
+    redis.config_set("repl-diskless-sync-delay", 0)  # the replica's first sync starts at once, not 5 s later
     replica = RedisServer(tmp_path / "replica")
     replica.start()
     try:

@@ -89,9 +89,19 @@ class RedisServer:
         wait_until(lambda: answers(self.url), 10, what="redis-server")
 
     def stop(self) -> None:
+        """SIGTERM, repeated every half second for up to 10 s: a replica that has just synced refuses a
+        shutdown while it writes its first append-only file ("Writing initial AOF, can't exit") and does
+        not try again by itself."""
         if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+            deadline = time.monotonic() + 10
+            while True:
+                self.process.terminate()
+                try:
+                    self.process.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+                    return
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        raise
 
 
 class Service:
