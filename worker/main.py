@@ -15,7 +15,9 @@ import socket
 import threading
 import time
 
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker
 
@@ -101,6 +103,7 @@ def run_gpu_worker(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     setup_logging("worker")
     redis = connect(settings)
+    redis.set_retry(Retry(NoBackoff(), 0))  # one look: a Redis that does not answer is waited for later
     try:  # refused before the model code is imported and the model loaded (minutes), not after
         refuse_an_evicting_redis(redis)
     except RedisError:
