@@ -90,15 +90,14 @@ def summarise(name: str, ids: list[str], final: dict[str, dict], started: float,
     }
 
 
-def worker_kills(service: Service, jobs: int, kills: int, seed: int = 0, workers: int = 2,
-                 steps: tuple[int, int] = (30, 60)) -> dict:
-    """`jobs` jobs of `steps` denoising steps while workers are SIGKILLed at random moments (and replaced)."""
+def worker_kills(service: Service, jobs: int, kills: int, seed: int = 0, workers: int = 2) -> dict:
+    """`jobs` jobs while workers are SIGKILLed at random moments (and replaced)."""
     rng = random.Random(seed)
     started = time.monotonic()
     for _ in range(workers - service.worker_count):
         service.start_worker(wait_ready=False)
     service.wait_ready(workers)
-    ids = [service.submit("text-to-image", job_payload(rng, steps)).json()["id"] for _ in range(jobs)]
+    ids = [service.submit("text-to-image", job_payload(rng, (30, 60))).json()["id"] for _ in range(jobs)]
     done_kills = 0
     while done_kills < kills:
         time.sleep(rng.uniform(1.0, 3.0))
