@@ -51,6 +51,9 @@ def cmd_serve(args) -> None:
         os.environ["PORT"] = str(args.port)
     get_settings.cache_clear()
     settings = get_settings()
+    if _address_in_use(settings.host, settings.port):  # said at once, not after seconds of importing the app
+        sys.exit(f"error: cannot listen on {settings.host}:{settings.port}: the address is in use by another "
+                 "process (set PORT, or --port)")
     from core.logs import setup_logging
 
     from app.connections import DeadlineProtocol, limit_error_logs, open_files_limit
@@ -66,6 +69,23 @@ def cmd_serve(args) -> None:
         timeout_keep_alive=settings.keep_alive_s,
         http=DeadlineProtocol.configure(settings.header_timeout_s, settings.body_timeout_s, max(16, max_connections)),
     )
+
+
+def _address_in_use(host: str, port: int) -> bool:
+    """Whether another process listens on host:port (bound as uvicorn binds: SO_REUSEADDR). Any other
+    failure is left to uvicorn to report."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def check_redis_policy(settings) -> None:
@@ -168,9 +188,12 @@ def cmd_up(args) -> None:
         sys.exit(f"error: {exc}")
     env = dict(os.environ)
     if not settings.onediffusion_model:
-        from worker.model_host import checkpoint_path
+        # made once here, not by the worker while the API already answers; once made, `up` does not import
+        # torch and the model code (seconds) only to find it there
+        if not (Path(settings.demo_checkpoint_dir) / "model_index.json").is_file():
+            from worker.model_host import checkpoint_path
 
-        checkpoint_path(settings)  # made once here, not by the worker while the API already answers
+            checkpoint_path(settings)
         print(DEMO_BANNER, flush=True)
     if settings.auth_disabled:
         print(AUTH_BANNER, flush=True)
@@ -203,7 +226,7 @@ def cmd_up(args) -> None:
                 print(f"error: `onediffusion {name}` exited with code {child.returncode} (see its log above); "
                       "stopping everything", file=sys.stderr, flush=True)
                 stop(code=child.returncode or 1)
-        time.sleep(1)
+        time.sleep(0.25)
 
 
 def _free_port() -> int:

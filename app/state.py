@@ -26,7 +26,7 @@ def open_state(app: FastAPI, settings: Settings) -> None:
     state.redis = connect(settings)
     state.store = open_store(settings)
     state.jobs = JobService(state.redis, settings, store=state.store)  # stores the inputs it queues
-    state.storage_gate = StorageGate(state.store)
+    state.storage_gate = StorageGate(state.store, ok_ttl_s=settings.storage_check_s)
     state.image_fetcher = ImageFetcher(settings)
     state.keystore = KeyStore(state.redis, state.jobs.keys)
     state.stream_slots = StreamSlots(state.redis, state.jobs.keys.prefix, settings.max_streams_per_key,

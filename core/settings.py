@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     storage_retry_s: float = Field(
         60.0, ge=0, le=3600, description="How long a worker retries reading inputs or storing outputs while the storage is unavailable, before the job fails with storage_unavailable"
     )
+    storage_check_s: float = Field(
+        10.0, ge=0, le=3600, description="How long the API trusts the object storage's last yes (a small write succeeded) before checking again; a bucket removed or made read-only is noticed by submissions within this long"
+    )
     public_url: Optional[str] = Field(
         None, description="Base URL that output URLs and webhooks point to; unset = http://HOST:PORT (set it behind a proxy)"
     )

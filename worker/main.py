@@ -15,7 +15,9 @@ import socket
 import threading
 import time
 
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker
 
@@ -41,16 +43,21 @@ def _make_when_redis_answers(make_worker):
         try:
             worker = make_worker()
             worker.connection.ping()
-            try:
-                check_eviction(worker.connection)
-            except EvictingRedis as exc:
-                log.error("refusing to work: %s", exc)
-                raise SystemExit(f"error: {exc}") from None
+            refuse_an_evicting_redis(worker.connection)
             return worker
         except RedisError as exc:
             log.warning("waiting for Redis: %s", exc)
             time.sleep(delay)
             delay = min(delay * 2, 10)
+
+
+def refuse_an_evicting_redis(redis) -> None:
+    """Stop the process (SystemExit, saying what to set) on a Redis that evicts keys."""
+    try:
+        check_eviction(redis)
+    except EvictingRedis as exc:
+        log.error("refusing to work: %s", exc)
+        raise SystemExit(f"error: {exc}") from None
 
 
 def supervise(make_worker, **work_kwargs) -> None:
@@ -93,14 +100,23 @@ def numbered(settings: Settings, role: str, build):
 
 
 def run_gpu_worker(settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    setup_logging("worker")
+    redis = connect(settings)
+    redis.set_retry(Retry(NoBackoff(), 0))  # one look: a Redis that does not answer is waited for later
+    try:  # refused before the model code is imported and the model loaded (minutes), not after
+        refuse_an_evicting_redis(redis)
+    except RedisError:
+        pass  # not answering yet: waited for once the model is loaded, and checked then
+    finally:
+        redis.close()
+
     from .execution import Executor
     from .model_host import load_model
     from .probes import HEALTH, serve_probes
 
     from model.decode_budget import map_large_blocks
 
-    settings = settings or get_settings()
-    setup_logging("worker")
     if settings.worker_probe_port:  # answering (not ready) while the model is fetched, loaded and warmed
         serve_probes(settings.host, settings.worker_probe_port)
     map_large_blocks()  # decoded input images go back to the system when freed

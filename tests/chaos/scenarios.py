@@ -95,7 +95,8 @@ def worker_kills(service: Service, jobs: int, kills: int, seed: int = 0, workers
     rng = random.Random(seed)
     started = time.monotonic()
     for _ in range(workers - service.worker_count):
-        service.start_worker()
+        service.start_worker(wait_ready=False)
+    service.wait_ready(workers)
     ids = [service.submit("text-to-image", job_payload(rng, (30, 60))).json()["id"] for _ in range(jobs)]
     done_kills = 0
     while done_kills < kills:

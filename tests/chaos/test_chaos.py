@@ -14,7 +14,7 @@ def report(figures: dict) -> None:
 
 
 def test_worker_sigkills_lose_nothing(make_service):
-    service = make_service(job_retries=3)
+    service = make_service(job_retries=3, workers=2)  # the two workers start together
     figures = scenarios.worker_kills(service, jobs=8, kills=2, seed=1)
     report(figures)
     assert figures["stuck_or_lost"] == 0

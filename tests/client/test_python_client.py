@@ -16,6 +16,7 @@ import time
 import typing
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -298,11 +299,28 @@ def test_job_webhook_verified(client, receiver):
 # ---- 429: retried after Retry-After, with one idempotency key ----------------------------------------
 
 
+class RetryAfterCapped(httpx.HTTPTransport):
+    """The API's answers, with Retry-After capped at `cap` s on their way to the client (the client's wait is
+    what is checked, not its length); `sent` keeps the values the API sent."""
+
+    def __init__(self, cap: int):
+        super().__init__()
+        self.cap, self.sent = cap, []
+
+    def handle_request(self, request):
+        response = super().handle_request(request)
+        if "retry-after" in response.headers:
+            self.sent.append(response.headers["retry-after"])
+            response.headers["retry-after"] = str(min(self.cap, int(response.headers["retry-after"])))
+        return response
+
+
 def test_429_is_retried_after_retry_after(make_service, caplog):
-    """A tenant limit of one active job and no worker: the second submission gets 429 (Retry-After 10);
-    the first job is canceled meanwhile, and the client's retry is accepted as one job."""
+    """A tenant limit of one active job and no worker: the second submission gets 429 (Retry-After 10, which
+    reaches the client as 3); the first job is canceled meanwhile, and the client's retry is accepted as one job."""
     service = make_service(workers=0, deliverer=False, max_active_jobs_per_tenant=1)
-    with od.Client(service.url) as client:
+    transport = RetryAfterCapped(3)
+    with od.Client(service.url, http=httpx.Client(base_url=service.url, timeout=90, transport=transport)) as client:
         blocker = client.text_to_image("blocker", width=64, height=64, num_inference_steps=1, wait=False)
         threading.Timer(2.0, blocker.cancel).start()
         caplog.set_level(logging.WARNING, logger="onediffusion_client")
@@ -312,6 +330,7 @@ def test_429_is_retried_after_retry_after(make_service, caplog):
         retries = [re.search(r"answered 429; retry 1 in ([\d.]+) s", r.getMessage()) for r in caplog.records]
         (asked,) = [float(m.group(1)) for m in retries if m]
         assert job.status == "queued" and asked >= 1 and waited >= asked
+        assert transport.sent[0] == "10"  # what the API asked for a tenant at its limit
         again = client.text_to_image("second", width=64, height=64, num_inference_steps=1, wait=False, idempotency_key="k-429")
         assert again.id == job.id
         limited = od.Client(service.url, max_retries=0)

@@ -1,20 +1,24 @@
 """What a Redis error means (full, switching, unreachable, refused), the Redis the service refuses to
-run on, the Sentinel settings, and the replica barrier; each against a real redis-server."""
+run on, the Sentinel settings and connections, and the replica barrier; each against a real redis-server."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 
 import pytest
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from core.connection import connect, keys_for, wait_replicated
+from core.local_redis import find_redis_server
 from core.redis_errors import classify, is_transient
 from core.redis_policy import EvictingRedis, check_eviction
 from core.settings import Settings, SettingsError
-from tests.service.harness import RedisServer, free_port
+from tests.service.harness import RedisServer, free_port, wait_until
 
 
 @pytest.fixture
@@ -75,7 +79,8 @@ def test_each_kind_of_redis_failure_is_told_apart(own_redis, tmp_path):
     for exc in (alone, alone_in_pipeline):
         assert classify(exc).kind == "switching" and is_transient(exc), exc
 
-    gone = error_of(lambda: Redis(port=free_port(), socket_connect_timeout=1).get("x"))
+    # (no retries: redis-py's default three, with backoff, only make the same error take 4 s)
+    gone = error_of(lambda: Redis(port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)).get("x"))
     assert classify(gone).kind == "unreachable" and is_transient(gone)
 
     redis.set("a-string", "x")
@@ -91,6 +96,50 @@ def test_an_evicting_redis_is_refused(own_redis, policy):
         check_eviction(redis)
     redis.config_set("maxmemory-policy", "noeviction")
     check_eviction(redis)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt(*_):
+    raise _Interrupted
+
+
+def test_a_sentinel_client_cut_off_mid_reply_does_not_read_that_reply_as_the_next_answer(own_redis, tmp_path):
+    """A worker or the scheduler of retries told to stop (SIGTERM) while it waits in BLPOP leaves that
+    command's reply unread; the next command (releasing the scheduler's lock, the worker's record) must
+    be answered at once and with its own reply, as on a plain connection, not with the BLPOP's when it
+    times out (a deliverer then took a quarter of a minute to stop after a failover)."""
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\nsentinel monitor odm 127.0.0.1 {own_redis.port} 1\n")
+    sentinel = subprocess.Popen([find_redis_server(), str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
+    previous = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        wait_until(lambda: _answers(port), 10, what="the sentinel")
+        settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_SENTINELS": f"127.0.0.1:{port}",
+                                      "REDIS_SENTINEL_MASTER": "odm"})
+        for redis in (connect(settings), Redis.from_url(own_redis.url)):  # through Sentinel, and as plainly
+            signal.setitimer(signal.ITIMER_REAL, 0.3)  # what a stop request does: raise out of the wait
+            with pytest.raises(_Interrupted):
+                redis.blpop(["odm:nothing"], timeout=3)
+            started = time.monotonic()
+            assert redis.set("odm:x", "1") is True and redis.get("odm:x") == b"1"
+            assert time.monotonic() - started < 1.5
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        sentinel.kill()
+        sentinel.wait(10)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(Redis(port=port, socket_timeout=1).sentinel_get_master_addr_by_name("odm"))
+    except RedisError:
+        return False
 
 
 def test_sentinel_settings_are_checked_and_name_the_variable():
@@ -117,6 +166,7 @@ def test_the_replica_barrier_waits_for_a_replica_and_counts_a_shortfall(own_redi
     metric = 'unreplicated_writes_total{what="submission"}'
     assert float(redis.hget(keys_for("odbarrier").metrics, metric)) == 1
 
+    redis.config_set("repl-diskless-sync-delay", 0)  # the replica's first sync starts at once, not 5 s later
     replica = RedisServer(tmp_path / "replica")
     replica.start()
     try:

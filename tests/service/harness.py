@@ -89,9 +89,19 @@ class RedisServer:
         wait_until(lambda: answers(self.url), 10, what="redis-server")
 
     def stop(self) -> None:
+        """SIGTERM, repeated every half second for up to 10 s: a replica that has just synced refuses a
+        shutdown while it writes its first append-only file ("Writing initial AOF, can't exit") and does
+        not try again by itself."""
         if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+            deadline = time.monotonic() + 10
+            while True:
+                self.process.terminate()
+                try:
+                    self.process.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+                    return
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        raise
 
 
 def stack_env(tmp: Path, redis_url: str, checkpoint: Path, url: str, prefix: str, **settings) -> dict[str, str]:
@@ -137,11 +147,16 @@ class Service:
         self.processes: dict[str, subprocess.Popen] = {}
         self.worker_count = 0
         self.client = httpx.Client(base_url=self.url, timeout=30)
-        self.start_api()
+        # every process starts at once (the workers load their model while the API starts), then the API
+        # and the workers are waited for
+        self.start("api", "serve")
         for _ in range(workers):
-            self.start_worker()
+            self.start_worker(wait_ready=False)
         if deliverer:
             self.start("webhooks", "webhooks")
+        wait_until(self._api_up, 30, what="the API")
+        if workers:
+            self.wait_ready(self.worker_count)
 
     def start(self, name: str, command: str, **env) -> subprocess.Popen:
         environment = {**self.env, **{k.upper(): str(v) for k, v in env.items()}}
@@ -159,10 +174,11 @@ class Service:
         except httpx.HTTPError:
             return False
 
-    def start_worker(self, wait_ready: bool = True) -> str:
+    def start_worker(self, wait_ready: bool = True, **env) -> str:
+        """One more worker (`env`: settings of its own); waits until it is ready unless told not to."""
         self.worker_count += 1
         name = f"worker{self.worker_count}"
-        self.start(name, "worker")
+        self.start(name, "worker", **env)
         if wait_ready:
             self.wait_ready(self.worker_count)
         return name

@@ -7,6 +7,7 @@ stuck."""
 from __future__ import annotations
 
 import io
+import signal
 import time
 
 import httpx
@@ -91,7 +92,7 @@ def test_outputs_live_in_the_bucket_and_are_fetched_from_it(make_service, s3_ser
 
 
 def test_missing_bucket_is_a_503_naming_the_setting_and_queued_jobs_wait(make_service, s3_server, s3_bucket):
-    service = make_service(workers=0, **s3_settings(s3_server, s3_bucket))
+    service = make_service(workers=0, **s3_settings(s3_server, s3_bucket, storage_check_s=2))
     queued = [service.submit("text-to-image", CASES["text-to-image"][0]).json()["id"]]
     s3_server.delete_bucket(s3_bucket)
 
@@ -147,7 +148,10 @@ def test_storage_server_killed_mid_job(make_service, tmp_path):
         assert done["status"] == "succeeded", done
         assert image_at(done["outputs"][0]["signed_url"]).size == (128, 128)
 
-        # gone for good: the job fails within STORAGE_RETRY_S, saying what to check
+        # gone for good: the job fails within STORAGE_RETRY_S, saying what to check (run by a worker that
+        # gives up sooner, so the test does not wait out the window the first outage needed)
+        service.kill("worker1", signal.SIGTERM)
+        service.start_worker(wait_ready=False, storage_retry_s=3)
         job = service.submit("text-to-image", LONG).json()
         wait_until(lambda: (service.job(job["id"]).get("progress") or {}).get("step", 0) >= 2, 90, what="progress")
         server.kill()

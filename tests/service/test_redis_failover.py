@@ -6,6 +6,7 @@ and during the switch the API answers 503 with Retry-After, never 500."""
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import uuid
@@ -97,3 +98,7 @@ def test_master_killed_midway_loses_no_job_and_runs_none_twice(redis_set, make_s
     statuses = [redis_set.client(new_master).hget(f"rq:job:{job_id}", "status") for job_id in accepted]
     assert set(statuses) == {b"finished"}
     assert all(job["status"] in TERMINAL for job in map(service.job, accepted))
+    # the deliverer, told to stop while it and its scheduler of retries wait on the new master, stops at once
+    started = time.monotonic()
+    service.kill("webhooks", signal.SIGTERM)
+    assert time.monotonic() - started < 5, service.logs()

@@ -116,5 +116,7 @@ def test_processes_refuse_an_evicting_redis(tmp_path, demo_checkpoint):
                 process.kill()
             assert process.returncode not in (0, None), (role, out)
             assert "maxmemory-policy allkeys-lru" in out and "noeviction" in out, (role, out)
+            if role == "worker":  # refused before loading a model (minutes for a real one), not after
+                assert "model loaded" not in out, out
     finally:
         server.stop()

@@ -12,6 +12,7 @@ from tests.service.harness import free_port, wait_until
 from worker.probes import WorkerHealth, serve_probes
 from worker.watchdog import EXIT_STALLED, FAULT_STALL_AT_STEP, Watchdog
 
+STALL_S = 4  # the stuck worker's WATCHDOG_STALL_S
 LONG = {"prompt": "long", "width": 128, "height": 128, "num_inference_steps": 30, "seed": 5}
 
 
@@ -21,9 +22,10 @@ def probe(port: int, path: str) -> tuple[int, dict]:
 
 
 def test_a_stuck_worker_hands_its_job_back_and_exits(make_service):
-    service = make_service(workers=0, deliverer=False, watchdog_stall_s=6)
+    service = make_service(workers=0, deliverer=False)
     stuck_port = free_port()
-    stuck = service.start("worker1", "worker", worker_probe_port=stuck_port, **{FAULT_STALL_AT_STEP: 3})
+    stuck = service.start("worker1", "worker", worker_probe_port=stuck_port, watchdog_stall_s=STALL_S,
+                          **{FAULT_STALL_AT_STEP: 3})
     service.wait_ready(1)
     assert probe(stuck_port, "/readyz")[0] == 200 and probe(stuck_port, "/livez")[0] == 200
 
@@ -32,12 +34,12 @@ def test_a_stuck_worker_hands_its_job_back_and_exits(make_service):
     started = time.monotonic()
     code = wait_until(lambda: stuck.poll(), 60, 0.2, "the stuck worker to exit")
     assert code == EXIT_STALLED, service.logs()
-    assert time.monotonic() - started < 6 + 30
+    assert time.monotonic() - started < STALL_S + 30
     assert "the main thread is stuck" in service.logs(full=True)
     assert service.ready_workers() == 0  # out of /readyz at once, not after its heartbeat ages out
     wait_until(lambda: service.job(job["id"])["status"] == "queued", 15, what="the job back in the queue")
 
-    service.start_worker(wait_ready=False)
+    service.start_worker(wait_ready=False)  # the default bound (derived from its steps): never tripped here
     done = service.wait_job(job["id"], timeout=180)
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2 and done["outputs"]
