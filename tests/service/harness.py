@@ -134,7 +134,38 @@ def stack_env(tmp: Path, redis_url: str, checkpoint: Path, url: str, prefix: str
     return env
 
 
-class Service:
+class StackCalls:
+    """What a test asks of a stack through its `client` and `env`, the same for a full stack (`Service`)
+    and an in-process one (tests/service/inprocess.py)."""
+
+    client: httpx.Client
+    env: dict[str, str]
+    poll_s = 0.2  # how often wait_job asks
+
+    def submit(self, task: str, payload: dict, headers: Optional[dict] = None) -> httpx.Response:
+        return self.client.post(f"/v1/{task}", json=payload, headers=headers or {})
+
+    def cli(self, *args: str) -> str:
+        """Run an `onediffusion` command (a process of its own) with this stack's settings; its stdout."""
+        result = launcher().run(list(args), self.env, Path.cwd())
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr or result.stdout)
+        return result.stdout
+
+    def job(self, job_id: str) -> dict:
+        return self.client.get(f"/v1/jobs/{job_id}").json()
+
+    def wait_job(self, job_id: str, timeout: float = 120, until=TERMINAL) -> dict:
+        return wait_until(lambda: (lambda j: j if j["status"] in until else None)(self.job(job_id)), timeout,
+                          self.poll_s, f"job {job_id}")
+
+    def redis(self):
+        from redis import Redis
+
+        return Redis.from_url(self.env["REDIS_URL"])
+
+
+class Service(StackCalls):
     """The API, `workers` GPU workers and the webhook deliverer, as subprocesses with their own settings."""
 
     def __init__(self, tmp: Path, redis_url: str, checkpoint: Path, workers: int = 1, deliverer: bool = True, **settings):
@@ -210,28 +241,6 @@ class Service:
         return "\n".join(
             f"--- {p.name}\n{p.read_text(errors='replace')[None if full else -4000:]}" for p in sorted(self.tmp.glob("*.log"))
         )
-
-    # ---- client helpers ----
-    def submit(self, task: str, payload: dict, headers: Optional[dict] = None) -> httpx.Response:
-        return self.client.post(f"/v1/{task}", json=payload, headers=headers or {})
-
-    def cli(self, *args: str) -> str:
-        """Run an `onediffusion` command with this stack's settings; its stdout."""
-        result = launcher().run(list(args), self.env, Path.cwd())
-        if result.returncode != 0:
-            raise RuntimeError(result.stderr or result.stdout)
-        return result.stdout
-
-    def job(self, job_id: str) -> dict:
-        return self.client.get(f"/v1/jobs/{job_id}").json()
-
-    def wait_job(self, job_id: str, timeout: float = 120, until=TERMINAL) -> dict:
-        return wait_until(lambda: (lambda j: j if j["status"] in until else None)(self.job(job_id)), timeout, 0.2, f"job {job_id}")
-
-    def redis(self):
-        from redis import Redis
-
-        return Redis.from_url(self.env["REDIS_URL"])
 
 
 def stop_processes(processes, grace_s: float) -> None:

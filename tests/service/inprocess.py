@@ -4,8 +4,8 @@ test's own process, on a real Redis and the real pipeline (demo checkpoint), wit
 For service tests where a real process adds nothing (what the API answers, what a job produces, how jobs
 are ordered): no uvicorn to start, no model to load per stack (one per pytest worker, `worker_model`).
 Kills, restarts, timeouts of real connections, webhooks over HTTP and browsers keep the full stacks of
-tests/service/harness.py. The object has the same face as `Service`: `client`, `submit`, `job`,
-`wait_job`, `cli`, `redis`, `tmp`, `prefix`, `env`."""
+tests/service/harness.py. Both ask through `StackCalls` (`submit`, `job`, `wait_job`, `cli`, `redis`), and
+have `client`, `tmp`, `prefix`, `env`, `start_worker` and `logs`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import os
 import threading
 import uuid
 from pathlib import Path
-from typing import Optional
 
 from fastapi.testclient import TestClient
 from rq.timeouts import TimerDeathPenalty
@@ -22,7 +21,7 @@ from rq.timeouts import TimerDeathPenalty
 from core.connection import connect
 from core.settings import Settings, get_settings
 from core.storage import open_store
-from tests.service.harness import TERMINAL, launcher, stack_env, wait_until
+from tests.service.harness import StackCalls, stack_env, wait_until
 
 URL = "http://api.test"  # the TestClient's base URL; output URLs carry it and the client follows them
 
@@ -43,7 +42,8 @@ class _Records(logging.Handler):
         self.lines.append(f"{record.levelname} {record.name} [{record.threadName}] {record.getMessage()}")
 
 
-class InProcessService:
+class InProcessService(StackCalls):
+    poll_s = 0.05  # no HTTP between test and API: asking is cheap
     def __init__(self, tmp: Path, redis_url: str, checkpoint: Path, model, workers: int = 1, **settings):
         from app.main import create_app
         from worker.execution import Executor
@@ -93,27 +93,6 @@ class InProcessService:
     def ready_workers(self) -> int:
         response = self.client.get("/readyz")
         return response.json().get("worker_count", 0) if response.status_code == 200 else 0
-
-    def submit(self, task: str, payload: dict, headers: Optional[dict] = None):
-        return self.client.post(f"/v1/{task}", json=payload, headers=headers or {})
-
-    def job(self, job_id: str) -> dict:
-        return self.client.get(f"/v1/jobs/{job_id}").json()
-
-    def wait_job(self, job_id: str, timeout: float = 120, until=TERMINAL) -> dict:
-        return wait_until(lambda: (lambda j: j if j["status"] in until else None)(self.job(job_id)), timeout, 0.05, f"job {job_id}")
-
-    def cli(self, *args: str) -> str:
-        """Run an `onediffusion` command (a process of its own) with this stack's settings; its stdout."""
-        result = launcher().run(list(args), self.env, Path.cwd())
-        if result.returncode != 0:
-            raise RuntimeError(result.stderr or result.stdout)
-        return result.stdout
-
-    def redis(self):
-        from redis import Redis
-
-        return Redis.from_url(self.env["REDIS_URL"])
 
     def logs(self, full: bool = False) -> str:
         """What the gateway and the workers logged while this stack ran (the last 4000 characters unless `full`)."""
