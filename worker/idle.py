@@ -90,9 +90,15 @@ class WakingScheduler(RQScheduler):
         self.lock_ttl_s = lock_ttl_s
         self.beat_every_s = max(1.0, min(HEARTBEAT_EVERY_S, lock_ttl_s / 2))
 
+    _waiting = False  # in the blocking wait, the one place a stop may cut short
+
     def request_stop(self, signum=None, frame=None):
+        """Stop: out of the blocking wait at once (the worker waits for this process to end); anywhere else
+        (a Redis command half sent, a library's own try block) the flag alone, seen before the next wait,
+        so no command is cut in the middle and no exception is swallowed on the way out."""
         self._stop_requested = True
-        raise _Stop  # out of a blocking wait at once (the worker waits for this process to end)
+        if self._waiting:
+            raise _Stop
 
     def next_wait(self) -> float:
         """Seconds until the earliest scheduled job of the queues this scheduler holds."""
@@ -123,10 +129,16 @@ class WakingScheduler(RQScheduler):
                 keys = [wake_key(Queue.redis_queue_namespace_prefix + registry.name)
                         for registry in self._scheduled_job_registries]
                 woken = False
-                if keys and wait > 0:
-                    woken = self.connection.blpop(keys, timeout=max(wait, 0.05)) is not None
-                elif wait > 0:
-                    time.sleep(wait)
+                self._waiting = True
+                try:
+                    if self._stop_requested:  # asked while not waiting
+                        break
+                    if keys and wait > 0:
+                        woken = self.connection.blpop(keys, timeout=max(wait, 0.05)) is not None
+                    elif wait > 0:
+                        time.sleep(wait)
+                finally:
+                    self._waiting = False
                 look = woken or due <= wait  # not after a wait that only ended for the next beat
         except _Stop:
             pass

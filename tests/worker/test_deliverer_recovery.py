@@ -101,3 +101,43 @@ def test_a_job_run_again_within_a_minute_of_a_killed_attempt_ends_once(queue):
     assert not queue.connection.exists(job.key)  # done and deleted (result_ttl=0), not failed and retried
     assert queue.failed_job_registry.count == 0 and queue.scheduled_job_registry.count == 0
     queue.connection.delete(f"runs:{job.id}")
+
+
+def test_a_stop_outside_the_wait_is_a_flag_not_an_exception():
+    """A stop that lands while the scheduler talks to Redis must not cut that command in the middle (its
+    reply left unread on a pooled connection) nor be swallowed by a library's own try block: it only sets
+    the flag, which the loop reads before it waits."""
+    scheduler = WakingScheduler([], connection=Redis(), lock_ttl_s=4)
+    scheduler.request_stop()
+    assert scheduler._stop_requested
+
+
+def test_the_scheduler_stops_promptly_wherever_sigterm_lands(queue, redis_url):
+    """SIGTERM at random moments of a scheduler's life (starting, beating, waiting): each process ends
+    within seconds and gives its lock back."""
+    import multiprocessing
+    import os
+    import random
+    import signal
+
+    def run():
+        scheduler = WakingScheduler([queue.name], connection=Redis.from_url(redis_url), lock_ttl_s=4)
+        scheduler.acquire_locks()
+        scheduler.work()
+        os._exit(0)
+
+    lock = RQScheduler.get_locking_key(queue.name)
+    rng = random.Random(7)
+    context = multiprocessing.get_context("fork")
+    for delay in [rng.uniform(0.0, 0.3) for _ in range(12)]:
+        process = context.Process(target=run)
+        process.start()
+        time.sleep(delay)
+        os.kill(process.pid, signal.SIGTERM)
+        started = time.monotonic()
+        process.join(10)
+        assert not process.is_alive(), f"still running 10 s after SIGTERM (sent {delay:.2f} s after the start)"
+        assert time.monotonic() - started < 3
+        if process.exitcode == 0:  # it had its handlers: it gave its lock back
+            assert queue.connection.get(lock) is None
+        queue.connection.delete(lock)
