@@ -104,7 +104,9 @@ class ReplicatedRedis:
         """Bring a killed server back on its data; the sentinels make it a replica of the current master."""
         self._server(name)
 
-    def wait_failover(self, old_master: str, timeout: float = 30) -> str:
+    def wait_failover(self, old_master: str, timeout: float = 90) -> str:
+        """The server the sentinels promoted. Seconds on an idle machine; on a stalled one (processes not
+        scheduled for 2 s) every sentinel enters TILT mode and does nothing for 30 s, then goes on."""
         return wait_until(lambda: (lambda m: m if m != old_master else None)(self._master_or_none()), timeout,
                           interval=0.2, what="the sentinels to promote the replica")
 
