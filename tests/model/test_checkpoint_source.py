@@ -232,30 +232,18 @@ OFFLINE_SPECS = [*(f"hf://onediffusion/demo{revision}" for revision in REVISIONS
 # of its own, forked from one that has imported the model's modules once (torch, diffusers and transformers
 # take seconds to import on two cores).
 RESOLVE_OFFLINE = """
-import json, os, sys, traceback
+import json, sys
 from model.checkpoint_source import resolve_checkpoint
 from model.loading import load_components
+from tests.forked_each import each_in_a_fork
 specs, cache_dir = json.loads(sys.argv[1]), sys.argv[2]
-results = {}
-for spec in specs:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        try:
-            path = resolve_checkpoint(spec, cache_dir)
-            load_components(path, device="cpu")
-            report = {"path": str(path)}
-        except BaseException:
-            report = {"error": traceback.format_exc()}
-        with os.fdopen(write, "w") as out:
-            out.write(json.dumps(report))
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as answer:
-        results[spec] = json.loads(answer.read() or '{"error": "no answer"}')
-    os.waitpid(pid, 0)
-print(json.dumps(results))
+
+def resolved(spec):
+    path = resolve_checkpoint(spec, cache_dir)
+    load_components(path, device="cpu")
+    return {"path": str(path)}
+
+print(json.dumps(each_in_a_fork(specs, resolved)))
 """
 
 

@@ -45,7 +45,7 @@ PROJECT = sorted(path.name for path in ROOT.iterdir() if (path / "__init__.py").
 PRELOADED_SIDES = ("core", "worker")  # not the gateway: it may not import torch, so it is probed without any
 
 PROBE = """
-import json, os, sys, traceback
+import json, sys
 for name in {preload!r}:
     try:
         __import__(name)
@@ -54,27 +54,13 @@ for name in {preload!r}:
 project = [name for name in sys.modules if name.split(".")[0] in {project!r}]
 if project:
     sys.exit(f"the preloaded libraries imported the project's own modules: {{project}}")
-results = {{}}
-for module in {modules!r}:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # a child per module: none sees what another imported
-        os.close(read)
-        try:
-            __import__(module)
-            report = {{"modules": sorted(sys.modules)}}
-        except BaseException:
-            report = {{"error": traceback.format_exc()}}
-        with os.fdopen(write, "w") as out:
-            out.write(json.dumps(report))
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as answer:
-        results[module] = json.loads(answer.read() or '{{"error": "no answer"}}')
-    _, status = os.waitpid(pid, 0)
-    if status and "error" not in results[module]:
-        results[module] = {{"error": f"exit status {{status}}"}}
-print(json.dumps(results))
+from tests.forked_each import each_in_a_fork  # standard library only; after the check above
+
+def imported(module):  # in a child per module: none sees what another imported
+    __import__(module)
+    return {{"modules": sorted(sys.modules)}}
+
+print(json.dumps(each_in_a_fork({modules!r}, imported)))
 """
 
 
