@@ -55,7 +55,8 @@ class InProcessService(StackCalls):
         self.prefix = "odtest" + uuid.uuid4().hex[:8]
         self.env = stack_env(tmp, redis_url, checkpoint, URL, self.prefix, **settings)
         self.settings = Settings.from_env(self.env)
-        # code that reads the settings of its process (RQ callbacks, jobs) sees this stack's while it runs
+        # code that reads the settings of its process (RQ callbacks, jobs) sees this stack's while it runs; a
+        # full stack started meanwhile would take this environment as its base, so a test uses one kind or the other
         self._environ = dict(os.environ)
         os.environ.clear()
         os.environ.update(self.env)
